@@ -1,0 +1,67 @@
+//! The warehouse forwarder: the `sales` fact table for BI. Embedded backend: SQLite. AWS: Kinesis
+//! Firehose delivering to Redshift.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::model::{IngestedLine, Money};
+
+/// The `sales` fact table of the embedded warehouse (the Redshift table has the same columns).
+/// Shared by the warehouse forwarder and the bulk importer, which write the same rows.
+pub const SALES_DDL: &str = "
+CREATE TABLE IF NOT EXISTS sales (
+    line_id            TEXT PRIMARY KEY,
+    invoice_no         TEXT NOT NULL,
+    stock_code         TEXT NOT NULL,
+    description        TEXT,
+    quantity           INTEGER NOT NULL,
+    invoice_date       TEXT NOT NULL,
+    unit_price         TEXT NOT NULL,
+    line_total         TEXT NOT NULL,
+    line_total_micros  INTEGER NOT NULL,
+    customer_id        INTEGER,
+    country            TEXT NOT NULL,
+    is_cancellation    INTEGER NOT NULL,
+    store_id           TEXT NOT NULL,
+    ingested_at        TEXT NOT NULL,
+    source             TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sales_invoice_date ON sales (invoice_date);
+CREATE INDEX IF NOT EXISTS sales_invoice_no ON sales (invoice_no);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    #[error("warehouse temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("line {line_id} cannot be stored: {reason}")]
+    Rejected { line_id: String, reason: String },
+    #[error("warehouse error: {0}")]
+    Backend(String),
+}
+
+/// Aggregates for the dashboard and for reconciliation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SalesSummary {
+    pub lines: u64,
+    pub invoices: u64,
+    pub customers: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub revenue: Money,
+    pub cancellation_lines: u64,
+    /// Revenue by country, largest first.
+    pub by_country: Vec<(String, Money)>,
+    /// Revenue by day (`YYYY-MM-DD`), oldest first.
+    pub by_day: Vec<(String, Money)>,
+}
+
+#[async_trait]
+pub trait Warehouse: Send + Sync + 'static {
+    /// Appends lines to the `sales` fact table; a line id already there is not added again.
+    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), WarehouseError>;
+
+    /// Aggregates over the fact table. Backends that cannot query (Firehose) answer `None`.
+    async fn summary(&self) -> Result<Option<SalesSummary>, WarehouseError>;
+
+    async fn health(&self) -> Result<(), WarehouseError>;
+}

@@ -1,0 +1,174 @@
+//! Settings: `config/default.toml` (compiled in, every key documented there), then a file given
+//! with `--config`, then environment variables `SHOPSTREAM__SECTION__KEY` (for example
+//! `SHOPSTREAM__SERVER__PORT=9090`). Unknown keys and bad values stop the start with an error that
+//! names the key and where it came from.
+
+mod aws;
+mod import;
+mod pipeline;
+mod server;
+
+pub use aws::AwsConfig;
+pub use import::ImportConfig;
+pub use pipeline::{
+    ArchiveConfig, Backend, DeadLetterConfig, OperationalConfig, RetryConfig, SinksConfig,
+    StreamConfig, WarehouseConfig,
+};
+pub use server::{AuthConfig, LogConfig, LogFormat, ServerConfig};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The documented defaults, compiled into the binary so it runs from any folder.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Prefix of environment overrides; `__` separates section and key.
+pub const ENV_PREFIX: &str = "SHOPSTREAM__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Folder for everything the embedded backends keep (stream, stores, archive, dead letters).
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub stream: StreamConfig,
+    pub sinks: SinksConfig,
+    pub archive: ArchiveConfig,
+    pub operational: OperationalConfig,
+    pub warehouse: WarehouseConfig,
+    pub dead_letter: DeadLetterConfig,
+    pub aws: AwsConfig,
+    pub import: ImportConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    BadValue { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Loads the layers in order (defaults, `file`, environment) and validates the result.
+    ///
+    /// # Errors
+    /// A missing file, an unknown key, a value of the wrong type or a value out of range, each
+    /// named with its key.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::MissingFile(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(env);
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.auth.validate()?;
+        self.stream.validate()?;
+        self.sinks.validate()?;
+        self.archive.validate()?;
+        self.dead_letter.validate()?;
+        self.aws.validate(self)?;
+        self.import.validate()?;
+        Ok(())
+    }
+}
+
+/// Figment's errors carry the key path and the source (file or env var); put them in one sentence
+/// per problem.
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() {
+                String::new()
+            } else {
+                format!("key `{}`: ", e.path.join("."))
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| match m.source.as_ref() {
+                    Some(src) => format!(" (from {} {src})", m.name),
+                    None => format!(" (from {})", m.name),
+                })
+                .unwrap_or_default();
+            format!("{key}{}{source}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn no_env() -> Env {
+        Env::prefixed("SHOPSTREAM_TEST_UNSET_PREFIX__").split("__")
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::load_with_env(None, no_env()).unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.stream.backend, Backend::Embedded);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[server]\nprot = 9000").unwrap();
+        let err = Settings::load_with_env(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected_with_its_key() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[server]\nport = \"eighty\"").unwrap();
+        let err = Settings::load_with_env(Some(f.path()), no_env())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.port"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err =
+            Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), no_env()).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOPSTREAM__SERVER__PORT", "9191");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.server.port, 9191);
+            Ok(())
+        });
+    }
+}

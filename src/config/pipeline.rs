@@ -1,0 +1,159 @@
+//! Settings of the stream, the sinks and their shared retry and backpressure policy.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::server::bad;
+use super::ConfigError;
+
+/// Where a stage keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// On this machine, under `data_dir`: no AWS, no server.
+    Embedded,
+    /// On AWS (or the local AWS-compatible servers); see `[aws]`.
+    Aws,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub backend: Backend,
+    /// Embedded: number of shards. Lines are placed by a hash of InvoiceNo.
+    pub shards: u32,
+    /// Embedded: records are removed once every sink has checkpointed past them and they are at
+    /// least this old.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Embedded: how many appends may wait for the writer before ingest answers 503.
+    pub max_pending_appends: usize,
+}
+
+impl StreamConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=256).contains(&self.shards) {
+            return Err(bad("stream.shards", "must be between 1 and 256"));
+        }
+        if self.max_pending_appends == 0 {
+            return Err(bad("stream.max_pending_appends", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Retry and backpressure shared by the three sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksConfig {
+    /// Most records a shard reader takes from the stream in one read.
+    pub read_batch_records: usize,
+    /// How long a shard reader waits before polling an idle shard again.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// When any sink is this many lines behind the head of the stream, ingest answers 503.
+    pub backlog_high_water_lines: u64,
+    /// How often checkpoints are written while a sink is busy.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    pub retry: RetryConfig,
+}
+
+impl SinksConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.read_batch_records == 0 {
+            return Err(bad("sinks.read_batch_records", "must be greater than 0"));
+        }
+        if self.backlog_high_water_lines == 0 {
+            return Err(bad(
+                "sinks.backlog_high_water_lines",
+                "must be greater than 0",
+            ));
+        }
+        self.retry.validate()
+    }
+}
+
+/// Jittered exponential backoff for failing backend calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per batch before its lines go to the dead-letter store one by one.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl RetryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(bad("sinks.retry.max_attempts", "must be at least 1"));
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err(bad(
+                "sinks.retry.initial_backoff",
+                "must not exceed sinks.retry.max_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    pub backend: Backend,
+    /// Embedded: folder of the archive; relative paths are under `data_dir`.
+    pub dir: PathBuf,
+    /// Key prefix of archive objects (S3 and folder alike).
+    pub prefix: String,
+    /// Flush an archive object when this many uncompressed bytes are buffered for a shard...
+    pub flush_bytes: usize,
+    /// ...or when its oldest buffered line is this old.
+    #[serde(with = "humantime_serde")]
+    pub flush_age: Duration,
+}
+
+impl ArchiveConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.flush_bytes == 0 {
+            return Err(bad("archive.flush_bytes", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationalConfig {
+    pub backend: Backend,
+    /// Embedded: SQLite file; relative paths are under `data_dir`.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    pub backend: Backend,
+    /// Embedded: SQLite file; relative paths are under `data_dir`.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    pub backend: Backend,
+    /// Embedded: folder; relative paths are under `data_dir`.
+    pub dir: PathBuf,
+    /// Key prefix of dead-letter objects.
+    pub prefix: String,
+}
+
+impl DeadLetterConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Ok(())
+    }
+}

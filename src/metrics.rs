@@ -1,0 +1,245 @@
+//! Prometheus metrics: every series of shopstream is declared here, once, with its unit in its
+//! name. Stages record through the typed handles below; `GET /metrics` renders [`REGISTRY`].
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub static REGISTRY: LazyLock<Registry> =
+    LazyLock::new(|| Registry::new_custom(Some("shopstream".into()), None).expect("valid prefix"));
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    REGISTRY
+        .register(Box::new(h.clone()))
+        .expect("registered once");
+    h
+}
+
+fn seconds_buckets() -> Vec<f64> {
+    // 100 µs .. ~52 s
+    exponential_buckets(0.0001, 2.0, 20).expect("valid buckets")
+}
+
+fn size_buckets() -> Vec<f64> {
+    // 1 .. ~1M
+    exponential_buckets(1.0, 4.0, 11).expect("valid buckets")
+}
+
+// --- HTTP -----------------------------------------------------------------------------------
+
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "http_requests_total",
+        "HTTP requests answered, by route pattern and status code.",
+        &["route", "status"],
+    )
+});
+
+pub static HTTP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "http_request_duration_seconds",
+        "Time to answer an HTTP request, by route pattern.",
+        &["route"],
+        seconds_buckets(),
+    )
+});
+
+pub static LINES_ACCEPTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lines_accepted_total",
+        "Invoice lines made durable in the stream, by store.",
+        &["store"],
+    )
+});
+
+pub static LINES_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "lines_rejected_total",
+        "Invoice lines rejected by validation, by store and field.",
+        &["store", "field"],
+    )
+});
+
+// --- Stream ---------------------------------------------------------------------------------
+
+pub static STREAM_APPEND_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "stream_append_duration_seconds",
+        "Time for one append (a group of records) to become durable, by backend.",
+        &["backend"],
+        seconds_buckets(),
+    )
+});
+
+pub static STREAM_APPEND_RECORDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "stream_append_batch_records",
+        "Records written per durable append (group commit size), by backend.",
+        &["backend"],
+        size_buckets(),
+    )
+});
+
+pub static STREAM_MILLIS_BEHIND_LATEST: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "stream_millis_behind_latest",
+        "How far the last read of a shard was behind its newest record (Kinesis MillisBehindLatest).",
+        &["sink", "shard"],
+    )
+});
+
+// --- Sinks ----------------------------------------------------------------------------------
+
+pub static SINK_BACKLOG_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "sink_backlog_records",
+        "Stream records of a shard not yet checkpointed by a sink.",
+        &["sink", "shard"],
+    )
+});
+
+pub static SINK_CHECKPOINT_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "sink_checkpoint_age_seconds",
+        "Seconds since a sink last advanced its checkpoint on a shard while records were waiting (0 when caught up).",
+        &["sink", "shard"],
+    )
+});
+
+pub static SINK_LINES_WRITTEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "sink_lines_written_total",
+        "Lines written and acknowledged by a sink's backend.",
+        &["sink"],
+    )
+});
+
+pub static SINK_BATCH_LINES: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "sink_batch_lines",
+        "Lines per backend write, by sink.",
+        &["sink"],
+        size_buckets(),
+    )
+});
+
+pub static SINK_FLUSH_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "sink_flush_duration_seconds",
+        "Time of one backend write (flush), by sink.",
+        &["sink"],
+        seconds_buckets(),
+    )
+});
+
+pub static SINK_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "sink_retries_total",
+        "Backend calls retried after a failure, by sink.",
+        &["sink"],
+    )
+});
+
+pub static SINK_RESTARTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "sink_actor_restarts_total",
+        "Sink actors restarted by their supervisor, by sink.",
+        &["sink"],
+    )
+});
+
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "dead_letter_lines_total",
+        "Lines that failed every attempt and went to the dead-letter store, by sink.",
+        &["sink"],
+    )
+});
+
+pub static MAILBOX_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "actor_mailbox_depth",
+        "Messages waiting in an actor's mailbox or queue, by actor.",
+        &["actor"],
+    )
+});
+
+// --- Batch path -----------------------------------------------------------------------------
+
+pub static IMPORT_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "import_files_total",
+        "Bulk files seen by the importer, by outcome (loaded, skipped, changed, failed).",
+        &["outcome"],
+    )
+});
+
+pub static IMPORT_ROWS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "import_rows_total",
+        "Rows of bulk files, by outcome (loaded, rejected).",
+        &["outcome"],
+    )
+});
+
+pub static IMPORT_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram(
+        "import_file_duration_seconds",
+        "Time to load one bulk file.",
+        &[],
+        seconds_buckets(),
+    )
+});
+
+/// Touches every series so that `/metrics` lists them all from the start (a dashboard can tell
+/// "zero" from "not exported").
+pub fn init() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_REQUEST_DURATION);
+    LazyLock::force(&LINES_ACCEPTED);
+    LazyLock::force(&LINES_REJECTED);
+    LazyLock::force(&STREAM_APPEND_DURATION);
+    LazyLock::force(&STREAM_APPEND_RECORDS);
+    LazyLock::force(&STREAM_MILLIS_BEHIND_LATEST);
+    LazyLock::force(&SINK_BACKLOG_RECORDS);
+    LazyLock::force(&SINK_CHECKPOINT_AGE);
+    LazyLock::force(&SINK_LINES_WRITTEN);
+    LazyLock::force(&SINK_BATCH_LINES);
+    LazyLock::force(&SINK_FLUSH_DURATION);
+    LazyLock::force(&SINK_RETRIES);
+    LazyLock::force(&SINK_RESTARTS);
+    LazyLock::force(&DEAD_LETTERS);
+    LazyLock::force(&MAILBOX_DEPTH);
+    LazyLock::force(&IMPORT_FILES);
+    LazyLock::force(&IMPORT_ROWS);
+    LazyLock::force(&IMPORT_DURATION);
+}
+
+/// The Prometheus text exposition of every series.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut buf)
+        .expect("text encoding does not fail");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}

@@ -1,0 +1,206 @@
+//! The durable stream between ingest and the sinks.
+//!
+//! Ingest appends [`LineBatch`](crate::model::LineBatch) records keyed by invoice number; shard
+//! readers read each shard in order from a checkpointed sequence number. Two backends implement
+//! [`Stream`]: an embedded, SQLite-backed log for one machine, and AWS Kinesis Data Streams.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// Largest record payload plus partition key, as Kinesis counts it (1 MiB).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Position of a record within its shard. Kinesis sequence numbers are decimal strings of up to
+/// 128 bits that order numerically, so one `u128` serves both backends.
+pub type SequenceNumber = u128;
+
+/// A shard's name: `shard-0000` embedded, `shardId-000000000000` on Kinesis.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct ShardId(pub String);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A record to append.
+#[derive(Debug, Clone)]
+pub struct PutRecord {
+    /// The invoice number: all lines of an invoice land on one shard, in order.
+    pub partition_key: String,
+    /// A serialized [`LineBatch`](crate::model::LineBatch) (JSON).
+    pub data: Bytes,
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard_id: ShardId,
+    pub sequence_number: SequenceNumber,
+}
+
+/// A record read back from a shard.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub sequence_number: SequenceNumber,
+    pub partition_key: String,
+    pub data: Bytes,
+    pub arrived_at: DateTime<Utc>,
+}
+
+/// A shard and its lineage. After a reshard, a child is read only once its parents are finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub id: ShardId,
+    pub parents: Vec<ShardId>,
+    /// True once the shard takes no more writes (a resharded parent); reading it to the end is
+    /// then possible and [`ReadBatch::shard_ended`] says when that end is reached.
+    pub closed: bool,
+}
+
+/// Where to start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The oldest record still retained.
+    TrimHorizon,
+    /// The record right after this sequence number (the checkpoint).
+    After(SequenceNumber),
+}
+
+/// What one read returned.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    pub records: Vec<Record>,
+    /// True when the shard is closed and every record of it has been returned.
+    pub shard_ended: bool,
+    /// How far behind the newest record of the shard this read is, when the backend knows.
+    pub millis_behind_latest: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The backend is overloaded (Kinesis throughput exceeded, the embedded writer's queue is full):
+    /// the caller should slow down; ingest answers 503 with Retry-After.
+    #[error("the stream is saturated: {0}")]
+    Saturated(String),
+    #[error(
+        "a record of {size} bytes (partition key included) exceeds the {max}-byte record limit"
+    )]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("unknown shard {0}")]
+    UnknownShard(ShardId),
+    #[error("stream backend error: {0}")]
+    Backend(String),
+}
+
+impl StreamError {
+    /// Whether trying the same call again later can succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StreamError::Saturated(_) | StreamError::Backend(_))
+    }
+}
+
+/// A durable, sharded, ordered log.
+#[async_trait]
+pub trait Stream: Send + Sync + 'static {
+    /// Appends records durably. Returns one result per record, in order, only when every record is
+    /// durable; a backend retries partial failures itself and fails the call only when a record is
+    /// definitively not written.
+    async fn put(&self, records: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError>;
+
+    /// The shards to read, open and closed.
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, StreamError>;
+
+    /// Up to `max_records` records of `shard` from `from` on, in sequence order.
+    async fn read(
+        &self,
+        shard: &ShardId,
+        from: Position,
+        max_records: usize,
+    ) -> Result<ReadBatch, StreamError>;
+
+    /// Lets the backend drop records of `shard` up to and including `upto` once they are older
+    /// than its retention: called with the lowest checkpoint of all sinks. Returns how many
+    /// records were removed. Kinesis enforces its own retention and removes nothing here.
+    async fn release(&self, shard: &ShardId, upto: SequenceNumber) -> Result<u64, StreamError>;
+
+    /// Answers whether the backend is reachable and usable, with a reason when it is not.
+    async fn health(&self) -> Result<(), StreamError>;
+}
+
+/// The three sinks the shard readers feed; each keeps its own checkpoint per shard.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Archive,
+    Operational,
+    Warehouse,
+}
+
+impl SinkKind {
+    pub const ALL: [SinkKind; 3] = [
+        SinkKind::Archive,
+        SinkKind::Operational,
+        SinkKind::Warehouse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Archive => "archive",
+            SinkKind::Operational => "operational",
+            SinkKind::Warehouse => "warehouse",
+        }
+    }
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One sink's progress through one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub sink: SinkKind,
+    pub shard: ShardId,
+    /// Every record up to and including this one is written to the sink and acknowledged.
+    pub sequence_number: SequenceNumber,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint store error: {0}")]
+pub struct CheckpointError(pub String);
+
+/// Where sinks keep their checkpoints: SQLite beside the embedded stream, a DynamoDB lease table
+/// beside Kinesis.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + 'static {
+    async fn load(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+    ) -> Result<Option<SequenceNumber>, CheckpointError>;
+
+    /// Records that `sink` has durably written everything of `shard` up to `seq`. Never moves a
+    /// checkpoint backwards.
+    async fn save(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+        seq: SequenceNumber,
+    ) -> Result<(), CheckpointError>;
+
+    async fn list(&self) -> Result<Vec<Checkpoint>, CheckpointError>;
+}

@@ -1,0 +1,1 @@
+//! The HTTP API (actix-web): ingest, queries, dashboard, metrics and health.
