@@ -52,8 +52,9 @@ pub struct SinksConfig {
     /// How long a shard reader waits before polling an idle shard again.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// When any sink is this many lines behind the head of the stream, ingest answers 503.
-    pub backlog_high_water_lines: u64,
+    /// When any sink is this many stream records (one record carries the lines of one invoice
+    /// from one request) behind the head of a shard, ingest answers 503 with Retry-After.
+    pub backlog_high_water_records: u64,
     /// How often checkpoints are written while a sink is busy.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
@@ -65,9 +66,9 @@ impl SinksConfig {
         if self.read_batch_records == 0 {
             return Err(bad("sinks.read_batch_records", "must be greater than 0"));
         }
-        if self.backlog_high_water_lines == 0 {
+        if self.backlog_high_water_records == 0 {
             return Err(bad(
-                "sinks.backlog_high_water_lines",
+                "sinks.backlog_high_water_records",
                 "must be greater than 0",
             ));
         }

@@ -18,6 +18,10 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// 128 bits that order numerically, so one `u128` serves both backends.
 pub type SequenceNumber = u128;
 
+/// The checkpoint a sink saves when it has processed a closed shard to its end. A reader of a
+/// child shard (after a reshard) starts only when every sink's checkpoint of every parent is this.
+pub const SHARD_END: SequenceNumber = u128::MAX;
+
 /// A shard's name: `shard-0000` embedded, `shardId-000000000000` on Kinesis.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -132,6 +136,22 @@ pub trait Stream: Send + Sync + 'static {
     /// records were removed. Kinesis enforces its own retention and removes nothing here.
     async fn release(&self, shard: &ShardId, upto: SequenceNumber) -> Result<u64, StreamError>;
 
+    /// The sequence number of the newest record of `shard`, or `None` when it holds none yet.
+    /// Ingest uses it with the checkpoints to measure each sink's backlog.
+    async fn latest(&self, shard: &ShardId) -> Result<Option<SequenceNumber>, StreamError>;
+
+    /// Waits until `shard` may hold records after `after`, or until `timeout` passes, whichever
+    /// comes first. A backend that can tell (the embedded log wakes readers on commit) returns
+    /// early; the default just sleeps, which is right for Kinesis' polling model.
+    async fn wait_for_records(
+        &self,
+        _shard: &ShardId,
+        _after: Option<SequenceNumber>,
+        timeout: std::time::Duration,
+    ) {
+        tokio::time::sleep(timeout).await
+    }
+
     /// Answers whether the backend is reachable and usable, with a reason when it is not.
     async fn health(&self) -> Result<(), StreamError>;
 }
@@ -203,4 +223,23 @@ pub trait CheckpointStore: Send + Sync + 'static {
     ) -> Result<(), CheckpointError>;
 
     async fn list(&self) -> Result<Vec<Checkpoint>, CheckpointError>;
+
+    /// The range `(first, last)` of records a sink announced it is about to write as one unit and
+    /// has not yet checkpointed, if any. The raw archiver names objects after their sequence range;
+    /// after a crash it rewrites exactly the announced range, so a redelivered batch overwrites
+    /// its object instead of landing again in a differently cut one.
+    async fn load_pending(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+    ) -> Result<Option<(SequenceNumber, SequenceNumber)>, CheckpointError>;
+
+    /// Announces (`Some`) or clears (`None`) the pending range of `sink` on `shard`. A
+    /// [`save`](CheckpointStore::save) that reaches the end of the range clears it too.
+    async fn save_pending(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+        range: Option<(SequenceNumber, SequenceNumber)>,
+    ) -> Result<(), CheckpointError>;
 }
