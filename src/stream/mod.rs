@@ -14,13 +14,9 @@ use std::fmt;
 /// Largest record payload plus partition key, as Kinesis counts it (1 MiB).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// Position of a record within its shard. Kinesis sequence numbers are decimal strings of up to
-/// 128 bits that order numerically, so one `u128` serves both backends.
-pub type SequenceNumber = u128;
+mod sequence;
 
-/// The checkpoint a sink saves when it has processed a closed shard to its end. A reader of a
-/// child shard (after a reshard) starts only when every sink's checkpoint of every parent is this.
-pub const SHARD_END: SequenceNumber = u128::MAX;
+pub use sequence::{BadSequenceNumber, SequenceNumber};
 
 /// A shard's name: `shard-0000` embedded, `shardId-000000000000` on Kinesis.
 #[derive(
@@ -71,12 +67,14 @@ pub struct ShardInfo {
 }
 
 /// Where to start reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     /// The oldest record still retained.
     TrimHorizon,
     /// The record right after this sequence number (the checkpoint).
     After(SequenceNumber),
+    /// This record and the ones after it (rewriting a unit announced before a crash).
+    At(SequenceNumber),
 }
 
 /// What one read returned.
@@ -134,7 +132,7 @@ pub trait Stream: Send + Sync + 'static {
     /// Lets the backend drop records of `shard` up to and including `upto` once they are older
     /// than its retention: called with the lowest checkpoint of all sinks. Returns how many
     /// records were removed. Kinesis enforces its own retention and removes nothing here.
-    async fn release(&self, shard: &ShardId, upto: SequenceNumber) -> Result<u64, StreamError>;
+    async fn release(&self, shard: &ShardId, upto: &SequenceNumber) -> Result<u64, StreamError>;
 
     /// The sequence number of the newest record of `shard`, or `None` when it holds none yet.
     /// Ingest uses it with the checkpoints to measure each sink's backlog.
@@ -146,7 +144,7 @@ pub trait Stream: Send + Sync + 'static {
     async fn wait_for_records(
         &self,
         _shard: &ShardId,
-        _after: Option<SequenceNumber>,
+        _after: Option<&SequenceNumber>,
         timeout: std::time::Duration,
     ) {
         tokio::time::sleep(timeout).await

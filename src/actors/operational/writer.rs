@@ -1,0 +1,44 @@
+//! The operational writer: the [`SinkWriter`] over an [`OperationalStore`].
+
+use async_trait::async_trait;
+use std::sync::Arc;
+
+use super::{OperationalStore, StoreError};
+use crate::actors::sink::{SinkFailure, SinkUnit, SinkWriter};
+use crate::stream::SinkKind;
+
+pub struct OperationalWriter {
+    store: Arc<dyn OperationalStore>,
+}
+
+impl OperationalWriter {
+    pub fn new(store: Arc<dyn OperationalStore>) -> Self {
+        OperationalWriter { store }
+    }
+}
+
+impl From<StoreError> for SinkFailure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Rejected { .. } => SinkFailure::permanent(e.to_string()),
+            StoreError::Unavailable(_) | StoreError::Backend(_) => {
+                SinkFailure::retriable(e.to_string())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SinkWriter for OperationalWriter {
+    fn kind(&self) -> SinkKind {
+        SinkKind::Operational
+    }
+
+    async fn write(&self, unit: &SinkUnit<'_>) -> Result<(), SinkFailure> {
+        Ok(self.store.upsert(unit.lines).await?)
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.store.health().await.map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,191 @@
+//! Starts a supervised [`ShardSink`] for every (sink, shard), keeps the set current as shards
+//! appear (a reshard), releases stream records every sink has stored, and stops everything in order.
+
+use actix::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+use super::dead_letter::DeadLetters;
+use super::progress::Progress;
+use super::shard::{ShardSink, ShardSinkParts, ShardSinkSettings, Shutdown};
+use super::sink::SinkWriter;
+use crate::stream::{CheckpointStore, ShardId, ShardInfo, SinkKind, Stream};
+
+/// What the pipeline runs on.
+pub struct PipelineParts {
+    pub stream: Arc<dyn Stream>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    pub sinks: Vec<Arc<dyn SinkWriter>>,
+    pub dead_letters: DeadLetters,
+    pub progress: Arc<Progress>,
+    pub settings: ShardSinkSettings,
+    /// How often the shard list is read again (new shards after a reshard).
+    pub shard_refresh: Duration,
+}
+
+pub struct Pipeline {
+    parts: PipelineParts,
+    /// One arbiter (thread) per sink, so that decoding and batching of one sink never waits for
+    /// another's.
+    arbiters: BTreeMap<SinkKind, Arbiter>,
+    actors: Mutex<BTreeMap<(SinkKind, ShardId), Addr<ShardSink>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Pipeline {
+    /// Starts the actors of every readable shard and the maintenance loop.
+    ///
+    /// # Errors
+    /// When the stream cannot list its shards at start (the backend is down or misconfigured).
+    pub async fn start(parts: PipelineParts) -> Result<Arc<Pipeline>, crate::stream::StreamError> {
+        let arbiters = parts
+            .sinks
+            .iter()
+            .map(|s| (s.kind(), Arbiter::new()))
+            .collect();
+        let pipeline = Arc::new(Pipeline {
+            parts,
+            arbiters,
+            actors: Mutex::new(BTreeMap::new()),
+            stop: tokio::sync::watch::channel(false).0,
+        });
+        let shards = pipeline.parts.stream.list_shards().await?;
+        pipeline.start_ready_shards(&shards).await;
+        let maintenance = pipeline.clone();
+        actix::spawn(async move { maintenance.maintain().await });
+        Ok(pipeline)
+    }
+
+    pub fn progress(&self) -> &Arc<Progress> {
+        &self.parts.progress
+    }
+
+    /// Starts the actors of shards that have none yet and may be read: a child of a reshard only
+    /// once every parent is fully written by that sink (its checkpoint is the shard end), so that
+    /// lines of one invoice never overtake each other.
+    async fn start_ready_shards(&self, shards: &[ShardInfo]) {
+        let known: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
+        let mut actors = self.actors.lock().await;
+        for sink in &self.parts.sinks {
+            let kind = sink.kind();
+            for shard in shards {
+                if actors.contains_key(&(kind, shard.id.clone())) {
+                    continue;
+                }
+                if !self.parents_done(kind, shard, &known).await {
+                    continue;
+                }
+                let parts = ShardSinkParts {
+                    sink: sink.clone(),
+                    shard: shard.id.clone(),
+                    stream: self.parts.stream.clone(),
+                    checkpoints: self.parts.checkpoints.clone(),
+                    dead_letters: self.parts.dead_letters.clone(),
+                    progress: self.parts.progress.clone(),
+                    settings: self.parts.settings.clone(),
+                };
+                let arbiter = &self.arbiters[&kind];
+                let addr =
+                    Supervisor::start_in_arbiter(&arbiter.handle(), move |_| ShardSink::new(parts));
+                tracing::info!(sink = %kind, shard = %shard.id, "Started a shard actor.");
+                actors.insert((kind, shard.id.clone()), addr);
+            }
+        }
+    }
+
+    async fn parents_done(
+        &self,
+        sink: SinkKind,
+        shard: &ShardInfo,
+        known: &BTreeSet<&ShardId>,
+    ) -> bool {
+        for parent in &shard.parents {
+            // A parent gone from the listing has aged out of the stream: nothing is left to read.
+            if !known.contains(parent) {
+                continue;
+            }
+            match self.parts.checkpoints.load(sink, parent).await {
+                Ok(Some(c)) if c.is_shard_end() => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Every second: refresh the backlog gauges; every `shard_refresh`: look for new shards and
+    /// release what every sink has stored.
+    async fn maintain(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_refresh = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            self.parts.progress.snapshot();
+            if last_refresh.elapsed() < self.parts.shard_refresh {
+                continue;
+            }
+            last_refresh = tokio::time::Instant::now();
+            match self.parts.stream.list_shards().await {
+                Ok(shards) => {
+                    self.start_ready_shards(&shards).await;
+                    self.release_stored(&shards).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot list the stream's shards; trying again later.")
+                }
+            }
+        }
+    }
+
+    /// Lets the stream drop records that every sink has checkpointed (it keeps them for its
+    /// retention period as well).
+    async fn release_stored(&self, shards: &[ShardInfo]) {
+        for shard in shards {
+            let mut lowest = None;
+            for sink in &self.parts.sinks {
+                match self.parts.checkpoints.load(sink.kind(), &shard.id).await {
+                    Ok(Some(c)) => {
+                        if lowest.as_ref().is_none_or(|l| c < *l) {
+                            lowest = Some(c);
+                        }
+                    }
+                    _ => {
+                        lowest = None;
+                        break;
+                    }
+                }
+            }
+            let Some(upto) = lowest.filter(|c| !c.is_shard_end()) else {
+                continue;
+            };
+            match self.parts.stream.release(&shard.id, &upto).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(shard = %shard.id, removed = n, "Released stored records.")
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %shard.id, error = %e, "Cannot release stored records.")
+                }
+            }
+        }
+    }
+
+    /// Asks every actor to write what it holds and checkpoint; waits at most `deadline`.
+    /// Returns false when the deadline passed first (what was not checkpointed is read again
+    /// after the restart; the sinks are idempotent).
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.stop.send_replace(true);
+        let actors: Vec<_> = self.actors.lock().await.values().cloned().collect();
+        let all = futures::future::join_all(actors.iter().map(|a| a.send(Shutdown)));
+        let done = tokio::time::timeout(deadline, all).await.is_ok();
+        for arbiter in self.arbiters.values() {
+            arbiter.stop();
+        }
+        done
+    }
+}

@@ -1,0 +1,44 @@
+//! The warehouse forwarder: the [`SinkWriter`] over a [`Warehouse`].
+
+use async_trait::async_trait;
+use std::sync::Arc;
+
+use super::{Warehouse, WarehouseError};
+use crate::actors::sink::{SinkFailure, SinkUnit, SinkWriter};
+use crate::stream::SinkKind;
+
+pub struct WarehouseForwarder {
+    warehouse: Arc<dyn Warehouse>,
+}
+
+impl WarehouseForwarder {
+    pub fn new(warehouse: Arc<dyn Warehouse>) -> Self {
+        WarehouseForwarder { warehouse }
+    }
+}
+
+impl From<WarehouseError> for SinkFailure {
+    fn from(e: WarehouseError) -> Self {
+        match e {
+            WarehouseError::Rejected { .. } => SinkFailure::permanent(e.to_string()),
+            WarehouseError::Unavailable(_) | WarehouseError::Backend(_) => {
+                SinkFailure::retriable(e.to_string())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SinkWriter for WarehouseForwarder {
+    fn kind(&self) -> SinkKind {
+        SinkKind::Warehouse
+    }
+
+    async fn write(&self, unit: &SinkUnit<'_>) -> Result<(), SinkFailure> {
+        Ok(self.warehouse.insert(unit.lines).await?)
+    }
+
+    async fn health(&self) -> Result<(), String> {
+        self.warehouse.health().await.map_err(|e| e.to_string())
+    }
+}
