@@ -26,15 +26,19 @@
 //! - [`actors`]: supervised actix actors: shard readers and the three sinks, with retry,
 //!   backpressure and dead letters.
 //! - [`batch`]: bulk CSV import with a ledger of what was loaded.
+//! - [`app`]: assembles the backends, the actors and the API from the settings.
+//! - [`replay`]: the store simulator that sends a CSV export as stores would.
 //! - [`metrics`]: every Prometheus series, declared once.
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
+pub mod app;
 pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod object_store;
+pub mod replay;
 pub mod stream;
 pub mod web;

@@ -1,5 +1,10 @@
 //! The `shopstream` command line: one subcommand per file in this folder.
 
+mod dead_letter;
+mod demo;
+mod replay;
+mod serve;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,12 +28,29 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Runs the pipeline: the HTTP API (ingest, look-ups, dashboard, metrics) and the sink actors.
+    Serve(serve::Args),
+    /// Starts the pipeline on embedded backends, replays a realistic dataset through it, and says
+    /// where to look. The quickest way to see shopstream work.
+    Demo(demo::Args),
+    /// The store simulator: sends a CSV file's lines to a running shopstream, invoice by invoice,
+    /// from several concurrent stores.
+    Replay(replay::Args),
+    /// Lists or re-drives the lines that sinks could not store.
+    #[command(subcommand)]
+    DeadLetter(dead_letter::Command),
+}
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Serve(args) => serve::run(cli.config.as_deref(), args),
+        Command::Demo(args) => demo::run(cli.config.as_deref(), args),
+        Command::Replay(args) => replay::run(args),
+        Command::DeadLetter(cmd) => dead_letter::run(cli.config.as_deref(), cmd),
+    }
 }
 
 /// Loads settings for commands that need them, with the file named on the command line.

@@ -58,6 +58,10 @@ pub struct SinksConfig {
     /// How often checkpoints are written while a sink is busy.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// How often the stream's shard list is read again (new shards after a reshard, released
+    /// records).
+    #[serde(with = "humantime_serde")]
+    pub shard_refresh: Duration,
     pub retry: RetryConfig,
 }
 

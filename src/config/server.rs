@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most lines in one request; more get 413.
     pub max_lines_per_request: usize,
+    /// Ingest requests parsed and appended at once; more get 503 with Retry-After. With the body
+    /// limit this bounds ingest memory (about this many times a request's size, parsed).
+    pub max_inflight_ingest: usize,
     /// How long one request may take before it is answered 503.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -25,6 +28,8 @@ pub struct ServerConfig {
     pub shutdown_deadline: Duration,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Day/month order of slash dates in ingested lines unless a request says `?date_order=`.
+    pub date_order: crate::model::DateOrder,
 }
 
 impl ServerConfig {
@@ -37,6 +42,9 @@ impl ServerConfig {
                 "server.max_lines_per_request",
                 "must be greater than 0",
             ));
+        }
+        if self.max_inflight_ingest == 0 {
+            return Err(bad("server.max_inflight_ingest", "must be greater than 0"));
         }
         if self.request_timeout.is_zero() {
             return Err(bad("server.request_timeout", "must be greater than 0s"));

@@ -1,1 +1,175 @@
-//! The HTTP API (actix-web): ingest, queries, dashboard, metrics and health.
+//! The HTTP API (actix-web): ingest, look-ups, dashboard, metrics, health. Each route group is a
+//! file with a `config` function; errors become answers in one place ([`error::ApiError`]).
+
+pub mod dashboard;
+pub mod error;
+pub mod ingest;
+pub mod ops;
+pub mod query;
+
+use actix_web::dev::Service;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use futures::FutureExt;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::actors::operational::OperationalStore;
+use crate::actors::progress::Progress;
+use crate::actors::sink::SinkWriter;
+use crate::actors::warehouse::Warehouse;
+use crate::config::{AuthConfig, Settings};
+use crate::model::DateOrder;
+use crate::object_store::ObjectStore;
+use crate::stream::Stream;
+use error::ApiError;
+
+/// Limits and policies of the API, from the settings.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_lines_per_request: usize,
+    pub request_timeout: Duration,
+    pub backlog_high_water_records: u64,
+    pub date_order: DateOrder,
+    pub max_inflight_ingest: usize,
+}
+
+impl Limits {
+    pub fn from_settings(s: &Settings) -> Self {
+        Limits {
+            max_body_bytes: s.server.max_body_bytes,
+            max_lines_per_request: s.server.max_lines_per_request,
+            request_timeout: s.server.request_timeout,
+            backlog_high_water_records: s.sinks.backlog_high_water_records,
+            date_order: s.server.date_order,
+            max_inflight_ingest: s.server.max_inflight_ingest,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub stream: Arc<dyn Stream>,
+    pub operational: Arc<dyn OperationalStore>,
+    pub warehouse: Arc<dyn Warehouse>,
+    /// The sinks, for readiness.
+    pub sinks: Vec<Arc<dyn SinkWriter>>,
+    pub dead_letter_store: Arc<dyn ObjectStore>,
+    pub progress: Arc<Progress>,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    /// Appends waiting for the stream right now.
+    pub inflight_appends: AtomicUsize,
+    /// Ingest requests being parsed or appended right now (`server.max_inflight_ingest` permits).
+    pub ingest_permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    /// The store id of the request's bearer key.
+    pub fn authenticate(&self, req: &HttpRequest) -> Result<String, ApiError> {
+        let key = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        self.auth
+            .store_for_key(key)
+            .map(str::to_owned)
+            .ok_or(ApiError::Unauthorized)
+    }
+
+    /// Takes one of the ingest permits, or answers 503 when all are taken.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.ingest_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Busy {
+                reason: format!(
+                    "{} ingest requests are in progress already",
+                    self.limits.max_inflight_ingest
+                ),
+                retry_after_secs: 1,
+            })
+    }
+
+    /// Refuses new lines while a sink is too far behind: the stream is durable, but a backlog
+    /// that only grows means a sink is down or too slow, and stores should hold their lines.
+    pub fn check_backpressure(&self) -> Result<(), ApiError> {
+        let backlog = self.progress.max_backlog();
+        if backlog > self.limits.backlog_high_water_records {
+            return Err(ApiError::Busy {
+                reason: format!(
+                    "a sink is {backlog} records behind the stream, over the high-water mark of {}",
+                    self.limits.backlog_high_water_records
+                ),
+                retry_after_secs: 5,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every route of the API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    ingest::config(cfg);
+    query::config(cfg);
+    ops::config(cfg);
+    dashboard::config(cfg);
+}
+
+/// Builds the HTTP server (not yet running) and the addresses it is bound to. Signals are left to
+/// the caller, which stops the server first and the pipeline after it.
+///
+/// # Errors
+/// When the address cannot be bound (in use, no permission).
+pub fn server(
+    state: Arc<AppState>,
+    settings: &Settings,
+) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
+    let data = web::Data::from(state);
+    let workers = match settings.server.workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    // Half the shutdown deadline for requests in flight; the rest is the sinks'.
+    let grace = (settings.server.shutdown_deadline / 2).as_secs().max(1);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::BadInput(format!("bad query string: {e}")).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                ApiError::BadInput(format!("bad path: {e}")).into()
+            }))
+            .wrap_fn(|req, srv| {
+                let started = Instant::now();
+                srv.call(req).map(move |res| {
+                    if let Ok(res) = &res {
+                        let route = res
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".to_owned());
+                        crate::metrics::HTTP_REQUESTS
+                            .with_label_values(&[&route, res.status().as_str()])
+                            .inc();
+                        crate::metrics::HTTP_REQUEST_DURATION
+                            .with_label_values(&[&route])
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    res
+                })
+            })
+            .configure(routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(grace)
+    .bind((settings.server.bind.as_str(), settings.server.port))?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Benchmark of the whole pipeline on embedded backends, every figure from one run.
+
+  (a) HTTP + parse ceiling: the same payloads with ?dry_run=true (parsed, validated, not written)
+  (b) durable ingest: lines/s acknowledged (in the stream, fsynced), and its ratio to (a)
+  (c) time until the full dataset is visible in all three sinks, from the first request
+  (d) ack latency p50/p99 at half the rate of (b)
+  (e) peak RSS of the server in (b), and under 3x overload (three times the clients, no rate limit)
+
+Usage: python3 scripts/bench_pipeline.py [--lines 541909] [--runs 3]
+It builds the release binary, generates the dataset into bench-out/, and prints a table.
+The client (replay) runs on the same 2 cores as the server: figures are for the pair.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench-out")
+BIN = os.path.join(ROOT, "target", "release", "shopstream")
+KEY = "demo-key-change-me"
+
+CONFIG = """
+[server]
+max_inflight_ingest = 64
+
+[archive]
+flush_age = "250ms"
+
+[sinks]
+poll_interval = "20ms"
+"""
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+class Server:
+    def __init__(self, name):
+        self.data = os.path.join(OUT, "data-" + name)
+        shutil.rmtree(self.data, ignore_errors=True)
+        cfg = os.path.join(OUT, "bench.toml")
+        with open(cfg, "w") as f:
+            f.write(CONFIG)
+        self.log = open(os.path.join(OUT, name + ".log"), "w")
+        self.proc = subprocess.Popen(
+            [BIN, "--config", cfg, "serve", "--data-dir", self.data, "--port", "0"],
+            stdout=subprocess.PIPE, stderr=self.log, text=True)
+        for line in self.proc.stdout:
+            m = re.match(r"shopstream listening on (http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        else:
+            sys.exit("the server did not start; see " + self.log.name)
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def status(self):
+        with urllib.request.urlopen(self.url + "/v1/status") as r:
+            return json.load(r)
+
+    def wait_caught_up(self, limit=600):
+        start = time.monotonic()
+        while time.monotonic() - start < limit:
+            s = self.status()
+            if s["caught_up"] and s["shards"]:
+                return
+            time.sleep(0.02)
+        sys.exit("the sinks did not catch up")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def replay(url, file, *extra):
+    out = subprocess.run(
+        [BIN, "replay", file, "--url", url, "--key", KEY, "--json", *extra],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out[out.index("{"):])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lines", type=int, default=541_909)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--stores", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=500)
+    args = ap.parse_args()
+
+    os.makedirs(OUT, exist_ok=True)
+    sh("cargo", "build", "--release", "--locked", "--quiet", cwd=ROOT)
+    data = os.path.join(OUT, f"retail-{args.lines}.csv")
+    if not os.path.exists(data):
+        sh(BIN, "generate", "--lines", str(args.lines), "--output", data)
+    load = ["--stores", str(args.stores), "--batch", str(args.batch)]
+
+    ceiling, durable, visible, rss = [], [], [], []
+    for run in range(args.runs):
+        srv = Server(f"run{run}")
+        a = replay(srv.url, data, *load, "--dry-run")
+        ceiling.append(a["lines_per_second"])
+        t0 = time.monotonic()
+        b = replay(srv.url, data, *load)
+        assert b["lines_accepted"] == args.lines, b
+        durable.append(b["lines_per_second"])
+        srv.wait_caught_up()
+        visible.append(time.monotonic() - t0)
+        rss.append(srv.peak_rss_mb())
+        srv.stop()
+        print(f"run {run + 1}: ceiling {a['lines_per_second']:,.0f} lines/s, durable "
+              f"{b['lines_per_second']:,.0f} lines/s, in all sinks after {visible[-1]:.2f} s, "
+              f"peak RSS {rss[-1]:.0f} MB", file=sys.stderr)
+
+    half = statistics.median(durable) / 2
+    srv = Server("half")
+    d = replay(srv.url, data, *load, "--rate", str(int(half)))
+    srv.wait_caught_up()
+    srv.stop()
+
+    srv = Server("overload")
+    procs = [subprocess.Popen([BIN, "replay", data, "--url", srv.url, "--key", KEY, "--json", *load],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    results = []
+    for p in procs:
+        text = p.communicate()[0]
+        results.append(json.loads(text[text.index("{"):]))
+    srv.wait_caught_up()
+    overload_rss = srv.peak_rss_mb()
+    srv.stop()
+    busy = sum(r["busy_answers"] for r in results)
+    accepted = sum(r["lines_accepted"] for r in results)
+
+    med = statistics.median
+    print()
+    print(f"dataset: {args.lines:,} generated lines; {args.runs} runs; {args.stores} stores x {args.batch} lines per request; {os.cpu_count()} cores")
+    print(f"(a) parse-and-discard HTTP ceiling    {med(ceiling):>12,.0f} lines/s   (runs: {', '.join(f'{x:,.0f}' for x in ceiling)})")
+    print(f"(b) durable ingest, acknowledged      {med(durable):>12,.0f} lines/s   ratio to (a): {med(durable) / med(ceiling):.2f}")
+    print(f"(c) full dataset in all three sinks   {med(visible):>12.2f} s         (runs: {', '.join(f'{x:.2f}' for x in visible)})")
+    print(f"(d) ack latency at {half:,.0f} lines/s   p50 {d['latency_p50_ms']:.1f} ms, p99 {d['latency_p99_ms']:.1f} ms, max {d['latency_max_ms']:.1f} ms")
+    print(f"(e) peak RSS in (b)                   {med(rss):>12.0f} MB")
+    print(f"    peak RSS under 3x overload        {overload_rss:>12.0f} MB  ({accepted:,} lines acknowledged, {busy:,} busy answers honoured)")
+
+
+if __name__ == "__main__":
+    main()

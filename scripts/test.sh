@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, then runs every test (unit, property,
+# black-box tests of the real binary over HTTP, tests against local AWS-compatible servers).
+# Usage: bash scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-test-deps.sh
+echo "==> cargo test"
+cargo test --locked "$@"

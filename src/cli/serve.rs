@@ -1,0 +1,140 @@
+//! `shopstream serve`: the pipeline and its HTTP API, until SIGTERM or SIGINT.
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::actors::pipeline::Pipeline;
+use crate::actors::progress::Progress;
+use crate::app::{start_pipeline, Backends};
+use crate::config::Settings;
+use crate::web::{AppState, Limits};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Data folder of the embedded backends (overrides `data_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Port to listen on (overrides `server.port`; 0 picks a free one and prints it).
+    #[arg(long)]
+    pub port: Option<u16>,
+}
+
+pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
+    let mut settings = super::load_settings(config)?;
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    if let Some(port) = args.port {
+        settings.server.port = port;
+    }
+    super::init_logging(&settings);
+    crate::metrics::init();
+    actix_web::rt::System::new().block_on(async move {
+        let running = Running::start(&settings).await?;
+        let signal = wait_for_signal().await?;
+        tracing::info!(signal, "Shutting down: no new requests, finishing the ones in flight, flushing every sink.");
+        running.stop(&settings).await;
+        Ok(())
+    })
+}
+
+/// A running pipeline and HTTP server.
+pub struct Running {
+    pub server: actix_web::dev::ServerHandle,
+    pub server_task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    pub pipeline: Arc<Pipeline>,
+    pub state: Arc<AppState>,
+    pub addrs: Vec<std::net::SocketAddr>,
+}
+
+impl Running {
+    /// Opens the backends, starts the actors and the HTTP server, and prints where it listens
+    /// (`shopstream listening on http://ADDR`, a line tests and scripts wait for).
+    ///
+    /// # Errors
+    /// A backend that cannot be opened or an address that cannot be bound.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+        let backends = Backends::open(settings).await?;
+        let progress = Arc::new(Progress::default());
+        let sinks = backends.sinks(settings);
+        let pipeline = start_pipeline(settings, &backends, sinks.clone(), progress.clone()).await?;
+        let state = Arc::new(AppState {
+            stream: backends.stream.clone(),
+            operational: backends.operational.clone(),
+            warehouse: backends.warehouse.clone(),
+            sinks,
+            dead_letter_store: backends.dead_letter.clone(),
+            progress,
+            auth: settings.auth.clone(),
+            limits: Limits::from_settings(settings),
+            inflight_appends: AtomicUsize::new(0),
+            ingest_permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.server.max_inflight_ingest,
+            )),
+        });
+        let (server, addrs) = crate::web::server(state.clone(), settings).with_context(|| {
+            format!(
+                "cannot listen on {}:{} (server.bind, server.port)",
+                settings.server.bind, settings.server.port
+            )
+        })?;
+        let handle = server.handle();
+        let server_task = actix_web::rt::spawn(server);
+        for addr in &addrs {
+            tracing::info!(%addr, data_dir = %settings.data_dir.display(), "shopstream is listening.");
+            println!("shopstream listening on http://{addr}");
+        }
+        let _ = std::io::stdout().flush();
+        Ok(Running {
+            server: handle,
+            server_task,
+            pipeline,
+            state,
+            addrs,
+        })
+    }
+
+    /// Stops taking requests, lets the ones in flight finish, then has every sink write what it
+    /// holds and checkpoint, all within `server.shutdown_deadline`.
+    pub async fn stop(self, settings: &Settings) {
+        let started = Instant::now();
+        let deadline = settings.server.shutdown_deadline;
+        self.server.stop(true).await;
+        let _ = self.server_task.await;
+        let left = deadline.saturating_sub(started.elapsed());
+        if self.pipeline.shutdown(left).await {
+            tracing::info!(
+                millis = started.elapsed().as_millis() as u64,
+                "Every sink is flushed and checkpointed; bye."
+            );
+        } else {
+            tracing::warn!(
+                deadline = ?deadline,
+                "The shutdown deadline passed before every sink finished; what was not checkpointed is read again at the next start."
+            );
+        }
+    }
+}
+
+/// Waits for SIGTERM (ECS stopping the task) or SIGINT (Ctrl-C) and names it.
+pub async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+        tokio::select! {
+            _ = term.recv() => Ok("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}

@@ -1,0 +1,16 @@
+//! `GET /`: a one-page dashboard for people (sales figures, pipeline progress, invoice and
+//! customer look-up), served from the binary; it reads the same JSON API as any client.
+
+use actix_web::{web, HttpResponse};
+
+const PAGE: &str = include_str!("dashboard.html");
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(page));
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
+}

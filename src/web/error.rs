@@ -1,0 +1,99 @@
+//! The one place where errors become HTTP answers: a status code and a JSON body that tells the
+//! client what happened and what to do.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use super::ingest::Rejection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or unknown API key: send `Authorization: Bearer <key>` with the key of your store")]
+    Unauthorized,
+    #[error("the body is larger than {limit} bytes; split it into several requests")]
+    BodyTooLarge { limit: usize },
+    #[error("the request has {count} lines, more than the limit of {limit}; split it into several requests")]
+    TooManyLines { count: usize, limit: usize },
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{message}")]
+    Rejected {
+        message: String,
+        rejected: Vec<Rejection>,
+    },
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("shopstream is busy ({reason}); retry after {retry_after_secs} s")]
+    Busy {
+        reason: String,
+        retry_after_secs: u64,
+    },
+    #[error("a backend is unavailable: {0}; retry later (line ids make retries safe)")]
+    Unavailable(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected: Option<&'a [Rejection]>,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::TooManyLines { .. } => "too_many_lines",
+            ApiError::BadInput(_) => "bad_input",
+            ApiError::Rejected { .. } => "rejected",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Busy { .. } => "busy",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTooLarge { .. } | ApiError::TooManyLines { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::BadInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Busy { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Busy {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
+            ApiError::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        let rejected = match self {
+            ApiError::Rejected { rejected, .. } => Some(rejected.as_slice()),
+            _ => None,
+        };
+        response.json(Body {
+            error: self.code(),
+            message: self.to_string(),
+            rejected,
+        })
+    }
+}

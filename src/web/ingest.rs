@@ -1,0 +1,288 @@
+//! `POST /v1/invoices`: stores send invoice lines; the answer comes once the accepted lines are
+//! durable in the stream.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::model::{
+    parse_body, DateOrder, InvoiceLine, LineBatch, LineError, LinePosition, ParseOptions,
+};
+use crate::stream::{PutRecord, StreamError, MAX_RECORD_BYTES};
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/invoices", web::post().to(ingest));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestQuery {
+    /// All or nothing: one bad line rejects the request and nothing is written.
+    #[serde(default)]
+    atomic: bool,
+    /// Day/month order of slash dates in this request (default: `server.date_order`).
+    #[serde(default)]
+    date_order: Option<DateOrder>,
+    /// Validate only: answer what would be accepted and rejected, write nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// One rejected line in an answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// 0-based index of the line in a JSON array or NDJSON body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// Row number of a CSV body as an editor shows it (the header is row 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    pub field: Option<&'static str>,
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl From<&LineError> for Rejection {
+    fn from(e: &LineError) -> Self {
+        let (index, row) = match e.position {
+            LinePosition::Index(i) => (Some(i), None),
+            LinePosition::Row(r) => (None, Some(r)),
+        };
+        Rejection {
+            index,
+            row,
+            field: e.field,
+            value: e.value.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Accepted<'a> {
+    accepted: usize,
+    /// The ids of the accepted lines, in the order they were sent.
+    line_ids: Vec<&'a str>,
+    rejected: Vec<Rejection>,
+}
+
+/// Bodies above this size are parsed on a blocking thread so one big upload does not hold up the
+/// other requests of its worker.
+const PARSE_INLINE_MAX_BYTES: usize = 256 * 1024;
+
+async fn ingest(
+    req: HttpRequest,
+    payload: web::Payload,
+    query: web::Query<IngestQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let store = state.authenticate(&req)?;
+    // Admission: a bounded number of requests is parsed and appended at once; the rest are told
+    // to come back, so memory stays bounded however hard stores push.
+    let _permit = state.admit()?;
+    if !query.dry_run {
+        state.check_backpressure()?;
+    }
+    let limit = state.limits.max_body_bytes;
+    let body = read_body(&req, payload, limit).await?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let opts = ParseOptions {
+        date_order: query.date_order.unwrap_or(state.limits.date_order),
+        ..ParseOptions::default()
+    };
+    let big = body.len() > PARSE_INLINE_MAX_BYTES;
+    let parse = move || parse_body(&body, content_type.as_deref(), &opts);
+    let parsed = if big {
+        web::block(parse)
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("parser task failed: {e}")))?
+    } else {
+        parse()
+    }
+    .map_err(|e| ApiError::BadInput(e.to_string()))?;
+
+    let count = parsed.lines.len() + parsed.errors.len();
+    if count > state.limits.max_lines_per_request {
+        return Err(ApiError::TooManyLines {
+            count,
+            limit: state.limits.max_lines_per_request,
+        });
+    }
+    for e in &parsed.errors {
+        crate::metrics::LINES_REJECTED
+            .with_label_values(&[store.as_str(), e.field.unwrap_or("line")])
+            .inc();
+    }
+    let rejected: Vec<Rejection> = parsed.errors.iter().map(Rejection::from).collect();
+    if !rejected.is_empty() && (query.atomic || parsed.lines.is_empty()) {
+        let message = if query.atomic {
+            format!(
+                "{} of {count} lines are invalid and atomic=true: nothing was written; fix them and send the request again",
+                rejected.len()
+            )
+        } else {
+            format!("all {count} lines are invalid: nothing was written")
+        };
+        return Err(ApiError::Rejected { message, rejected });
+    }
+    if parsed.lines.is_empty() {
+        return Err(ApiError::BadInput(
+            "the body holds no invoice lines: send a JSON object, a JSON array, NDJSON or CSV with a header row".into(),
+        ));
+    }
+
+    let records = records_for(&store, &parsed.lines)
+        .map_err(|e| ApiError::BadInput(e.to_string()))?;
+    if !query.dry_run {
+        state.append(records).await?;
+        crate::metrics::LINES_ACCEPTED
+            .with_label_values(&[store.as_str()])
+            .inc_by(parsed.lines.len() as u64);
+    }
+
+    Ok(HttpResponse::Ok().json(Accepted {
+        accepted: parsed.lines.len(),
+        line_ids: parsed.lines.iter().map(|l| l.line_id.as_str()).collect(),
+        rejected,
+    }))
+}
+
+/// Reads the body up to `limit` bytes; a larger one is refused as soon as it is known to be larger.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadInput(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Groups the lines by invoice (in the order invoices first appear) into stream records: one
+/// record per invoice, split in order when an invoice does not fit one record. Keeping an
+/// invoice's lines in one record keeps them on one shard, in order, and costs one Kinesis PUT
+/// payload unit per ~25 KB instead of one per line.
+pub fn records_for(
+    store_id: &str,
+    lines: &[InvoiceLine],
+) -> Result<Vec<PutRecord>, serde_json::Error> {
+    let ingested_at = chrono::Utc::now();
+    let mut order: Vec<&str> = Vec::new();
+    let mut by_invoice: std::collections::HashMap<&str, Vec<&InvoiceLine>> =
+        std::collections::HashMap::new();
+    for line in lines {
+        by_invoice
+            .entry(line.invoice_no.as_str())
+            .or_insert_with(|| {
+                order.push(line.invoice_no.as_str());
+                Vec::new()
+            })
+            .push(line);
+    }
+    let mut records = Vec::with_capacity(order.len());
+    for invoice in order {
+        push_records(
+            store_id,
+            ingested_at,
+            invoice,
+            &by_invoice[invoice],
+            &mut records,
+        )?;
+    }
+    Ok(records)
+}
+
+fn push_records(
+    store_id: &str,
+    ingested_at: chrono::DateTime<chrono::Utc>,
+    invoice: &str,
+    lines: &[&InvoiceLine],
+    out: &mut Vec<PutRecord>,
+) -> Result<(), serde_json::Error> {
+    let batch = LineBatch {
+        store_id: store_id.to_owned(),
+        ingested_at,
+        lines: lines.iter().map(|l| (*l).clone()).collect(),
+    };
+    let data = serde_json::to_vec(&batch)?;
+    if data.len() + invoice.len() <= MAX_RECORD_BYTES || lines.len() == 1 {
+        out.push(PutRecord {
+            partition_key: invoice.to_owned(),
+            data: Bytes::from(data),
+        });
+        return Ok(());
+    }
+    let (a, b) = lines.split_at(lines.len() / 2);
+    push_records(store_id, ingested_at, invoice, a, out)?;
+    push_records(store_id, ingested_at, invoice, b, out)
+}
+
+impl AppState {
+    /// Appends records durably; a saturated stream is a 503 with Retry-After, so stores slow down
+    /// instead of shopstream buffering in memory.
+    pub async fn append(&self, records: Vec<PutRecord>) -> Result<(), ApiError> {
+        let started = Instant::now();
+        let depth = self.inflight_appends.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::MAILBOX_DEPTH
+            .with_label_values(&["stream_append"])
+            .set(depth as i64);
+        let result =
+            tokio::time::timeout(self.limits.request_timeout, self.stream.put(records)).await;
+        let depth = self.inflight_appends.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::MAILBOX_DEPTH
+            .with_label_values(&["stream_append"])
+            .set(depth as i64);
+        match result {
+            Err(_) => Err(ApiError::Busy {
+                reason: format!(
+                    "the stream did not confirm the write within {:?}",
+                    self.limits.request_timeout
+                ),
+                retry_after_secs: 1,
+            }),
+            Ok(Err(StreamError::Saturated(reason))) => Err(ApiError::Busy {
+                reason,
+                retry_after_secs: 1,
+            }),
+            Ok(Err(StreamError::RecordTooLarge { size, max })) => Err(ApiError::BadInput(format!(
+                "one line alone makes a stream record of {size} bytes, over the limit of {max}: shorten its description"
+            ))),
+            Ok(Err(e)) => Err(ApiError::Unavailable(e.to_string())),
+            Ok(Ok(results)) => {
+                for r in &results {
+                    self.progress.record_latest(&r.shard_id, &r.sequence_number);
+                }
+                tracing::debug!(
+                    records = results.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "Appended to the stream."
+                );
+                Ok(())
+            }
+        }
+    }
+}

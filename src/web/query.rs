@@ -1,0 +1,95 @@
+//! Look-ups: invoices and customers from the operational store, sales figures from the warehouse.
+
+use actix_web::{web, HttpResponse};
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::AppState;
+
+pub fn config(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/invoices/{invoice_no}", web::get().to(invoice))
+        .route(
+            "/v1/customers/{customer_id}/invoices",
+            web::get().to(customer_invoices),
+        )
+        .route("/v1/sales/summary", web::get().to(sales_summary));
+}
+
+async fn invoice(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let invoice_no = path.into_inner();
+    match state.operational.invoice(&invoice_no).await {
+        Ok(Some(invoice)) => Ok(HttpResponse::Ok().json(invoice)),
+        Ok(None) => Err(ApiError::NotFound {
+            what: format!("invoice {invoice_no:?}"),
+        }),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Range {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `2011-01-31` (midnight) or `2011-01-31T08:26:00` / `2011-01-31 08:26:00`.
+fn parse_bound(name: &str, value: Option<&str>) -> Result<Option<NaiveDateTime>, ApiError> {
+    let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(v, format) {
+            return Ok(Some(t));
+        }
+    }
+    Err(ApiError::BadInput(format!(
+        "query parameter {name}={v:?} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS"
+    )))
+}
+
+async fn customer_invoices(
+    path: web::Path<String>,
+    range: web::Query<Range>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let customer_id: u64 = raw.trim().parse().map_err(|_| {
+        ApiError::BadInput(format!(
+            "customer id {raw:?} is not a whole number (expected e.g. 17850)"
+        ))
+    })?;
+    let from = parse_bound("from", range.from.as_deref())?;
+    let to = parse_bound("to", range.to.as_deref())?;
+    let invoices = state
+        .operational
+        .customer_invoices(customer_id, from, to)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if invoices.is_empty() && from.is_none() && to.is_none() {
+        return Err(ApiError::NotFound {
+            what: format!("customer {customer_id}"),
+        });
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "customer_id": customer_id,
+        "invoices": invoices,
+    })))
+}
+
+async fn sales_summary(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match state.warehouse.summary().await {
+        Ok(Some(summary)) => Ok(HttpResponse::Ok().json(summary)),
+        Ok(None) => Err(ApiError::NotFound {
+            what: "a sales summary (the warehouse backend, Firehose, cannot be queried from here; query Redshift)".into(),
+        }),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+    }
+}

@@ -1,0 +1,263 @@
+//! Black-box tests of the whole pipeline on the embedded backends: the real binary on an
+//! ephemeral loopback port, the real store simulator, and read-back of the SQLite files and the
+//! archive folder without going through shopstream.
+
+mod common;
+
+use common::*;
+use rust_decimal::Decimal;
+use std::path::Path;
+use std::time::Duration;
+
+/// The operational store's table of lines (see `actors/operational/sqlite.rs`).
+const OPERATIONAL_TABLE: &str = "invoice_lines";
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Every accepted line is in the operational store, the warehouse and the archive exactly once,
+/// with the same count and exactly the same revenue as the input file.
+fn assert_every_sink_has(server: &Server, expected: &Expected) {
+    let dir = &server.data_dir;
+    let (op_n, op_rev, op_dups) = sqlite_totals(&dir.join("operational.sqlite"), OPERATIONAL_TABLE);
+    let (wh_n, wh_rev, wh_dups) = sqlite_totals(&dir.join("warehouse.sqlite"), "sales");
+    let (ids, ar_rev, ar_n) = archive_lines(&dir.join("archive"));
+    let revenue = expected.revenue.normalize();
+    assert_eq!(
+        (op_n, wh_n, ar_n),
+        (expected.rows, expected.rows, expected.rows),
+        "line counts (operational, warehouse, archive)"
+    );
+    assert_eq!((op_dups, wh_dups), (0, 0), "duplicate line ids");
+    assert_eq!(ids.len() as u64, expected.rows, "distinct lines in the archive");
+    assert!(ids.values().all(|n| *n == 1), "a line is archived twice");
+    assert_eq!(op_rev, revenue, "operational revenue");
+    assert_eq!(wh_rev, revenue, "warehouse revenue");
+    assert_eq!(ar_rev, revenue, "archive revenue");
+}
+
+/// A server and the temporary folder of its data; the server stops before the folder goes.
+struct Running {
+    server: Server,
+    _dir: tempfile::TempDir,
+}
+
+fn replay_and_check(file: &Path, extra_replay: &[&str]) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), 0, "");
+    let summary = replay(&server.base, file, extra_replay);
+    let expected = expected_from_csv(file);
+    assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
+    assert_eq!(summary["lines_rejected"], 0, "{summary:#}");
+    server.wait_caught_up(Duration::from_secs(60));
+    assert_every_sink_has(&server, &expected);
+    Running { server, _dir: dir }
+}
+
+#[test]
+fn real_fixture_reaches_every_sink_exactly_once_and_answers_lookups() {
+    let file = fixture("online-retail-sample-182.csv");
+    let running = replay_and_check(&file, &["--stores", "3", "--batch", "20"]);
+    let server = &running.server;
+    let expected = expected_from_csv(&file);
+
+    // The first invoice of the dataset, compared with the file itself.
+    let client = client();
+    let invoice: serde_json::Value = client
+        .get(server.url("/v1/invoices/536365"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut reader = csv::Reader::from_path(&file).unwrap();
+    let rows: Vec<csv::StringRecord> = reader
+        .records()
+        .map(Result::unwrap)
+        .filter(|r| &r[0] == "536365")
+        .collect();
+    let total: Decimal = rows
+        .iter()
+        .map(|r| r[3].parse::<Decimal>().unwrap() * r[5].parse::<Decimal>().unwrap())
+        .sum();
+    assert_eq!(invoice["lines"].as_array().unwrap().len(), rows.len());
+    assert_eq!(
+        invoice["total"].as_str().unwrap().parse::<Decimal>().unwrap(),
+        total
+    );
+    assert_eq!(invoice["customer_id"], 17850);
+    assert_eq!(invoice["country"], "United Kingdom");
+
+    // The customer's invoices, all of them and within a range.
+    let all: serde_json::Value = client
+        .get(server.url("/v1/customers/17850/invoices"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let listed = all["invoices"].as_array().unwrap();
+    assert!(!listed.is_empty());
+    assert!(listed.iter().any(|i| i["invoice_no"] == "536365"));
+    let none: serde_json::Value = client
+        .get(server.url("/v1/customers/17850/invoices?from=2011-06-01&to=2011-07-01"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(none["invoices"].as_array().unwrap().len(), 0);
+
+    // The warehouse summary agrees with the file.
+    let summary: serde_json::Value = client
+        .get(server.url("/v1/sales/summary"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(summary["lines"], expected.rows);
+    assert_eq!(summary["invoices"], expected.invoices.len());
+    assert_eq!(
+        summary["revenue"].as_str().unwrap().parse::<Decimal>().unwrap(),
+        expected.revenue
+    );
+}
+
+#[test]
+fn latin1_fixture_reaches_every_sink_exactly_once() {
+    replay_and_check(&fixture("online-retail-sample-873-iso.csv"), &[]);
+}
+
+#[test]
+fn generated_dataset_reaches_every_sink_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("generated.csv");
+    generate(&file, 30_000, &["--seed", "7"]);
+    let running = replay_and_check(&file, &["--stores", "8", "--batch", "300"]);
+    let server = &running.server;
+    // Sending the whole file again changes nothing anywhere: line ids make retries idempotent.
+    let again = replay(&server.base, &file, &["--stores", "4"]);
+    assert_eq!(again["lines_accepted"], 30_000);
+    server.wait_caught_up(Duration::from_secs(60));
+    assert_every_sink_has(server, &expected_from_csv(&file));
+}
+
+#[test]
+fn kill_9_mid_replay_loses_no_acknowledged_line_and_duplicates_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("crash.csv");
+    generate(&file, 40_000, &["--seed", "11"]);
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let mut server = Server::start(&data, port, "");
+    let base = server.base.clone();
+
+    // The simulator keeps retrying what was not acknowledged while the server is down.
+    let replayer = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            replay(
+                &base,
+                &file,
+                &["--stores", "4", "--batch", "200", "--rate", "20000", "--max-attempts", "40"],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = Server::start(&data, port, "");
+    let summary = replayer.join().unwrap();
+    assert_eq!(summary["lines_failed"], 0, "{summary:#}");
+    assert!(summary["retries"].as_u64().unwrap() > 0, "the crash was not seen: {summary:#}");
+    server.wait_caught_up(Duration::from_secs(60));
+    assert_every_sink_has(&server, &expected_from_csv(&file));
+}
+
+#[test]
+fn a_failing_sink_does_not_hold_up_the_others_and_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("outage.csv");
+    generate(&file, 5_000, &["--seed", "3"]);
+    let data = tmp.path().join("data");
+    let server = Server::start(&data, 0, "");
+
+    // The warehouse database is locked by another writer, and the archive folder is replaced by a
+    // file, for as long as the replay takes and a while after.
+    let lock = rusqlite::Connection::open(data.join("warehouse.sqlite")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let archive = data.join("archive");
+    let moved = data.join("archive.away");
+    std::fs::rename(&archive, &moved).unwrap();
+    std::fs::write(&archive, b"not a folder").unwrap();
+
+    let summary = replay(&server.base, &file, &["--stores", "2"]);
+    assert_eq!(summary["lines_accepted"], 5_000);
+
+    // The operational store gets everything while the other two are down.
+    let client = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: serde_json::Value = client
+            .get(server.url("/v1/status"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let shards = status["shards"].as_array().unwrap();
+        let backlog = |sink: &str| -> u64 {
+            shards
+                .iter()
+                .filter(|s| s["sink"] == sink)
+                .map(|s| s["backlog_records"].as_u64().unwrap())
+                .sum()
+        };
+        if backlog("operational") == 0 && shards.iter().any(|s| s["sink"] == "operational") {
+            assert!(backlog("warehouse") > 0, "the warehouse was locked: {status:#}");
+            assert!(backlog("archive") > 0, "the archive was unusable: {status:#}");
+            assert!(
+                shards.iter().any(|s| s["failing"].is_string()),
+                "failing sinks say why: {status:#}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operational store did not catch up while the others were down: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ready = client.get(server.url("/health/ready")).send().unwrap();
+    assert_eq!(ready.status(), 503, "readiness shows the broken archive");
+
+    // Recovery: the failed sinks catch up with nothing lost and nothing doubled.
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::rename(&moved, &archive).unwrap();
+    server.wait_caught_up(Duration::from_secs(60));
+    assert_every_sink_has(&server, &expected_from_csv(&file));
+    let ready = client.get(server.url("/health/ready")).send().unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[test]
+fn sigterm_flushes_every_sink_and_exits_zero_within_the_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("term.csv");
+    generate(&file, 3_000, &["--seed", "5"]);
+    let data = tmp.path().join("data");
+    // A long archive flush age: only the shutdown flush can write the archive in time.
+    let mut server = Server::start(&data, 0, "[archive]\nflush_age = \"1h\"\n");
+    let summary = replay(&server.base, &file, &[]);
+    assert_eq!(summary["lines_accepted"], 3_000);
+    let (status, took) = server.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", server.log());
+    assert!(took < Duration::from_secs(25), "took {took:?}");
+    let (ids, _, n) = archive_lines(&data.join("archive"));
+    assert_eq!((ids.len(), n), (3_000, 3_000), "the archive was flushed");
+    // Restarted, nothing is written twice.
+    let server = Server::start(&data, 0, "");
+    server.wait_caught_up(Duration::from_secs(30));
+    assert_every_sink_has(&server, &expected_from_csv(&file));
+}
