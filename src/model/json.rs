@@ -93,8 +93,8 @@ struct Collector {
 impl Collector {
     fn add(&mut self, position: LinePosition, element: Element<'_>) {
         let draft = match element {
-            Element::Object(raw) => raw.check(position),
-            Element::Other => Err(LineError::line(position, NOT_AN_OBJECT)),
+            Some(raw) => raw.check(position),
+            None => Err(LineError::line(position, NOT_AN_OBJECT)),
         };
         self.assembler.push(position, draft, || ());
     }
@@ -170,11 +170,9 @@ impl Collector {
     }
 }
 
-/// One element of a body: an object's fields, or anything else (reported as not an object).
-enum Element<'a> {
-    Object(RawLine<'a>),
-    Other,
-}
+/// One element of a body: an object's fields, or `None` for anything else (reported as not an
+/// object).
+type Element<'a> = Option<RawLine<'a>>;
 
 struct ElementSeed;
 
@@ -208,36 +206,36 @@ impl<'de> Visitor<'de> for ElementVisitor {
                 }
             }
         }
-        Ok(Element::Object(raw))
+        Ok(Some(raw))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Element::Other)
+        Ok(None)
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Element::Other)
+        Ok(None)
     }
 
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Element::Other)
+        Ok(None)
     }
 
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Element::Other)
+        Ok(None)
     }
 
     fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Element::Other)
+        Ok(None)
     }
 
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Element::Other)
+        Ok(None)
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Element::Other)
+        Ok(None)
     }
 }
 

@@ -71,9 +71,11 @@ pub fn parse_body(
     let is = |name: &str| media_type.eq_ignore_ascii_case(name);
     if is("text/csv") {
         csv::parse_csv(body, opts)
-    } else if is("application/json") || is("application/x-ndjson") || is("application/jsonl") {
-        json::parse_json(body, opts)
-    } else if looks_like_json(body) {
+    } else if is("application/json")
+        || is("application/x-ndjson")
+        || is("application/jsonl")
+        || looks_like_json(body)
+    {
         json::parse_json(body, opts)
     } else {
         csv::parse_csv(body, opts)
