@@ -194,9 +194,7 @@ impl<'a> RawLine<'a> {
         let date = at.required(Field::InvoiceDate, date, date_of)?;
         let unit_price = at.required(Field::UnitPrice, price, price_of)?;
         let customer_id = at.optional(Field::CustomerId, customer, |g| {
-            let n = whole_of(g, "a customer number (e.g. 17850 or 17850.0)")?;
-            u64::try_from(n)
-                .map_err(|_| "is negative (expected a customer number such as 17850)".into())
+            natural_of(g, "a customer number (e.g. 17850 or 17850.0)")
         })?;
         let country = at.required(Field::Country, country, |g| {
             text_of(
@@ -206,8 +204,7 @@ impl<'a> RawLine<'a> {
             )
         })?;
         let line_no = at.optional(Field::LineNo, line_no, |g| {
-            let n = whole_of(g, "a line number (e.g. 1)")?;
-            u64::try_from(n).map_err(|_| "is negative (expected a line number such as 1)".into())
+            natural_of(g, "a line number (e.g. 1)")
         })?;
         Ok(Draft {
             invoice_no,
@@ -331,6 +328,11 @@ fn whole_of(given: &Given<'_>, expected: &str) -> Check<i64> {
         }
         Given::Other(kind) => Err(not_a(kind, expected)),
     }
+}
+
+fn natural_of(given: &Given<'_>, expected: &str) -> Check<u64> {
+    let n = whole_of(given, expected)?;
+    u64::try_from(n).map_err(|_| format!("is negative (expected {expected})"))
 }
 
 /// A whole number written as an integer (`6`, `-2`), with a zero fraction (`6.0`, what pandas

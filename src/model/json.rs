@@ -404,22 +404,15 @@ mod tests {
         assert_eq!(p.lines.len(), 1);
         let errors: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(errors.len(), 4, "{errors:?}");
-        assert!(
-            errors[0].starts_with("line 1: field Quantity: is not a whole number"),
-            "{errors:?}"
-        );
-        assert!(
-            errors[1].starts_with("line 2: not a JSON object"),
-            "{errors:?}"
-        );
-        assert!(
-            errors[2].starts_with("line 3: is not valid JSON"),
-            "{errors:?}"
-        );
-        assert!(
-            errors[3].starts_with("line 4: field UnitPrice: is a boolean"),
-            "{errors:?}"
-        );
+        let expected = [
+            "line 1: field Quantity: is not a whole number",
+            "line 2: not a JSON object",
+            "line 3: is not valid JSON",
+            "line 4: field UnitPrice: is a boolean",
+        ];
+        for (error, start) in errors.iter().zip(expected) {
+            assert!(error.starts_with(start), "{errors:?}");
+        }
         let p = parse(&format!("[{PANDAS_ROW}, 5, {{}}]"));
         assert_eq!(p.lines.len(), 1);
         assert_eq!(p.errors[0].position, LinePosition::Index(1));
