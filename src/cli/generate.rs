@@ -58,6 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         encoding: args.encoding,
         date_style: args.date_style,
     };
+    output.validate()?;
     let started = Instant::now();
     let (stats, target) = match &args.output {
         Some(path) => {

@@ -96,7 +96,7 @@ pub fn rows(options: &GenerateOptions) -> Rows {
     let world = World::new(&mut rng);
     Rows {
         world,
-        clock: Clock::new(options.lines),
+        clock: Clock::new(),
         rng,
         remaining: options.lines,
         next_invoice: FIRST_INVOICE,
@@ -110,14 +110,14 @@ const RECENT_INVOICES: usize = 256;
 /// How many items of a recent invoice are kept for mirroring.
 const RECENT_ITEMS: usize = 64;
 
-/// Sale invoice sizes: `(smallest, largest, weight out of 10,000)`. Mean about 25 lines; one in
+/// Sale invoice sizes: `(smallest, largest, weight out of 10,000)`. Mean about 26 lines; one in
 /// 1,600 has more than 200 (the real maximum is 1,114).
 const SALE_SIZES: [(usize, usize, u32); 9] = [
     (1, 1, 900),
-    (2, 5, 1_800),
+    (2, 5, 1_500),
     (6, 10, 1_600),
     (11, 20, 2_200),
-    (21, 40, 2_000),
+    (21, 40, 2_300),
     (41, 80, 1_100),
     (81, 200, 340),
     (201, 500, 55),
@@ -125,8 +125,8 @@ const SALE_SIZES: [(usize, usize, u32); 9] = [
 ];
 
 /// What kind each invoice is, out of 100,000 invoices; the rest are sales.
-const CANCELLATIONS: u32 = 13_000;
-const STOCK_NOTES: u32 = 5_000;
+const CANCELLATIONS: u32 = 15_000;
+const STOCK_NOTES: u32 = 7_000;
 const SERVICES: u32 = 300;
 const ADJUSTMENTS: u32 = 17;
 
@@ -223,7 +223,8 @@ impl Rows {
     /// Fills `pending` with the lines of the next invoice.
     fn next_invoice(&mut self) {
         let number = self.next_invoice;
-        self.next_invoice += 1;
+        // The real numbers have gaps (45,222 numbers for 25,900 invoices): skip as many.
+        self.next_invoice += self.rng.gen_range(1..=2) + u64::from(self.rng.gen_ratio(1, 4));
         let kind = self.rng.gen_range(0..100_000u32);
         if kind < CANCELLATIONS {
             self.cancellation(number);
@@ -241,7 +242,7 @@ impl Rows {
     fn header(&mut self, invoice_no: String, customer: Option<u64>, country: usize) -> Header {
         Header {
             invoice_no,
-            date: self.clock.next(&mut self.rng),
+            date: self.clock.next(&mut self.rng, self.remaining),
             customer,
             country,
         }
@@ -320,11 +321,12 @@ impl Rows {
         let mut items: Vec<Item> = Vec::new();
         while self.pending.len() < goods {
             let roll = self.rng.gen_range(0..1_000);
-            if roll < 10 && !self.pending.is_empty() {
-                // An exact duplicate row, as the real data has about 1% of.
+            if roll < 2 && !self.pending.is_empty() {
+                // An exact duplicate row. With the repeats that chance makes, about 1% of the
+                // rows duplicate an earlier one, as in the real data.
                 let copy = self.pending[self.rng.gen_range(0..self.pending.len())].clone();
                 self.pending.push_back(copy);
-            } else if roll < 25 && !items.is_empty() {
+            } else if (2..20).contains(&roll) && !items.is_empty() {
                 // The same stock code again on the invoice, with another quantity.
                 let earlier = items[self.rng.gen_range(0..items.len())];
                 let quantity = self.world.quantity(&mut self.rng, retail);
@@ -334,7 +336,7 @@ impl Rows {
                     ..earlier
                 };
                 self.push_item(&h, item);
-            } else if roll < 26 {
+            } else if roll == 20 {
                 self.push_manual(&h, 1);
             } else {
                 let product = self.world.product(&mut self.rng);
@@ -525,49 +527,47 @@ fn pence_to_money(pence: i64) -> Money {
 }
 
 /// Invoice times: trading days from 2010-12-01 to 2011-12-09 (no Saturdays, closed from Christmas
-/// Eve to 3 January, as in the data), 07:00 to 19:59, spread evenly over the expected number of
-/// invoices and never going backwards.
+/// Eve to 3 January, as in the data), 07:00 to 19:59, never going backwards.
+///
+/// Each step is paced by the lines still to come, so that any size spreads over the whole year
+/// and ends near its last day, whatever the invoices' sizes turned out to be.
 struct Clock {
     days: Vec<NaiveDate>,
     /// Position in thousandths of a business minute, so that even billions of lines advance.
     cursor: u64,
     end: u64,
-    largest_step: u64,
 }
 
 /// Business minutes per trading day: 07:00 to 19:59.
 const DAY_MINUTES: u64 = 13 * 60;
 const OPENING_HOUR: u32 = 7;
-/// Average lines per invoice (in thousandths), to spread invoices over the year.
+/// Average lines per invoice, in thousandths, to pace the clock.
 const LINES_PER_INVOICE_MILLI: u64 = 21_000;
 
 impl Clock {
-    fn new(lines: u64) -> Self {
+    fn new() -> Self {
         let first = NaiveDate::from_ymd_opt(2010, 12, 1).expect("valid date");
         let last = NaiveDate::from_ymd_opt(2011, 12, 9).expect("valid date");
-        let closed = (
-            NaiveDate::from_ymd_opt(2010, 12, 24).expect("valid date"),
-            NaiveDate::from_ymd_opt(2011, 1, 3).expect("valid date"),
-        );
+        let closed = NaiveDate::from_ymd_opt(2010, 12, 24).expect("valid date")
+            ..=NaiveDate::from_ymd_opt(2011, 1, 3).expect("valid date");
         let days: Vec<NaiveDate> = first
             .iter_days()
             .take_while(|d| *d <= last)
-            .filter(|d| d.weekday() != Weekday::Sat && !(closed.0..=closed.1).contains(d))
+            .filter(|d| d.weekday() != Weekday::Sat && !closed.contains(d))
             .collect();
         let end = days.len() as u64 * DAY_MINUTES * 1_000 - 1;
-        // A little slack (3%) so that a run with more invoices than expected still ends in range
-        // without piling its last invoices onto the final minute.
-        let expected = lines.saturating_mul(1_000) / LINES_PER_INVOICE_MILLI * 103 / 100 + 1;
         Clock {
             days,
             cursor: 0,
             end,
-            largest_step: 2 * end / expected,
         }
     }
 
-    fn next(&mut self, rng: &mut ChaCha8Rng) -> NaiveDateTime {
-        self.cursor = (self.cursor + rng.gen_range(0..=self.largest_step)).min(self.end);
+    /// The time of the next invoice, when `remaining_lines` lines are still to be made.
+    fn next(&mut self, rng: &mut ChaCha8Rng, remaining_lines: u64) -> NaiveDateTime {
+        let invoices_left = remaining_lines.saturating_mul(1_000) / LINES_PER_INVOICE_MILLI + 1;
+        let largest_step = 2 * (self.end - self.cursor) / (invoices_left + 1);
+        self.cursor += rng.gen_range(0..=largest_step);
         let minute = self.cursor / 1_000;
         let day = self.days[(minute / DAY_MINUTES) as usize];
         let minute_of_day = (minute % DAY_MINUTES) as i64;

@@ -17,7 +17,7 @@ const PRODUCTS: usize = 3_800;
 /// Zipf-Mandelbrot popularity `1 / (rank + OFFSET)`: the offset flattens the head so that the most
 /// popular product has about 0.4% of the lines, as `85123A` has in the real data.
 const PRODUCT_POPULARITY_OFFSET: u64 = 60;
-const CUSTOMER_POPULARITY_OFFSET: u64 = 5;
+const CUSTOMER_POPULARITY_OFFSET: u64 = 40;
 
 /// The UCI dataset's customer number range.
 const FIRST_CUSTOMER: u64 = 12_346;

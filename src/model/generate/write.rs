@@ -74,6 +74,23 @@ pub struct OutputOptions {
     pub date_style: DateStyle,
 }
 
+impl OutputOptions {
+    /// Checks the combination before anything is created or written.
+    ///
+    /// # Errors
+    /// [`GenerateError::EncodingNotForFormat`] for Latin-1 with a JSON format.
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        match (self.format, self.encoding) {
+            (Format::Ndjson | Format::Json, Encoding::Latin1) => {
+                Err(GenerateError::EncodingNotForFormat {
+                    format: self.format,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What a writer wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GenerateStats {
@@ -110,11 +127,11 @@ pub fn write_rows(
     out: impl Write,
     options: &OutputOptions,
 ) -> Result<GenerateStats, GenerateError> {
-    match (options.format, options.encoding) {
-        (Format::Csv, encoding) => write_csv(rows, out, encoding, options.date_style),
-        (format, Encoding::Latin1) => Err(GenerateError::EncodingNotForFormat { format }),
-        (Format::Ndjson, Encoding::Utf8) => write_ndjson(rows, out, options.date_style),
-        (Format::Json, Encoding::Utf8) => write_json(rows, out, options.date_style),
+    options.validate()?;
+    match options.format {
+        Format::Csv => write_csv(rows, out, options.encoding, options.date_style),
+        Format::Ndjson => write_ndjson(rows, out, options.date_style),
+        Format::Json => write_json(rows, out, options.date_style),
     }
 }
 
