@@ -40,18 +40,10 @@ fn writes_the_requested_csv_file_and_a_summary() {
     );
 
     let mut reader = csv::Reader::from_reader(&bytes[..]);
+    let header: Vec<&str> = reader.headers().unwrap().iter().collect();
     assert_eq!(
-        reader.headers().unwrap(),
-        vec![
-            "InvoiceNo",
-            "StockCode",
-            "Description",
-            "Quantity",
-            "InvoiceDate",
-            "UnitPrice",
-            "CustomerID",
-            "Country"
-        ]
+        header.join(","),
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
     );
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len(), 2000);
@@ -122,4 +114,27 @@ fn help_describes_the_options() {
     ] {
         assert!(help.contains(option), "{option} missing from:\n{help}");
     }
+}
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(["generate", "--lines", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_success(&output);
+    assert!(first.starts_with(b"InvoiceNo,"));
 }

@@ -4,13 +4,13 @@
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fs::File;
-use std::io::{IsTerminal, Write};
+use std::io::{ErrorKind, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::model::generate::{
-    rows, write_rows, DateStyle, Encoding, Format, GenerateOptions, GenerateStats, OutputOptions,
-    DEFAULT_LINES, DEFAULT_SEED,
+    rows, write_rows, DateStyle, Encoding, Format, GenerateError, GenerateOptions, GenerateStats,
+    OutputOptions, DEFAULT_LINES, DEFAULT_SEED,
 };
 
 /// Rows between two updates of the progress bar: often enough to look live, rare enough to cost
@@ -79,9 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {
             let stdout = std::io::stdout().lock();
-            let stats = write_rows(rows(&generate), stdout, &output)
-                .context("cannot write to standard output")?;
-            (stats, "standard output".to_owned())
+            match write_rows(rows(&generate), stdout, &output) {
+                Ok(stats) => (stats, "standard output".to_owned()),
+                // `shopstream generate | head` is fine: the reader has what it wanted.
+                Err(GenerateError::Write(e)) if e.kind() == ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(e).context("cannot write to standard output"),
+            }
         }
     };
     let seconds = started.elapsed().as_secs_f64();

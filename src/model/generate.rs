@@ -21,7 +21,7 @@ mod write;
 
 pub use write::{
     write_csv, write_json, write_ndjson, write_rows, DateStyle, Encoding, Format, GenerateError,
-    GenerateStats, OutputOptions,
+    GenerateStats, OutputOptions, CSV_HEADER,
 };
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Weekday};

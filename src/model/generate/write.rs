@@ -156,7 +156,6 @@ pub fn write_csv(
         let mut csv = csv::WriterBuilder::new()
             .buffer_capacity(BUFFER_BYTES)
             .from_writer(&mut out);
-        let csv_error = |e: csv::Error| GenerateError::Write(e.into());
         csv.write_record(CSV_HEADER).map_err(csv_error)?;
         for row in rows {
             tally.count(&row);
@@ -281,6 +280,15 @@ fn json_object(w: &mut impl Write, row: &GeneratedRow, dates: &mut DateText) -> 
 
 fn json_string(w: &mut impl Write, s: &str) -> io::Result<()> {
     serde_json::to_writer(w, s).map_err(io::Error::from)
+}
+
+/// The I/O error inside a CSV writer's error, with its kind kept (a closed pipe stays
+/// `BrokenPipe`); the writer reports nothing else, as it is not asked to check field counts.
+fn csv_error(e: csv::Error) -> GenerateError {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => GenerateError::Write(e),
+        other => GenerateError::Write(io::Error::other(format!("{other:?}"))),
+    }
 }
 
 /// `value` as bytes in `encoding`; `scratch` holds the Latin-1 bytes when they differ from UTF-8.
