@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use crate::config::{LogFormat, Settings};
 
+pub mod generate;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shopstream",
@@ -40,6 +42,7 @@ pub enum Command {
     /// Lists or re-drives the lines that sinks could not store.
     #[command(subcommand)]
     DeadLetter(dead_letter::Command),
+    Generate(generate::Args),
 }
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
@@ -50,6 +53,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(cli.config.as_deref(), args),
         Command::Replay(args) => replay::run(args),
         Command::DeadLetter(cmd) => dead_letter::run(cli.config.as_deref(), cmd),
+        Command::Generate(args) => generate::run(args),
     }
 }
 
