@@ -1,0 +1,235 @@
+//! Sink checkpoints in the stream's own SQLite file.
+//!
+//! Sequence numbers are `u128` and [`SHARD_END`] is `u128::MAX`, but SQLite integers are `i64`.
+//! They are stored as BLOBs of 16 big-endian bytes: SQLite compares BLOBs with `memcmp`, and
+//! big-endian bytes of equal length order exactly as the numbers do, so "never move backwards"
+//! is one comparison inside the `UPSERT`, atomic with the write.
+
+use crate::stream::{
+    Checkpoint, CheckpointError, CheckpointStore, SequenceNumber, ShardId, SinkKind,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Creates the checkpoint table if missing.
+pub(super) fn create_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS checkpoints (
+             sink          TEXT NOT NULL,
+             shard         TEXT NOT NULL,
+             sequence      BLOB,          -- 16 bytes big-endian; NULL until the first save
+             updated_at    TEXT NOT NULL, -- RFC 3339 UTC of the last advance
+             pending_first BLOB,
+             pending_last  BLOB,
+             PRIMARY KEY (sink, shard)
+         );",
+    )
+}
+
+fn encode(seq: SequenceNumber) -> [u8; 16] {
+    seq.to_be_bytes()
+}
+
+fn decode(bytes: &[u8]) -> Result<SequenceNumber, CheckpointError> {
+    let bytes: [u8; 16] = bytes.try_into().map_err(|_| {
+        CheckpointError(format!(
+            "a stored sequence number has {} bytes instead of 16; the checkpoint table is damaged",
+            bytes.len()
+        ))
+    })?;
+    Ok(u128::from_be_bytes(bytes))
+}
+
+fn sink_from_str(name: &str) -> Result<SinkKind, CheckpointError> {
+    SinkKind::ALL
+        .into_iter()
+        .find(|s| s.as_str() == name)
+        .ok_or_else(|| CheckpointError(format!("unknown sink {name:?} in the checkpoint table")))
+}
+
+/// [`CheckpointStore`] on the embedded stream's file. Clones share one connection; every write
+/// commits with `synchronous=FULL`, so a saved checkpoint survives power loss.
+#[derive(Clone)]
+pub struct EmbeddedCheckpoints {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl EmbeddedCheckpoints {
+    /// Opens the checkpoints of the stream file at `path`, creating the table if missing.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or the table cannot be created.
+    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
+        let conn = super::schema::connect(path)
+            .and_then(|conn| create_table(&conn).map(|()| conn))
+            .map_err(|e| {
+                CheckpointError(format!(
+                    "cannot open the checkpoints in {}: {e}",
+                    path.display()
+                ))
+            })?;
+        Ok(EmbeddedCheckpoints {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, CheckpointError> + Send + 'static,
+    ) -> Result<T, CheckpointError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|e| CheckpointError(format!("a checkpoint task failed: {e}")))?
+    }
+}
+
+fn sql_error(e: rusqlite::Error) -> CheckpointError {
+    CheckpointError(format!("the checkpoint table cannot be used: {e}"))
+}
+
+#[async_trait]
+impl CheckpointStore for EmbeddedCheckpoints {
+    async fn load(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+    ) -> Result<Option<SequenceNumber>, CheckpointError> {
+        let shard = shard.0.clone();
+        self.blocking(move |conn| {
+            let stored: Option<Option<Vec<u8>>> = conn
+                .prepare_cached("SELECT sequence FROM checkpoints WHERE sink = ?1 AND shard = ?2")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![sink.as_str(), shard], |row| row.get(0))
+                        .optional()
+                })
+                .map_err(sql_error)?;
+            stored.flatten().map(|b| decode(&b)).transpose()
+        })
+        .await
+    }
+
+    async fn save(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+        seq: SequenceNumber,
+    ) -> Result<(), CheckpointError> {
+        let shard = shard.0.clone();
+        let now = Utc::now().to_rfc3339();
+        self.blocking(move |conn| {
+            // A lower value changes nothing; an equal one only clears a pending range it reaches
+            // (updated_at says when the checkpoint last advanced, so it stays).
+            conn.prepare_cached(
+                "INSERT INTO checkpoints (sink, shard, sequence, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (sink, shard) DO UPDATE SET
+                     updated_at = CASE WHEN sequence IS NULL OR excluded.sequence > sequence
+                                       THEN excluded.updated_at ELSE updated_at END,
+                     sequence = excluded.sequence,
+                     pending_first = CASE WHEN pending_last <= excluded.sequence
+                                          THEN NULL ELSE pending_first END,
+                     pending_last = CASE WHEN pending_last <= excluded.sequence
+                                         THEN NULL ELSE pending_last END
+                 WHERE checkpoints.sequence IS NULL OR excluded.sequence >= checkpoints.sequence",
+            )
+            .and_then(|mut stmt| stmt.execute(params![sink.as_str(), shard, &encode(seq)[..], now]))
+            .map_err(sql_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Checkpoint>, CheckpointError> {
+        self.blocking(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT sink, shard, sequence, updated_at FROM checkpoints
+                     WHERE sequence IS NOT NULL ORDER BY sink, shard",
+                )
+                .map_err(sql_error)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(sql_error)?;
+            rows.map(|row| {
+                let (sink, shard, seq, updated_at) = row.map_err(sql_error)?;
+                Ok(Checkpoint {
+                    sink: sink_from_str(&sink)?,
+                    shard: ShardId(shard),
+                    sequence_number: decode(&seq)?,
+                    updated_at: DateTime::parse_from_rfc3339(&updated_at)
+                        .map_err(|e| {
+                            CheckpointError(format!(
+                                "checkpoint updated_at {updated_at:?} is not RFC 3339: {e}"
+                            ))
+                        })?
+                        .with_timezone(&Utc),
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn load_pending(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+    ) -> Result<Option<(SequenceNumber, SequenceNumber)>, CheckpointError> {
+        let shard = shard.0.clone();
+        self.blocking(move |conn| {
+            let stored: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = conn
+                .prepare_cached(
+                    "SELECT pending_first, pending_last FROM checkpoints WHERE sink = ?1 AND shard = ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![sink.as_str(), shard], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(sql_error)?;
+            match stored {
+                Some((Some(first), Some(last))) => Ok(Some((decode(&first)?, decode(&last)?))),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn save_pending(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+        range: Option<(SequenceNumber, SequenceNumber)>,
+    ) -> Result<(), CheckpointError> {
+        let shard = shard.0.clone();
+        let now = Utc::now().to_rfc3339();
+        let (first, last) = match range {
+            Some((first, last)) => (Some(encode(first).to_vec()), Some(encode(last).to_vec())),
+            None => (None, None),
+        };
+        self.blocking(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO checkpoints (sink, shard, updated_at, pending_first, pending_last)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sink, shard) DO UPDATE SET
+                     pending_first = excluded.pending_first, pending_last = excluded.pending_last",
+            )
+            .and_then(|mut stmt| stmt.execute(params![sink.as_str(), shard, now, first, last]))
+            .map_err(sql_error)?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,341 @@
+//! The embedded stream: a durable, sharded, ordered log in one SQLite file, for one machine.
+//!
+//! - [`EmbeddedStream`] implements [`Stream`]: appends go through one writer thread that commits
+//!   whole groups of `put`s at once (`writer`), reads run on a small pool of connections on
+//!   blocking threads (`reader`).
+//! - [`EmbeddedCheckpoints`] implements [`CheckpointStore`](crate::stream::CheckpointStore) in
+//!   the same file, so a copy of `stream.sqlite` holds the log and every sink's progress together.
+
+mod checkpoints;
+mod reader;
+mod schema;
+mod writer;
+
+pub use checkpoints::EmbeddedCheckpoints;
+
+use super::{
+    CheckpointError, Position, PutRecord, PutResult, ReadBatch, SequenceNumber, ShardId, ShardInfo,
+    Stream, StreamError, MAX_RECORD_BYTES,
+};
+use async_trait::async_trait;
+use reader::ReadPool;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use writer::{AppendRequest, Writer};
+
+/// The shard a partition key belongs to: xxh3 (64-bit, seed 0) of the key's UTF-8 bytes, modulo
+/// the shard count. xxh3's output is specified and platform independent, so a key keeps its shard
+/// across versions and machines (as long as the shard count stays, which the file enforces).
+pub fn shard_for_key(partition_key: &str, shards: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(partition_key.as_bytes()) % u64::from(shards.max(1))) as u32
+}
+
+/// The id of embedded shard number `shard`: `shard-0000`, `shard-0001`, ...
+pub fn shard_id(shard: u32) -> ShardId {
+    ShardId(format!("shard-{shard:04}"))
+}
+
+/// A handle to the embedded log; clones share one writer and one file.
+#[derive(Clone)]
+pub struct EmbeddedStream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    shard_ids: Arc<[ShardId]>,
+    retention: Duration,
+    /// `None` only while dropping: closing the queue is what stops the writer.
+    queue: Option<SyncSender<AppendRequest>>,
+    heads: Arc<[watch::Sender<u64>]>,
+    readers: Arc<ReadPool>,
+    writer_alive: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    /// Closes the queue and waits for the writer to finish its current group and close the file,
+    /// so the file can be opened again right after (tests, restarts within one process).
+    fn drop(&mut self) {
+        self.queue = None;
+        let handle = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl EmbeddedStream {
+    /// Opens (creating it and its folder if missing) the log at `path` with `shards` shards.
+    /// Records older than `retention` may be removed by [`Stream::release`]; at most
+    /// `max_pending_appends` `put` calls wait for the writer before `put` answers `Saturated`.
+    ///
+    /// # Errors
+    /// `Backend` when the folder or file cannot be created or opened, when `shards` or
+    /// `max_pending_appends` is 0, or when the file was created with another shard count (the
+    /// message names `stream.shards`: the embedded log cannot be resharded).
+    pub fn open(
+        path: &Path,
+        shards: u32,
+        retention: Duration,
+        max_pending_appends: usize,
+    ) -> Result<EmbeddedStream, StreamError> {
+        if shards == 0 {
+            return Err(StreamError::Backend(
+                "stream.shards must be at least 1".into(),
+            ));
+        }
+        if max_pending_appends == 0 {
+            return Err(StreamError::Backend(
+                "stream.max_pending_appends must be at least 1".into(),
+            ));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StreamError::Backend(format!(
+                    "cannot create the folder {} for the stream: {e}; check data_dir",
+                    dir.display()
+                ))
+            })?;
+        }
+        let mut conn = schema::connect(path).map_err(|e| {
+            StreamError::Backend(format!(
+                "cannot open the stream file {}: {e}; check data_dir",
+                path.display()
+            ))
+        })?;
+        let last = schema::prepare(&mut conn, path, shards)?;
+        checkpoints::create_table(&conn).map_err(|e| {
+            StreamError::Backend(format!(
+                "cannot create the checkpoint table in {}: {e}",
+                path.display()
+            ))
+        })?;
+
+        let shard_ids: Arc<[ShardId]> = (0..shards).map(shard_id).collect();
+        let heads: Arc<[watch::Sender<u64>]> =
+            last.iter().map(|&seq| watch::Sender::new(seq)).collect();
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let (queue, pending) = sync_channel(max_pending_appends);
+        let writer = Writer {
+            conn,
+            last,
+            shard_ids: shard_ids.clone(),
+            heads: heads.clone(),
+            alive: writer_alive.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("stream-writer".into())
+            .spawn(move || writer.run(pending))
+            .map_err(|e| {
+                StreamError::Backend(format!("cannot start the stream writer thread: {e}"))
+            })?;
+        Ok(EmbeddedStream {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                shard_ids,
+                retention,
+                queue: Some(queue),
+                heads,
+                readers: Arc::new(ReadPool::new(path.to_path_buf())),
+                writer_alive,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// The checkpoint store in the same file.
+    ///
+    /// # Errors
+    /// When a second connection to the file cannot be opened.
+    pub fn checkpoints(&self) -> Result<EmbeddedCheckpoints, CheckpointError> {
+        EmbeddedCheckpoints::open(&self.inner.path)
+    }
+
+    /// The number of the shard `shard` names.
+    fn shard_index(&self, shard: &ShardId) -> Result<u32, StreamError> {
+        shard
+            .0
+            .strip_prefix("shard-")
+            .and_then(|n| n.parse::<u32>().ok())
+            .filter(|&n| (n as usize) < self.inner.shard_ids.len() && shard_id(n) == *shard)
+            .ok_or_else(|| StreamError::UnknownShard(shard.clone()))
+    }
+
+    fn head(&self, shard: u32) -> u64 {
+        *self.inner.heads[shard as usize].borrow()
+    }
+
+    /// Runs `f` on a pooled read connection on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StreamError> {
+        let readers = self.inner.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StreamError::Backend(format!("a stream read task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Stream for EmbeddedStream {
+    async fn put(&self, records: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shards = self.inner.shard_ids.len() as u32;
+        for record in &records {
+            let size = record.data.len() + record.partition_key.len();
+            if size > MAX_RECORD_BYTES {
+                return Err(StreamError::RecordTooLarge {
+                    size,
+                    max: MAX_RECORD_BYTES,
+                });
+            }
+        }
+        let record_shards = records
+            .iter()
+            .map(|r| shard_for_key(&r.partition_key, shards))
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            records,
+            shards: record_shards,
+            reply,
+        };
+        let queue = self
+            .inner
+            .queue
+            .as_ref()
+            .ok_or_else(|| StreamError::Backend("the embedded stream is closed".into()))?;
+        match queue.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(StreamError::Saturated(
+                    "the embedded stream's append queue is full (stream.max_pending_appends); retry shortly"
+                        .into(),
+                ))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(StreamError::Backend(
+                    "the embedded stream's writer thread has stopped; see the log for its error"
+                        .into(),
+                ))
+            }
+        }
+        answer.await.map_err(|_| {
+            StreamError::Backend(
+                "the embedded stream's writer thread stopped before answering; the append may not be durable"
+                    .into(),
+            )
+        })?
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardInfo>, StreamError> {
+        Ok(self
+            .inner
+            .shard_ids
+            .iter()
+            .map(|id| ShardInfo {
+                id: id.clone(),
+                parents: Vec::new(),
+                closed: false,
+            })
+            .collect())
+    }
+
+    async fn read(
+        &self,
+        shard: &ShardId,
+        from: Position,
+        max_records: usize,
+    ) -> Result<ReadBatch, StreamError> {
+        let index = self.shard_index(shard)?;
+        let after = match from {
+            Position::TrimHorizon => 0,
+            Position::After(seq) => seq,
+        };
+        let head = self.head(index);
+        // An idle shard is answered from memory: no blocking thread, no query.
+        if after >= u128::from(head) || max_records == 0 {
+            return Ok(ReadBatch {
+                records: Vec::new(),
+                shard_ended: false,
+                millis_behind_latest: Some(0),
+            });
+        }
+        let after = after as u64;
+        let records = self
+            .blocking(move |conn| reader::read_records(conn, index, after, max_records))
+            .await?;
+        let millis_behind_latest = match records.last() {
+            Some(last) if last.sequence_number < u128::from(head) => {
+                let behind = chrono::Utc::now() - last.arrived_at;
+                u64::try_from(behind.num_milliseconds()).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        Ok(ReadBatch {
+            records,
+            shard_ended: false,
+            millis_behind_latest: Some(millis_behind_latest),
+        })
+    }
+
+    async fn release(&self, shard: &ShardId, upto: SequenceNumber) -> Result<u64, StreamError> {
+        let index = self.shard_index(shard)?;
+        let retention =
+            chrono::Duration::from_std(self.inner.retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff_ms = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .map_or(i64::MIN, |t| t.timestamp_millis());
+        let upto = u64::try_from(upto).unwrap_or(u64::MAX);
+        self.blocking(move |conn| reader::release_records(conn, index, upto, cutoff_ms))
+            .await
+    }
+
+    async fn latest(&self, shard: &ShardId) -> Result<Option<SequenceNumber>, StreamError> {
+        let index = self.shard_index(shard)?;
+        Ok(match self.head(index) {
+            0 => None,
+            seq => Some(u128::from(seq)),
+        })
+    }
+
+    async fn wait_for_records(
+        &self,
+        shard: &ShardId,
+        after: Option<SequenceNumber>,
+        timeout: Duration,
+    ) {
+        let Ok(index) = self.shard_index(shard) else {
+            tokio::time::sleep(timeout).await;
+            return;
+        };
+        let after = after.unwrap_or(0);
+        let mut head = self.inner.heads[index as usize].subscribe();
+        // The sender lives as long as `self`, so `wait_for` ends only by a commit or the timeout.
+        let _ = tokio::time::timeout(timeout, head.wait_for(|&seq| u128::from(seq) > after)).await;
+    }
+
+    async fn health(&self) -> Result<(), StreamError> {
+        if !self.inner.writer_alive.load(Ordering::Acquire) {
+            return Err(StreamError::Backend(
+                "the embedded stream's writer thread has stopped; see the log for its error and restart"
+                    .into(),
+            ));
+        }
+        self.blocking(|conn| conn.query_row("SELECT count(*) FROM shards", [], |_| Ok(())))
+            .await
+    }
+}

@@ -1,0 +1,114 @@
+//! Reads and retention deletes, on a small pool of connections used from blocking threads.
+//!
+//! In WAL mode readers never wait for the writer, so reads run beside appends. Retention deletes
+//! do take SQLite's write lock; they delete in small chunks, each its own transaction, so the
+//! writer waits for at most one chunk.
+
+use super::schema::{connect, records_table};
+use crate::stream::{Record, StreamError};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Connections kept open between calls; more may be opened under load and are closed after use.
+const POOL_IDLE_MAX: usize = 4;
+
+/// Records removed per retention transaction.
+const RELEASE_CHUNK: i64 = 5_000;
+
+pub(super) struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub fn new(path: PathBuf) -> Self {
+        ReadPool {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a pooled connection. Blocks: call it from `spawn_blocking`.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StreamError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => connect(&self.path).map_err(|e| {
+                StreamError::Backend(format!(
+                    "cannot open the stream file {}: {e}",
+                    self.path.display()
+                ))
+            })?,
+        };
+        let result = f(&conn).map_err(|e| {
+            StreamError::Backend(format!(
+                "cannot read the stream file {}: {e}",
+                self.path.display()
+            ))
+        });
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_IDLE_MAX {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// Up to `max` records of `shard` with a sequence number above `after`, in order.
+pub(super) fn read_records(
+    conn: &Connection,
+    shard: u32,
+    after: u64,
+    max: usize,
+) -> rusqlite::Result<Vec<Record>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT seq, partition_key, data, arrived_at_ms FROM {} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        records_table(shard)
+    ))?;
+    let rows = stmt.query_map(
+        params![after as i64, i64::try_from(max).unwrap_or(i64::MAX)],
+        |row| {
+            Ok(Record {
+                sequence_number: u128::from(row.get::<_, i64>(0)? as u64),
+                partition_key: row.get(1)?,
+                data: Bytes::copy_from_slice(row.get_ref(2)?.as_blob()?),
+                arrived_at: millis_to_time(row.get(3)?),
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// Deletes records of `shard` up to `upto` that arrived before `cutoff_ms`. Returns how many.
+pub(super) fn release_records(
+    conn: &Connection,
+    shard: u32,
+    upto: u64,
+    cutoff_ms: i64,
+) -> rusqlite::Result<u64> {
+    let table = records_table(shard);
+    let mut stmt = conn.prepare_cached(&format!(
+        "DELETE FROM {table} WHERE seq IN (
+             SELECT seq FROM {table} WHERE seq <= ?1 AND arrived_at_ms < ?2 ORDER BY seq LIMIT ?3
+         )"
+    ))?;
+    let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+    let mut removed = 0u64;
+    loop {
+        let n = stmt.execute(params![upto, cutoff_ms, RELEASE_CHUNK])?;
+        removed += n as u64;
+        if (n as i64) < RELEASE_CHUNK {
+            return Ok(removed);
+        }
+    }
+}
+
+pub(super) fn millis_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH)
+}

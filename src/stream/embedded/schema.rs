@@ -1,0 +1,140 @@
+//! The layout of `stream.sqlite` and how its connections are opened.
+//!
+//! Records live in one table per shard, `records_NNNN`, whose `seq` is the rowid: appends go to
+//! the end of one B-tree and a read is a range scan, with no secondary index to maintain. The
+//! shard count never changes for a file (the embedded log cannot be resharded), so a fixed set
+//! of tables fits. `shards` holds each shard's last sequence number apart from the records, so
+//! numbering survives the removal of every record by retention.
+
+use super::super::StreamError;
+use rusqlite::{Connection, OptionalExtension};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a connection waits for SQLite's write lock (held by the writer or a retention delete)
+/// before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// WAL pages (4 KiB) after which the writer folds the WAL back into the database. A larger WAL
+/// means fewer, larger checkpoints: at ~100 MB/s the default (1000 pages, 4 MB) would checkpoint
+/// 25 times a second, each with its own fsync of the database file.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
+/// After a checkpoint the WAL file is truncated to this size, so it does not keep its high-water
+/// size on disk forever.
+const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// Page cache per connection, in KiB (negative values are KiB for SQLite).
+const CACHE_SIZE_KIB: i64 = -32_768;
+
+pub(super) fn records_table(shard: u32) -> String {
+    format!("records_{shard:04}")
+}
+
+/// Opens a connection with the settings every connection to the file shares: WAL, durable
+/// commits (`synchronous=FULL` fsyncs the WAL on every commit, so an acknowledged append survives
+/// power loss, not only a crash of the process), and a busy timeout.
+pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "{} cannot use write-ahead logging (journal_mode is {mode}); put the data_dir on a local file system",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
+    Ok(conn)
+}
+
+/// Creates the tables if missing, records the shard count of a new file and checks it on an
+/// existing one. Returns the last sequence number of each shard.
+///
+/// # Errors
+/// A file made with another shard count: moving to it would move invoices between shards and
+/// break their order, so this is refused with an error naming `stream.shards`.
+pub(super) fn prepare(
+    conn: &mut Connection,
+    path: &Path,
+    shards: u32,
+) -> Result<Vec<u64>, StreamError> {
+    let backend = |e: rusqlite::Error| {
+        StreamError::Backend(format!(
+            "cannot prepare the stream file {}: {e}",
+            path.display()
+        ))
+    };
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS stream_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);",
+    )
+    .map_err(backend)?;
+    let recorded: Option<String> = tx
+        .query_row(
+            "SELECT value FROM stream_meta WHERE key = 'shards'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(backend)?;
+    match recorded {
+        Some(value) if value != shards.to_string() => {
+            return Err(StreamError::Backend(format!(
+                "stream.shards is {shards} but the embedded stream {} was created with {value} shards; \
+                 the embedded log cannot be resharded (records would move to other shards and lose \
+                 their order): set stream.shards = {value}, or start with an empty data_dir",
+                path.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            tx.execute(
+                "INSERT INTO stream_meta (key, value) VALUES ('shards', ?1)",
+                [shards.to_string()],
+            )
+            .map_err(backend)?;
+        }
+    }
+    for shard in 0..shards {
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                 seq           INTEGER PRIMARY KEY,
+                 partition_key TEXT    NOT NULL,
+                 data          BLOB    NOT NULL,
+                 arrived_at_ms INTEGER NOT NULL
+             );",
+            records_table(shard)
+        ))
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO shards (shard, last_seq) VALUES (?1, 0)",
+            [shard],
+        )
+        .map_err(backend)?;
+    }
+    let mut last = vec![0u64; shards as usize];
+    {
+        let mut stmt = tx
+            .prepare("SELECT shard, last_seq FROM shards")
+            .map_err(backend)?;
+        let rows = stmt
+            .query_map([], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?)))
+            .map_err(backend)?;
+        for row in rows {
+            let (shard, seq) = row.map_err(backend)?;
+            if let Some(slot) = last.get_mut(shard as usize) {
+                *slot = u64::try_from(seq).unwrap_or(0);
+            }
+        }
+    }
+    tx.commit().map_err(backend)?;
+    Ok(last)
+}

@@ -1,0 +1,185 @@
+//! The one thread that appends to the log: group commit.
+//!
+//! Every `put` sends its records here through a bounded queue. The writer takes everything that
+//! is waiting, writes it in one transaction and commits once, so one fsync makes a whole group
+//! durable; the fsync rate of the disk, not the number of callers, bounds the appends per second.
+
+use super::schema::records_table;
+use crate::metrics::{STREAM_APPEND_DURATION, STREAM_APPEND_RECORDS};
+use crate::stream::{PutRecord, PutResult, ShardId, StreamError};
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, watch};
+
+/// A group stops taking more waiting requests once it holds this many bytes, so one transaction
+/// (and the latency of the requests in it) stays bounded; the rest go in the next group.
+const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// One `put`: its records, the shard of each, and where to send the answer.
+pub(super) struct AppendRequest {
+    pub records: Vec<PutRecord>,
+    pub shards: Vec<u32>,
+    pub reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
+}
+
+impl AppendRequest {
+    fn bytes(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum()
+    }
+}
+
+pub(super) struct Writer {
+    pub conn: Connection,
+    /// Last committed sequence number per shard; the next record of a shard gets this + 1.
+    pub last: Vec<u64>,
+    pub shard_ids: Arc<[ShardId]>,
+    /// Per shard, the last committed sequence number, for readers waiting on new records.
+    pub heads: Arc<[watch::Sender<u64>]>,
+    /// Cleared when the thread ends, so `health` can say the writer is gone.
+    pub alive: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Runs until every sender of `queue` is dropped (the stream is closed).
+    pub fn run(mut self, queue: Receiver<AppendRequest>) {
+        let _alive = AliveGuard(self.alive.clone());
+        let insert_sql: Vec<String> = (0..self.last.len() as u32)
+            .map(|shard| {
+                format!(
+                    "INSERT INTO {} (seq, partition_key, data, arrived_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    records_table(shard)
+                )
+            })
+            .collect();
+        self.conn
+            .set_prepared_statement_cache_capacity(insert_sql.len() + 8);
+        let mut carried: Option<AppendRequest> = None;
+        let mut last_arrival_ms = 0i64;
+        loop {
+            let first = match carried.take() {
+                Some(request) => request,
+                None => match queue.recv() {
+                    Ok(request) => request,
+                    Err(_) => return,
+                },
+            };
+            let mut bytes = first.bytes();
+            let mut group = vec![first];
+            while bytes < GROUP_MAX_BYTES {
+                match queue.try_recv() {
+                    Ok(request) => {
+                        bytes += request.bytes();
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if bytes > GROUP_MAX_BYTES && group.len() > 1 {
+                carried = group.pop();
+            }
+            // Arrival times never go backwards, even when the wall clock does, so that retention
+            // (which compares them) removes records in sequence order.
+            last_arrival_ms = last_arrival_ms.max(chrono::Utc::now().timestamp_millis());
+            self.commit(&insert_sql, group, last_arrival_ms);
+        }
+    }
+
+    fn commit(&mut self, insert_sql: &[String], group: Vec<AppendRequest>, arrived_at_ms: i64) {
+        let started = Instant::now();
+        let mut last = self.last.clone();
+        match write_group(&mut self.conn, insert_sql, &mut last, &group, arrived_at_ms) {
+            Ok(records) => {
+                STREAM_APPEND_DURATION
+                    .with_label_values(&["embedded"])
+                    .observe(started.elapsed().as_secs_f64());
+                STREAM_APPEND_RECORDS
+                    .with_label_values(&["embedded"])
+                    .observe(records as f64);
+                for (shard, (old, new)) in self.last.iter().zip(&last).enumerate() {
+                    if old != new {
+                        self.heads[shard].send_replace(*new);
+                    }
+                }
+                // Hand out the numbers in the same order `write_group` assigned them.
+                let mut next = self.last.clone();
+                self.last = last;
+                for request in group {
+                    let results = request
+                        .shards
+                        .iter()
+                        .map(|&shard| {
+                            next[shard as usize] += 1;
+                            PutResult {
+                                shard_id: self.shard_ids[shard as usize].clone(),
+                                sequence_number: u128::from(next[shard as usize]),
+                            }
+                        })
+                        .collect();
+                    // The caller may have given up waiting; its records are durable anyway.
+                    let _ = request.reply.send(Ok(results));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, requests = group.len(), "The embedded stream could not commit a group of appends.");
+                for request in group {
+                    let _ = request.reply.send(Err(StreamError::Backend(format!(
+                        "the embedded stream could not write its file: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+/// Writes every record of `group` in one transaction and commits it. Advances `last` as it
+/// numbers records; the caller keeps the old counters if this fails (the transaction is rolled
+/// back, so no number was used). Returns the number of records written.
+fn write_group(
+    conn: &mut Connection,
+    insert_sql: &[String],
+    last: &mut [u64],
+    group: &[AppendRequest],
+    arrived_at_ms: i64,
+) -> rusqlite::Result<usize> {
+    let before = last.to_vec();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut written = 0;
+    for request in group {
+        for (record, &shard) in request.records.iter().zip(&request.shards) {
+            let shard = shard as usize;
+            last[shard] += 1;
+            let mut insert = tx.prepare_cached(&insert_sql[shard])?;
+            insert.execute(params![
+                last[shard] as i64,
+                record.partition_key,
+                &record.data[..],
+                arrived_at_ms
+            ])?;
+            written += 1;
+        }
+    }
+    {
+        let mut update = tx.prepare_cached("UPDATE shards SET last_seq = ?2 WHERE shard = ?1")?;
+        for (shard, (old, new)) in before.iter().zip(last.iter()).enumerate() {
+            if old != new {
+                update.execute(params![shard as i64, *new as i64])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(written)
+}
+
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

@@ -1,0 +1,397 @@
+//! The embedded stream and its checkpoints on real SQLite files in temporary folders.
+
+use bytes::Bytes;
+use shopstream::stream::embedded::{shard_for_key, shard_id, EmbeddedStream};
+use shopstream::stream::{
+    CheckpointStore, Position, PutRecord, SequenceNumber, ShardId, SinkKind, Stream, StreamError,
+    MAX_RECORD_BYTES, SHARD_END,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn open(dir: &Path, shards: u32) -> EmbeddedStream {
+    EmbeddedStream::open(&dir.join("data/stream.sqlite"), shards, DAY, 1024).expect("open")
+}
+
+fn record(key: &str, data: &str) -> PutRecord {
+    PutRecord {
+        partition_key: key.to_owned(),
+        data: Bytes::from(data.to_owned()),
+    }
+}
+
+async fn read_all(stream: &EmbeddedStream, shard: &ShardId) -> Vec<(SequenceNumber, String)> {
+    let batch = stream
+        .read(shard, Position::TrimHorizon, usize::MAX)
+        .await
+        .expect("read");
+    batch
+        .records
+        .into_iter()
+        .map(|r| {
+            (
+                r.sequence_number,
+                String::from_utf8(r.data.to_vec()).expect("utf8"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sharding_is_stable() {
+    // Pinned: changing the hash would move invoices to other shards of an existing log.
+    assert_eq!(shard_for_key("536365", 4), 2);
+    assert_eq!(shard_for_key("C536379", 4), 0);
+    assert_eq!(shard_for_key("581587", 16), 11);
+    // xxh3_64("") is 0x2D06800538D394C2 in the reference implementation.
+    assert_eq!(shard_for_key("", 4), 2);
+    assert_eq!(shard_id(3).0, "shard-0003");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_puts_are_read_back_once_in_order_with_dense_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 4);
+    let tasks = 32;
+    let puts_per_task = 25;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let stream = stream.clone();
+        handles.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for put in 0..puts_per_task {
+                // Three records of one invoice per put, so order within a put is checked too.
+                let key = format!("inv-{task}-{}", put % 5);
+                let records = (0..3)
+                    .map(|i| record(&key, &format!("{task}/{put}/{i}")))
+                    .collect();
+                let results = stream.put(records).await.expect("put");
+                assert_eq!(results.len(), 3);
+                acked.extend(
+                    results
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (r.shard_id, r.sequence_number, format!("{task}/{put}/{i}"))),
+                );
+            }
+            acked
+        }));
+    }
+    let mut acked = HashMap::new();
+    for handle in handles {
+        for (shard, seq, data) in handle.await.unwrap() {
+            assert!(
+                acked.insert((shard, seq), data).is_none(),
+                "a number was given twice"
+            );
+        }
+    }
+    assert_eq!(acked.len(), tasks * puts_per_task * 3);
+
+    let mut seen = 0;
+    let mut last_of_writer: HashMap<String, (usize, usize)> = HashMap::new();
+    for info in stream.list_shards().await.unwrap() {
+        assert!(!info.closed);
+        let records = read_all(&stream, &info.id).await;
+        let numbers: Vec<_> = records.iter().map(|(seq, _)| *seq).collect();
+        let dense: Vec<_> = (1..=records.len() as u128).collect();
+        assert_eq!(
+            numbers, dense,
+            "sequence numbers of {} are dense from 1",
+            info.id
+        );
+        assert_eq!(
+            stream.latest(&info.id).await.unwrap(),
+            numbers.last().copied()
+        );
+        for (seq, data) in records {
+            assert_eq!(
+                acked[&(info.id.clone(), seq)],
+                data,
+                "the record acked as {seq}"
+            );
+            // Records of one invoice key keep the order in which they were put.
+            let parts: Vec<usize> = data.split('/').map(|p| p.parse().unwrap()).collect();
+            let key = format!("{}-{}", parts[0], parts[1] % 5);
+            if let Some(prev) = last_of_writer.insert(key, (parts[1], parts[2])) {
+                assert!(
+                    prev < (parts[1], parts[2]),
+                    "order of {data} after {prev:?}"
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, acked.len());
+}
+
+#[tokio::test]
+async fn records_and_numbering_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_shard = shard_id(shard_for_key("536365", 2));
+    {
+        let stream = open(dir.path(), 2);
+        stream
+            .put(vec![record("536365", "a"), record("536365", "b")])
+            .await
+            .unwrap();
+    }
+    let stream = open(dir.path(), 2);
+    let results = stream.put(vec![record("536365", "c")]).await.unwrap();
+    assert_eq!(results[0].sequence_number, 3);
+    assert_eq!(
+        read_all(&stream, &key_shard).await,
+        vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
+    );
+}
+
+#[test]
+fn reopening_with_another_shard_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), 4));
+    let err = EmbeddedStream::open(&dir.path().join("data/stream.sqlite"), 8, DAY, 16)
+        .err()
+        .expect("a different shard count is an error");
+    let message = err.to_string();
+    assert!(message.contains("stream.shards"), "{message}");
+    assert!(message.contains("cannot be resharded"), "{message}");
+}
+
+#[tokio::test]
+async fn reads_start_where_asked_and_honour_max_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 1);
+    let shard = shard_id(0);
+    let records = (1..=10).map(|i| record("k", &i.to_string())).collect();
+    stream.put(records).await.unwrap();
+
+    let first = stream.read(&shard, Position::TrimHorizon, 4).await.unwrap();
+    let numbers: Vec<_> = first.records.iter().map(|r| r.sequence_number).collect();
+    assert_eq!(numbers, vec![1, 2, 3, 4]);
+    assert!(first.millis_behind_latest.is_some());
+    assert!(!first.shard_ended);
+    assert_eq!(first.records[0].partition_key, "k");
+
+    let rest = stream.read(&shard, Position::After(7), 100).await.unwrap();
+    let numbers: Vec<_> = rest.records.iter().map(|r| r.sequence_number).collect();
+    assert_eq!(numbers, vec![8, 9, 10]);
+    assert_eq!(rest.millis_behind_latest, Some(0));
+
+    let none = stream.read(&shard, Position::After(10), 100).await.unwrap();
+    assert!(none.records.is_empty());
+    assert!(matches!(
+        stream
+            .read(&ShardId("shard-0001".into()), Position::TrimHorizon, 1)
+            .await,
+        Err(StreamError::UnknownShard(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_records_wakes_on_commit_and_times_out_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 1);
+    let shard = shard_id(0);
+
+    let started = Instant::now();
+    stream
+        .wait_for_records(&shard, None, Duration::from_millis(200))
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(200), "timed out");
+
+    let waiter = {
+        let stream = stream.clone();
+        let shard = shard.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            stream
+                .wait_for_records(&shard, Some(0), Duration::from_secs(30))
+                .await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.put(vec![record("k", "x")]).await.unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken by the commit, not the timeout"
+    );
+
+    // Already past `after`: returns at once.
+    let started = Instant::now();
+    stream
+        .wait_for_records(&shard, Some(0), Duration::from_secs(30))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_queue_answers_saturated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stream.sqlite");
+    let stream = EmbeddedStream::open(&path, 1, DAY, 2).expect("open");
+    // Another connection holds SQLite's write lock for a while, so the writer thread blocks on
+    // its first group and the queue (2 requests) fills up behind it.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    let puts = (0..16).map(|i| stream.put(vec![record("k", &i.to_string())]));
+    let results = futures::future::join_all(puts).await;
+    holder.join().unwrap();
+
+    let saturated = results
+        .iter()
+        .filter(|r| matches!(r, Err(StreamError::Saturated(_))))
+        .count();
+    assert!(saturated > 0, "puts beyond the queue were refused at once");
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted + saturated, results.len());
+    assert_eq!(
+        stream.latest(&shard_id(0)).await.unwrap(),
+        Some(accepted as u128),
+        "only the accepted puts were written"
+    );
+}
+
+#[tokio::test]
+async fn an_oversize_record_is_refused_and_nothing_of_its_put_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 1);
+    let too_big = PutRecord {
+        partition_key: "k".into(),
+        data: Bytes::from(vec![b'x'; MAX_RECORD_BYTES]),
+    };
+    let err = stream
+        .put(vec![record("k", "fine"), too_big])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StreamError::RecordTooLarge { size, max } if size == MAX_RECORD_BYTES + 1 && max == MAX_RECORD_BYTES)
+    );
+    assert_eq!(stream.latest(&shard_id(0)).await.unwrap(), None);
+    assert!(read_all(&stream, &shard_id(0)).await.is_empty());
+}
+
+#[tokio::test]
+async fn release_honours_retention_and_keeps_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stream.sqlite");
+    let shard = shard_id(0);
+    {
+        let stream = EmbeddedStream::open(&path, 1, DAY, 16).unwrap();
+        stream
+            .put((1..=5).map(|i| record("k", &i.to_string())).collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.release(&shard, 5).await.unwrap(),
+            0,
+            "younger than a day"
+        );
+    }
+    let stream = EmbeddedStream::open(&path, 1, Duration::ZERO, 16).unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(stream.release(&shard, 3).await.unwrap(), 3);
+    let left: Vec<_> = read_all(&stream, &shard)
+        .await
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(left, vec![4, 5]);
+    assert_eq!(stream.release(&shard, 5).await.unwrap(), 2);
+    assert!(read_all(&stream, &shard).await.is_empty());
+    drop(stream);
+
+    let stream = EmbeddedStream::open(&path, 1, DAY, 16).unwrap();
+    assert_eq!(stream.latest(&shard).await.unwrap(), Some(5));
+    let results = stream.put(vec![record("k", "6")]).await.unwrap();
+    assert_eq!(results[0].sequence_number, 6, "numbers are never reused");
+    stream.health().await.expect("healthy");
+}
+
+#[tokio::test]
+async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 2);
+    let checkpoints = stream.checkpoints().unwrap();
+    let shard = shard_id(1);
+    let sink = SinkKind::Archive;
+
+    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), None);
+    checkpoints.save(sink, &shard, 10).await.unwrap();
+    checkpoints.save(sink, &shard, 7).await.unwrap();
+    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), Some(10));
+    // 255 and 256 differ in their first byte from the end: byte order matters here.
+    checkpoints.save(sink, &shard, 256).await.unwrap();
+    checkpoints.save(sink, &shard, 255).await.unwrap();
+    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), Some(256));
+    assert_eq!(
+        checkpoints.load(SinkKind::Warehouse, &shard).await.unwrap(),
+        None
+    );
+
+    // A pending range before any checkpoint, then cleared by a save that reaches its end.
+    let other = SinkKind::Operational;
+    checkpoints
+        .save_pending(other, &shard, Some((1, 20)))
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpoints.load_pending(other, &shard).await.unwrap(),
+        Some((1, 20))
+    );
+    assert_eq!(checkpoints.load(other, &shard).await.unwrap(), None);
+    checkpoints.save(other, &shard, 19).await.unwrap();
+    assert_eq!(
+        checkpoints.load_pending(other, &shard).await.unwrap(),
+        Some((1, 20))
+    );
+    checkpoints.save(other, &shard, 20).await.unwrap();
+    assert_eq!(checkpoints.load_pending(other, &shard).await.unwrap(), None);
+    checkpoints
+        .save_pending(other, &shard, Some((21, 40)))
+        .await
+        .unwrap();
+    checkpoints.save_pending(other, &shard, None).await.unwrap();
+    assert_eq!(checkpoints.load_pending(other, &shard).await.unwrap(), None);
+    assert_eq!(checkpoints.load(other, &shard).await.unwrap(), Some(20));
+
+    checkpoints.save(sink, &shard, SHARD_END).await.unwrap();
+    checkpoints.save(sink, &shard, 5).await.unwrap();
+    drop(checkpoints);
+    drop(stream);
+
+    // Durable: a new handle on the file sees the same state.
+    let stream = open(dir.path(), 2);
+    let checkpoints = stream.checkpoints().unwrap();
+    assert_eq!(
+        checkpoints.load(sink, &shard).await.unwrap(),
+        Some(SHARD_END)
+    );
+    let listed: Vec<_> = checkpoints
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.sink, c.shard.0, c.sequence_number))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (SinkKind::Archive, "shard-0001".to_owned(), SHARD_END),
+            (SinkKind::Operational, "shard-0001".to_owned(), 20),
+        ]
+    );
+}
