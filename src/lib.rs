@@ -29,6 +29,7 @@
 //! - [`app`]: assembles the backends, the actors and the API from the settings.
 //! - [`replay`]: the store simulator that sends a CSV export as stores would.
 //! - [`metrics`]: every Prometheus series, declared once.
+//! - [`sqlite`]: how the embedded backends open SQLite files and run SQLite off the async runtime.
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
@@ -40,5 +41,6 @@ pub mod metrics;
 pub mod model;
 pub mod object_store;
 pub mod replay;
+pub mod sqlite;
 pub mod stream;
 pub mod web;
