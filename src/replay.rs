@@ -68,6 +68,8 @@ struct Chunk {
 pub enum ReplayError {
     #[error("cannot read the CSV file: {0}")]
     Csv(#[from] csv::Error),
+    #[error("cannot build a request body: {0}")]
+    Io(#[from] std::io::Error),
     #[error("the CSV header has no InvoiceNo column (found {0:?}); the first row must name the columns")]
     NoInvoiceColumn(Vec<String>),
     #[error("cannot set up the HTTP client: {0}")]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::serve::{wait_for_signal, Running};
-use crate::model::generate::{write_csv, GenerateOptions};
+use crate::model::generate::{rows, write_csv, DateStyle, Encoding, GenerateOptions};
 use crate::model::DateOrder;
 use crate::replay::{replay, ReplayOptions};
 
@@ -61,7 +61,12 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
                     lines: args.lines,
                     ..GenerateOptions::default()
                 };
-                write_csv(&opts, std::io::BufWriter::new(out))
+                write_csv(
+                    rows(&opts),
+                    std::io::BufWriter::new(out),
+                    Encoding::Utf8,
+                    DateStyle::Uci,
+                )
                     .with_context(|| format!("cannot write {}", path.display()))?;
             }
             path

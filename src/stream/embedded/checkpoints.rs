@@ -1,7 +1,8 @@
 //! Sink checkpoints in the stream's own SQLite file.
 //!
-//! Sequence numbers are `u128` and [`SHARD_END`] is `u128::MAX`, but SQLite integers are `i64`.
-//! They are stored as BLOBs of 16 big-endian bytes: SQLite compares BLOBs with `memcmp`, and
+//! The embedded log's sequence numbers are `u64`s, and a sink that finished a shard saves
+//! [`SequenceNumber::shard_end`], which must order after all of them. They are stored as BLOBs of 16
+//! big-endian bytes (the shard end as all ones): SQLite compares BLOBs with `memcmp`, and
 //! big-endian bytes of equal length order exactly as the numbers do, so "never move backwards"
 //! is one comparison inside the `UPSERT`, atomic with the write.
 
@@ -29,8 +30,17 @@ pub(super) fn create_table(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-fn encode(seq: SequenceNumber) -> [u8; 16] {
-    seq.to_be_bytes()
+fn encode(seq: &SequenceNumber) -> Result<[u8; 16], CheckpointError> {
+    if seq.is_shard_end() {
+        return Ok(u128::MAX.to_be_bytes());
+    }
+    seq.as_u64()
+        .map(|n| u128::from(n).to_be_bytes())
+        .ok_or_else(|| {
+            CheckpointError(format!(
+                "{seq} is not a sequence number of the embedded stream"
+            ))
+        })
 }
 
 fn decode(bytes: &[u8]) -> Result<SequenceNumber, CheckpointError> {
@@ -40,7 +50,14 @@ fn decode(bytes: &[u8]) -> Result<SequenceNumber, CheckpointError> {
             bytes.len()
         ))
     })?;
-    Ok(u128::from_be_bytes(bytes))
+    match u128::from_be_bytes(bytes) {
+        u128::MAX => Ok(SequenceNumber::shard_end()),
+        n => u64::try_from(n).map(SequenceNumber::from).map_err(|_| {
+            CheckpointError(format!(
+                "a stored sequence number ({n}) is out of range; the checkpoint table is damaged"
+            ))
+        }),
+    }
 }
 
 fn sink_from_str(name: &str) -> Result<SinkKind, CheckpointError> {
@@ -121,6 +138,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
     ) -> Result<(), CheckpointError> {
         let shard = shard.0.clone();
         let now = Utc::now().to_rfc3339();
+        let seq = encode(&seq)?;
         self.blocking(move |conn| {
             // A lower value changes nothing; an equal one only clears a pending range it reaches
             // (updated_at says when the checkpoint last advanced, so it stays).
@@ -136,7 +154,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
                                          THEN NULL ELSE pending_last END
                  WHERE checkpoints.sequence IS NULL OR excluded.sequence >= checkpoints.sequence",
             )
-            .and_then(|mut stmt| stmt.execute(params![sink.as_str(), shard, &encode(seq)[..], now]))
+            .and_then(|mut stmt| stmt.execute(params![sink.as_str(), shard, &seq[..], now]))
             .map_err(sql_error)?;
             Ok(())
         })
@@ -216,7 +234,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
         let shard = shard.0.clone();
         let now = Utc::now().to_rfc3339();
         let (first, last) = match range {
-            Some((first, last)) => (Some(encode(first).to_vec()), Some(encode(last).to_vec())),
+            Some((first, last)) => (Some(encode(&first)?.to_vec()), Some(encode(&last)?.to_vec())),
             None => (None, None),
         };
         self.blocking(move |conn| {

@@ -31,6 +31,16 @@ use writer::{AppendRequest, Writer};
 /// The shard a partition key belongs to: xxh3 (64-bit, seed 0) of the key's UTF-8 bytes, modulo
 /// the shard count. xxh3's output is specified and platform independent, so a key keeps its shard
 /// across versions and machines (as long as the shard count stays, which the file enforces).
+/// The embedded log numbers records 1, 2, 3, ... in a `u64`; anything else is not one of its
+/// sequence numbers.
+fn embedded_seq(seq: &SequenceNumber) -> Result<u64, StreamError> {
+    seq.as_u64().ok_or_else(|| {
+        StreamError::Backend(format!(
+            "{seq} is not a sequence number of the embedded stream (a checkpoint from another backend?)"
+        ))
+    })
+}
+
 pub fn shard_for_key(partition_key: &str, shards: u32) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(partition_key.as_bytes()) % u64::from(shards.max(1))) as u32
 }
@@ -261,25 +271,25 @@ impl Stream for EmbeddedStream {
         max_records: usize,
     ) -> Result<ReadBatch, StreamError> {
         let index = self.shard_index(shard)?;
-        let after = match from {
+        let after = match &from {
             Position::TrimHorizon => 0,
-            Position::After(seq) => seq,
+            Position::After(seq) => embedded_seq(seq)?,
+            Position::At(seq) => embedded_seq(seq)?.saturating_sub(1),
         };
         let head = self.head(index);
         // An idle shard is answered from memory: no blocking thread, no query.
-        if after >= u128::from(head) || max_records == 0 {
+        if after >= head || max_records == 0 {
             return Ok(ReadBatch {
                 records: Vec::new(),
                 shard_ended: false,
                 millis_behind_latest: Some(0),
             });
         }
-        let after = after as u64;
         let records = self
             .blocking(move |conn| reader::read_records(conn, index, after, max_records))
             .await?;
         let millis_behind_latest = match records.last() {
-            Some(last) if last.sequence_number < u128::from(head) => {
+            Some(last) if last.sequence_number < SequenceNumber::from(head) => {
                 let behind = chrono::Utc::now() - last.arrived_at;
                 u64::try_from(behind.num_milliseconds()).unwrap_or(0)
             }
@@ -292,14 +302,14 @@ impl Stream for EmbeddedStream {
         })
     }
 
-    async fn release(&self, shard: &ShardId, upto: SequenceNumber) -> Result<u64, StreamError> {
+    async fn release(&self, shard: &ShardId, upto: &SequenceNumber) -> Result<u64, StreamError> {
         let index = self.shard_index(shard)?;
         let retention =
             chrono::Duration::from_std(self.inner.retention).unwrap_or(chrono::Duration::MAX);
         let cutoff_ms = chrono::Utc::now()
             .checked_sub_signed(retention)
             .map_or(i64::MIN, |t| t.timestamp_millis());
-        let upto = u64::try_from(upto).unwrap_or(u64::MAX);
+        let upto = embedded_seq(upto)?;
         self.blocking(move |conn| reader::release_records(conn, index, upto, cutoff_ms))
             .await
     }
@@ -308,24 +318,24 @@ impl Stream for EmbeddedStream {
         let index = self.shard_index(shard)?;
         Ok(match self.head(index) {
             0 => None,
-            seq => Some(u128::from(seq)),
+            seq => Some(SequenceNumber::from(seq)),
         })
     }
 
     async fn wait_for_records(
         &self,
         shard: &ShardId,
-        after: Option<SequenceNumber>,
+        after: Option<&SequenceNumber>,
         timeout: Duration,
     ) {
         let Ok(index) = self.shard_index(shard) else {
             tokio::time::sleep(timeout).await;
             return;
         };
-        let after = after.unwrap_or(0);
+        let after = after.and_then(SequenceNumber::as_u64).unwrap_or(0);
         let mut head = self.inner.heads[index as usize].subscribe();
         // The sender lives as long as `self`, so `wait_for` ends only by a commit or the timeout.
-        let _ = tokio::time::timeout(timeout, head.wait_for(|&seq| u128::from(seq) > after)).await;
+        let _ = tokio::time::timeout(timeout, head.wait_for(|&seq| seq > after)).await;
     }
 
     async fn health(&self) -> Result<(), StreamError> {

@@ -5,7 +5,7 @@
 //! writer waits for at most one chunk.
 
 use super::schema::{connect, records_table};
-use crate::stream::{Record, StreamError};
+use crate::stream::{Record, SequenceNumber, StreamError};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection};
@@ -75,7 +75,7 @@ pub(super) fn read_records(
         params![after as i64, i64::try_from(max).unwrap_or(i64::MAX)],
         |row| {
             Ok(Record {
-                sequence_number: u128::from(row.get::<_, i64>(0)? as u64),
+                sequence_number: SequenceNumber::from(row.get::<_, i64>(0)? as u64),
                 partition_key: row.get(1)?,
                 data: Bytes::copy_from_slice(row.get_ref(2)?.as_blob()?),
                 arrived_at: millis_to_time(row.get(3)?),

@@ -6,7 +6,7 @@
 
 use super::schema::records_table;
 use crate::metrics::{STREAM_APPEND_DURATION, STREAM_APPEND_RECORDS};
-use crate::stream::{PutRecord, PutResult, ShardId, StreamError};
+use crate::stream::{PutRecord, PutResult, SequenceNumber, ShardId, StreamError};
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -117,7 +117,7 @@ impl Writer {
                             next[shard as usize] += 1;
                             PutResult {
                                 shard_id: self.shard_ids[shard as usize].clone(),
-                                sequence_number: u128::from(next[shard as usize]),
+                                sequence_number: SequenceNumber::from(next[shard as usize]),
                             }
                         })
                         .collect();
