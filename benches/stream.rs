@@ -3,7 +3,7 @@
 //! For 1, 8 and 64 concurrent putters, each `put` carrying `RECORDS_PER_PUT` records of 3-6 KB
 //! (the size of a `LineBatch` of ~20 lines), prints the median of 3 runs in records/s, lines/s
 //! (20 lines a record) and MB/s, next to the disk's raw fsync rate, which bounds the commits per
-//! second of a durable log. Environment: `BENCH_RECORDS` (records per run, default 60000),
+//! second of a durable log. Environment: `BENCH_RECORDS` (records per run, default 20000),
 //! `BENCH_DIR` (folder for the files, default the system temp folder).
 
 use bytes::Bytes;
@@ -140,7 +140,7 @@ fn main() {
     let total_records: usize = std::env::var("BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60_000);
+        .unwrap_or(20_000);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let payloads = Arc::new(payloads());
     let mean_size =

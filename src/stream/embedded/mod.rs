@@ -51,6 +51,10 @@ pub fn shard_id(shard: u32) -> ShardId {
 }
 
 /// A handle to the embedded log; clones share one writer and one file.
+///
+/// One process opens a stream file at a time: the writer keeps each shard's next sequence number
+/// in memory. A second writer on the same file would fail its appends on the records' primary key
+/// (it cannot overwrite or renumber records), so the mistake surfaces as errors, never as loss.
 #[derive(Clone)]
 pub struct EmbeddedStream {
     inner: Arc<Inner>,
