@@ -4,7 +4,7 @@ use bytes::Bytes;
 use shopstream::stream::embedded::{shard_for_key, shard_id, EmbeddedStream};
 use shopstream::stream::{
     CheckpointStore, Position, PutRecord, SequenceNumber, ShardId, SinkKind, Stream, StreamError,
-    MAX_RECORD_BYTES, SHARD_END,
+    MAX_RECORD_BYTES,
 };
 use std::collections::HashMap;
 use std::path::Path;
@@ -96,8 +96,8 @@ async fn concurrent_puts_are_read_back_once_in_order_with_dense_numbers() {
     for info in stream.list_shards().await.unwrap() {
         assert!(!info.closed);
         let records = read_all(&stream, &info.id).await;
-        let numbers: Vec<_> = records.iter().map(|(seq, _)| *seq).collect();
-        let dense: Vec<_> = (1..=records.len() as u128).collect();
+        let numbers: Vec<_> = records.iter().map(|(seq, _)| seq.clone()).collect();
+        let dense: Vec<_> = (1..=records.len() as u64).map(sn).collect();
         assert_eq!(
             numbers, dense,
             "sequence numbers of {} are dense from 1",
@@ -105,11 +105,11 @@ async fn concurrent_puts_are_read_back_once_in_order_with_dense_numbers() {
         );
         assert_eq!(
             stream.latest(&info.id).await.unwrap(),
-            numbers.last().copied()
+            numbers.last().cloned()
         );
         for (seq, data) in records {
             assert_eq!(
-                acked[&(info.id.clone(), seq)],
+                acked[&(info.id.clone(), seq.clone())],
                 data,
                 "the record acked as {seq}"
             );
@@ -141,10 +141,10 @@ async fn records_and_numbering_survive_reopen() {
     }
     let stream = open(dir.path(), 2);
     let results = stream.put(vec![record("536365", "c")]).await.unwrap();
-    assert_eq!(results[0].sequence_number, 3);
+    assert_eq!(results[0].sequence_number, sn(3));
     assert_eq!(
         read_all(&stream, &key_shard).await,
-        vec![(1, "a".into()), (2, "b".into()), (3, "c".into())]
+        vec![(sn(1), "a".into()), (sn(2), "b".into()), (sn(3), "c".into())]
     );
 }
 
@@ -169,18 +169,18 @@ async fn reads_start_where_asked_and_honour_max_records() {
     stream.put(records).await.unwrap();
 
     let first = stream.read(&shard, Position::TrimHorizon, 4).await.unwrap();
-    let numbers: Vec<_> = first.records.iter().map(|r| r.sequence_number).collect();
-    assert_eq!(numbers, vec![1, 2, 3, 4]);
+    let numbers: Vec<_> = first.records.iter().map(|r| r.sequence_number.clone()).collect();
+    assert_eq!(numbers, [1, 2, 3, 4].map(sn));
     assert!(first.millis_behind_latest.is_some());
     assert!(!first.shard_ended);
     assert_eq!(first.records[0].partition_key, "k");
 
-    let rest = stream.read(&shard, Position::After(7), 100).await.unwrap();
-    let numbers: Vec<_> = rest.records.iter().map(|r| r.sequence_number).collect();
-    assert_eq!(numbers, vec![8, 9, 10]);
+    let rest = stream.read(&shard, Position::After(sn(7)), 100).await.unwrap();
+    let numbers: Vec<_> = rest.records.iter().map(|r| r.sequence_number.clone()).collect();
+    assert_eq!(numbers, [8, 9, 10].map(sn));
     assert_eq!(rest.millis_behind_latest, Some(0));
 
-    let none = stream.read(&shard, Position::After(10), 100).await.unwrap();
+    let none = stream.read(&shard, Position::After(sn(10)), 100).await.unwrap();
     assert!(none.records.is_empty());
     assert!(matches!(
         stream
@@ -208,7 +208,7 @@ async fn wait_for_records_wakes_on_commit_and_times_out_otherwise() {
         tokio::spawn(async move {
             let started = Instant::now();
             stream
-                .wait_for_records(&shard, Some(0), Duration::from_secs(30))
+                .wait_for_records(&shard, Some(&sn(0)), Duration::from_secs(30))
                 .await;
             started.elapsed()
         })
@@ -224,7 +224,7 @@ async fn wait_for_records_wakes_on_commit_and_times_out_otherwise() {
     // Already past `after`: returns at once.
     let started = Instant::now();
     stream
-        .wait_for_records(&shard, Some(0), Duration::from_secs(30))
+        .wait_for_records(&shard, Some(&sn(0)), Duration::from_secs(30))
         .await;
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -260,7 +260,7 @@ async fn a_full_queue_answers_saturated() {
     assert_eq!(accepted + saturated, results.len());
     assert_eq!(
         stream.latest(&shard_id(0)).await.unwrap(),
-        Some(accepted as u128),
+        Some(sn(accepted as u64)),
         "only the accepted puts were written"
     );
 }
@@ -296,28 +296,28 @@ async fn release_honours_retention_and_keeps_numbering() {
             .await
             .unwrap();
         assert_eq!(
-            stream.release(&shard, 5).await.unwrap(),
+            stream.release(&shard, &sn(5)).await.unwrap(),
             0,
             "younger than a day"
         );
     }
     let stream = EmbeddedStream::open(&path, 1, Duration::ZERO, 16).unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(stream.release(&shard, 3).await.unwrap(), 3);
+    assert_eq!(stream.release(&shard, &sn(3)).await.unwrap(), 3);
     let left: Vec<_> = read_all(&stream, &shard)
         .await
         .iter()
-        .map(|r| r.0)
+        .map(|r| r.0.clone())
         .collect();
-    assert_eq!(left, vec![4, 5]);
-    assert_eq!(stream.release(&shard, 5).await.unwrap(), 2);
+    assert_eq!(left, [4, 5].map(sn));
+    assert_eq!(stream.release(&shard, &sn(5)).await.unwrap(), 2);
     assert!(read_all(&stream, &shard).await.is_empty());
     drop(stream);
 
     let stream = EmbeddedStream::open(&path, 1, DAY, 16).unwrap();
-    assert_eq!(stream.latest(&shard).await.unwrap(), Some(5));
+    assert_eq!(stream.latest(&shard).await.unwrap(), Some(sn(5)));
     let results = stream.put(vec![record("k", "6")]).await.unwrap();
-    assert_eq!(results[0].sequence_number, 6, "numbers are never reused");
+    assert_eq!(results[0].sequence_number, sn(6), "numbers are never reused");
     stream.health().await.expect("healthy");
 }
 
@@ -330,13 +330,13 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
     let sink = SinkKind::Archive;
 
     assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), None);
-    checkpoints.save(sink, &shard, 10).await.unwrap();
-    checkpoints.save(sink, &shard, 7).await.unwrap();
-    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), Some(10));
+    checkpoints.save(sink, &shard, sn(10)).await.unwrap();
+    checkpoints.save(sink, &shard, sn(7)).await.unwrap();
+    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), Some(sn(10)));
     // 255 and 256 differ in their first byte from the end: byte order matters here.
-    checkpoints.save(sink, &shard, 256).await.unwrap();
-    checkpoints.save(sink, &shard, 255).await.unwrap();
-    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), Some(256));
+    checkpoints.save(sink, &shard, sn(256)).await.unwrap();
+    checkpoints.save(sink, &shard, sn(255)).await.unwrap();
+    assert_eq!(checkpoints.load(sink, &shard).await.unwrap(), Some(sn(256)));
     assert_eq!(
         checkpoints.load(SinkKind::Warehouse, &shard).await.unwrap(),
         None
@@ -345,31 +345,31 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
     // A pending range before any checkpoint, then cleared by a save that reaches its end.
     let other = SinkKind::Operational;
     checkpoints
-        .save_pending(other, &shard, Some((1, 20)))
+        .save_pending(other, &shard, Some((sn(1), sn(20))))
         .await
         .unwrap();
     assert_eq!(
         checkpoints.load_pending(other, &shard).await.unwrap(),
-        Some((1, 20))
+        Some((sn(1), sn(20)))
     );
     assert_eq!(checkpoints.load(other, &shard).await.unwrap(), None);
-    checkpoints.save(other, &shard, 19).await.unwrap();
+    checkpoints.save(other, &shard, sn(19)).await.unwrap();
     assert_eq!(
         checkpoints.load_pending(other, &shard).await.unwrap(),
-        Some((1, 20))
+        Some((sn(1), sn(20)))
     );
-    checkpoints.save(other, &shard, 20).await.unwrap();
+    checkpoints.save(other, &shard, sn(20)).await.unwrap();
     assert_eq!(checkpoints.load_pending(other, &shard).await.unwrap(), None);
     checkpoints
-        .save_pending(other, &shard, Some((21, 40)))
+        .save_pending(other, &shard, Some((sn(21), sn(40))))
         .await
         .unwrap();
     checkpoints.save_pending(other, &shard, None).await.unwrap();
     assert_eq!(checkpoints.load_pending(other, &shard).await.unwrap(), None);
-    assert_eq!(checkpoints.load(other, &shard).await.unwrap(), Some(20));
+    assert_eq!(checkpoints.load(other, &shard).await.unwrap(), Some(sn(20)));
 
-    checkpoints.save(sink, &shard, SHARD_END).await.unwrap();
-    checkpoints.save(sink, &shard, 5).await.unwrap();
+    checkpoints.save(sink, &shard, SequenceNumber::shard_end()).await.unwrap();
+    checkpoints.save(sink, &shard, sn(5)).await.unwrap();
     drop(checkpoints);
     drop(stream);
 
@@ -378,7 +378,7 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
     let checkpoints = stream.checkpoints().unwrap();
     assert_eq!(
         checkpoints.load(sink, &shard).await.unwrap(),
-        Some(SHARD_END)
+        Some(SequenceNumber::shard_end())
     );
     let listed: Vec<_> = checkpoints
         .list()
@@ -390,8 +390,12 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
     assert_eq!(
         listed,
         vec![
-            (SinkKind::Archive, "shard-0001".to_owned(), SHARD_END),
-            (SinkKind::Operational, "shard-0001".to_owned(), 20),
+            (SinkKind::Archive, "shard-0001".to_owned(), SequenceNumber::shard_end()),
+            (SinkKind::Operational, "shard-0001".to_owned(), sn(20)),
         ]
     );
+}
+
+fn sn(n: u64) -> SequenceNumber {
+    SequenceNumber::from(n)
 }
