@@ -27,9 +27,11 @@
 //!   backpressure and dead letters.
 //! - [`batch`]: bulk CSV import with a ledger of what was loaded.
 //! - [`metrics`]: every Prometheus series, declared once.
+//! - [`aws`]: SDK clients and the retry of partial batch failures shared by the AWS backends.
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
+pub mod aws;
 pub mod batch;
 pub mod cli;
 pub mod config;
