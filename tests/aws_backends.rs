@@ -76,3 +76,149 @@ async fn s3_put_get_list_delete_and_multipart() {
         meta[0].etag
     );
 }
+
+mod dynamodb {
+    use super::aws_common::{aws_config, init, lines};
+    use shopstream::actors::operational::dynamodb::DynamoOperationalStore;
+    use shopstream::actors::operational::{OperationalStore, StoreError};
+    use shopstream::model::Money;
+
+    #[tokio::test]
+    async fn upsert_is_idempotent_and_dedupes_within_a_call() {
+        let cfg = aws_config("ddb_upsert");
+        let c = init(&cfg).await;
+        let store = DynamoOperationalStore::from_config(&c, &cfg);
+        store.health().await.unwrap();
+
+        // 60 lines (three BatchWriteItem requests), then the same 60 again with duplicates of
+        // line ids inside one call: the last version of a duplicate wins.
+        let first = lines("536365", Some(17850), 1, 60);
+        store.upsert(&first).await.unwrap();
+        let mut again = first.clone();
+        let mut changed = first[3].clone();
+        changed.line.description = Some("the last version".into());
+        again.extend(first[..30].iter().cloned());
+        again.push(changed);
+        store.upsert(&again).await.unwrap();
+
+        let expected: Money = first.iter().map(|l| l.line.line_total()).sum();
+        assert_eq!(store.totals().await.unwrap(), (60, expected));
+        let invoice = store.invoice("536365").await.unwrap().unwrap();
+        assert_eq!(invoice.lines.len(), 60);
+        assert_eq!(invoice.total, expected);
+        let line3 = invoice
+            .lines
+            .iter()
+            .find(|l| l.line.line_id == first[3].line.line_id)
+            .unwrap();
+        assert_eq!(line3.line.description.as_deref(), Some("the last version"));
+        assert!(store.invoice("999999").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn customer_look_ups_have_exact_totals() {
+        let cfg = aws_config("ddb_customer");
+        let c = init(&cfg).await;
+        let store = DynamoOperationalStore::from_config(&c, &cfg);
+        let a = lines("540001", Some(12345), 2, 30);
+        let b = lines("C540002", Some(12345), 5, 3);
+        let other = lines("540003", Some(99999), 3, 4);
+        let anonymous = lines("540004", None, 3, 2);
+        for set in [&a, &b, &other, &anonymous] {
+            store.upsert(set).await.unwrap();
+        }
+        let list = store.customer_invoices(12345, None, None).await.unwrap();
+        assert_eq!(
+            list.iter()
+                .map(|s| s.invoice_no.as_str())
+                .collect::<Vec<_>>(),
+            ["540001", "C540002"]
+        );
+        let total_a: Money = a.iter().map(|l| l.line.line_total()).sum();
+        assert_eq!(list[0].total, total_a);
+        assert_eq!(list[0].line_count, 30);
+        assert!(list[1].is_cancellation && !list[0].is_cancellation);
+        // `to` is exclusive, `from` inclusive.
+        let day = |d| {
+            chrono::NaiveDate::from_ymd_opt(2011, 3, d)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+        };
+        let only_a = store
+            .customer_invoices(12345, day(2), day(5))
+            .await
+            .unwrap();
+        assert_eq!(only_a.len(), 1);
+        assert_eq!(only_a[0].invoice_no, "540001");
+
+        let invoice = store.invoice("540004").await.unwrap().unwrap();
+        assert_eq!(invoice.customer_id, None);
+        assert_eq!(invoice.lines.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_line_over_400_kb_is_rejected() {
+        let cfg = aws_config("ddb_too_large");
+        let c = init(&cfg).await;
+        let store = DynamoOperationalStore::from_config(&c, &cfg);
+        let mut big = lines("540010", Some(1), 1, 2);
+        big[1].line.description = Some("x".repeat(410 * 1024));
+        match store.upsert(&big).await {
+            Err(StoreError::Rejected { line_id, reason }) => {
+                assert_eq!(line_id, big[1].line.line_id.to_string());
+                assert!(reason.contains("400"), "{reason}");
+            }
+            other => panic!("expected Rejected, got {other:?}"),
+        }
+    }
+}
+
+mod cli {
+    use super::aws_common::{aws_config, moto, ENV};
+    use std::process::Command;
+
+    #[test]
+    fn aws_init_twice_creates_then_finds() {
+        let cfg = aws_config("cli_init");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aws.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[stream]\nbackend = \"aws\"\n[archive]\nbackend = \"aws\"\n[operational]\nbackend = \"aws\"\n\
+                 [warehouse]\nbackend = \"aws\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+                 stream_name = \"{}\"\nstream_shards = 2\nbucket = \"{}\"\ninvoices_table = \"{}\"\n\
+                 leases_table = \"{}\"\ndelivery_stream = \"{}\"\nfirehose_role_arn = \"{}\"\n",
+                moto().endpoint,
+                cfg.stream_name,
+                cfg.bucket,
+                cfg.invoices_table,
+                cfg.leases_table,
+                cfg.delivery_stream,
+                cfg.firehose_role_arn
+            ),
+        )
+        .unwrap();
+        let run = || {
+            let out = Command::new(env!("CARGO_BIN_EXE_shopstream"))
+                .arg("--config")
+                .arg(&file)
+                .args(["aws", "init"])
+                .envs(ENV.iter().copied())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "aws init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let first = run();
+        assert_eq!(first.matches("created ").count(), 5, "{first}");
+        assert!(first.contains(&format!("kinesis stream {} (2 shards)", cfg.stream_name)));
+        let second = run();
+        assert_eq!(second.matches("found ").count(), 5, "{second}");
+        assert!(!second.contains("created"), "{second}");
+    }
+}

@@ -199,7 +199,7 @@ mod tests {
         .unwrap_err();
         assert!(
             matches!(err, PartialFailure::Exhausted { attempts: 3, .. }),
-            "{err}"
+            "{err:?}"
         );
 
         let err = retry_entries(vec![1u32, 2], quick(3), |b: Vec<u32>| async move {
@@ -216,7 +216,7 @@ mod tests {
         .unwrap_err();
         assert!(
             matches!(err, PartialFailure::Rejected { index: 1, .. }),
-            "{err}"
+            "{err:?}"
         );
     }
 }

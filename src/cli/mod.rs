@@ -1,5 +1,7 @@
 //! The `shopstream` command line: one subcommand per file in this folder.
 
+pub mod aws;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -23,12 +25,17 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Set up the AWS resources of the aws backends (`aws init`).
+    Aws(aws::AwsArgs),
+}
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Aws(args) => aws::run(args, cli.config.as_deref()),
+    }
 }
 
 /// Loads settings for commands that need them, with the file named on the command line.

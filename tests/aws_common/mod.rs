@@ -131,3 +131,44 @@ pub fn aws_config(test: &str) -> AwsConfig {
 pub async fn clients(cfg: &AwsConfig) -> AwsClients {
     AwsClients::from_config(cfg).await
 }
+
+/// Clients for `cfg`, with every resource of `cfg` created by `aws init`'s code.
+pub async fn init(cfg: &AwsConfig) -> AwsClients {
+    let c = clients(cfg).await;
+    shopstream::cli::aws::init(&c, cfg, Duration::from_secs(30))
+        .await
+        .expect("aws init against moto");
+    c
+}
+
+/// `n` lines of invoice `invoice_no` for `customer`, priced so totals are exact decimals that a
+/// float would get wrong (quantity * 0.1 ...).
+pub fn lines(
+    invoice_no: &str,
+    customer: Option<u64>,
+    day: u32,
+    n: u64,
+) -> Vec<shopstream::model::IngestedLine> {
+    use chrono::NaiveDate;
+    (0..n)
+        .map(|i| shopstream::model::IngestedLine {
+            line: shopstream::model::InvoiceLine::new(
+                invoice_no.into(),
+                format!("SKU{i}"),
+                Some(format!("item {i}")),
+                (i % 7) as i64 + 1,
+                NaiveDate::from_ymd_opt(2011, 3, day)
+                    .unwrap()
+                    .and_hms_opt(9, 30, 0)
+                    .unwrap(),
+                format!("0.{}", i % 10 + 1).parse().unwrap(),
+                customer,
+                "United Kingdom".into(),
+                Some(i + 1),
+                0,
+            ),
+            store_id: "demo".into(),
+            ingested_at: chrono::Utc::now(),
+        })
+        .collect()
+}

@@ -1,6 +1,8 @@
 //! The operational writer: keeps invoices and customers' invoice lists current for look-ups.
 //! Embedded backend: SQLite. AWS: DynamoDB.
 
+pub mod dynamodb;
+
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use serde::Serialize;
