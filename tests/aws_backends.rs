@@ -222,3 +222,47 @@ mod cli {
         assert!(!second.contains("created"), "{second}");
     }
 }
+
+mod firehose {
+    use super::aws_common::{aws_config, init, lines};
+    use shopstream::actors::warehouse::firehose::FirehoseWarehouse;
+    use shopstream::actors::warehouse::Warehouse;
+    use shopstream::object_store::s3::S3ObjectStore;
+    use shopstream::object_store::ObjectStore;
+    use std::collections::HashMap;
+
+    #[tokio::test]
+    async fn more_than_500_lines_are_delivered_exactly_once() {
+        let cfg = aws_config("firehose");
+        let c = init(&cfg).await;
+        let warehouse = FirehoseWarehouse::from_config(&c, &cfg);
+        warehouse.health().await.unwrap();
+        assert_eq!(warehouse.summary().await.unwrap(), None);
+
+        let mut sent = lines("550001", Some(1), 1, 700);
+        sent.extend(lines("550002", None, 2, 300));
+        warehouse.insert(&sent[..600]).await.unwrap();
+        warehouse.insert(&sent[600..]).await.unwrap();
+
+        // The delivery stream of `aws init` writes into the bucket under `firehose_prefix`.
+        let bucket = S3ObjectStore::from_config(&c, &cfg);
+        let mut seen: HashMap<String, serde_json::Value> = HashMap::new();
+        for object in bucket.list(&cfg.firehose_prefix).await.unwrap() {
+            let body = bucket.get(&object.key).await.unwrap();
+            for row in body.split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
+                let row: serde_json::Value = serde_json::from_slice(row).unwrap();
+                let id = row["line_id"].as_str().unwrap().to_owned();
+                assert!(
+                    seen.insert(id.clone(), row).is_none(),
+                    "line {id} delivered twice"
+                );
+            }
+        }
+        assert_eq!(seen.len(), 1000);
+        for l in &sent {
+            let row = &seen[l.line.line_id.as_str()];
+            assert_eq!(row["line_total"], l.line.line_total().to_string());
+            assert_eq!(row["source"], "stream");
+        }
+    }
+}
