@@ -266,3 +266,87 @@ mod firehose {
         }
     }
 }
+
+mod kinesis {
+    use super::aws_common::{aws_config, init};
+    use bytes::Bytes;
+    use shopstream::stream::kinesis::KinesisStream;
+    use shopstream::stream::{Position, PutRecord, Stream};
+    use std::collections::HashMap;
+
+    #[tokio::test]
+    async fn records_put_across_shards_read_back_in_order() {
+        let cfg = aws_config("kinesis_rw");
+        let c = init(&cfg).await;
+        let stream = KinesisStream::from_config(&c, &cfg);
+        stream.health().await.unwrap();
+        let shards = stream.list_shards().await.unwrap();
+        assert_eq!(shards.len(), 4);
+        assert!(shards.iter().all(|s| !s.closed && s.parents.is_empty()));
+
+        // 1,200 records: three PutRecords requests.
+        let records: Vec<PutRecord> = (0..1200)
+            .map(|i| PutRecord {
+                partition_key: format!("inv-{}", i % 97),
+                data: Bytes::from(format!("record {i}")),
+            })
+            .collect();
+        let results = stream.put(records.clone()).await.unwrap();
+        assert_eq!(results.len(), 1200);
+
+        // Expected per shard: the records in put order.
+        let mut expected: HashMap<String, Vec<(u128, String)>> = HashMap::new();
+        for (r, put) in records.iter().zip(&results) {
+            expected.entry(put.shard_id.0.clone()).or_default().push((
+                put.sequence_number,
+                String::from_utf8(r.data.to_vec()).unwrap(),
+            ));
+        }
+        assert!(expected.len() > 1, "records should spread over shards");
+
+        for shard in &shards {
+            let want = expected.remove(&shard.id.0).unwrap_or_default();
+            assert!(
+                want.windows(2).all(|w| w[0].0 < w[1].0),
+                "put results increase"
+            );
+            let mut got = Vec::new();
+            let mut from = Position::TrimHorizon;
+            loop {
+                let batch = stream.read(&shard.id, from, 100).await.unwrap();
+                assert!(!batch.shard_ended, "open shards do not end");
+                let Some(last) = batch.records.last() else {
+                    break;
+                };
+                from = Position::After(last.sequence_number);
+                got.extend(batch.records.iter().map(|r| {
+                    (
+                        r.sequence_number,
+                        String::from_utf8(r.data.to_vec()).unwrap(),
+                    )
+                }));
+            }
+            assert_eq!(got, want, "shard {}", shard.id);
+        }
+        assert!(expected.is_empty());
+
+        // A read from a checkpoint (not the cached position) starts right after it.
+        let shard = &shards[0].id;
+        let all = stream
+            .read(shard, Position::TrimHorizon, 10_000)
+            .await
+            .unwrap();
+        if all.records.len() > 2 {
+            let after = stream
+                .read(shard, Position::After(all.records[1].sequence_number), 1)
+                .await
+                .unwrap();
+            assert_eq!(
+                after.records[0].sequence_number,
+                all.records[2].sequence_number
+            );
+        }
+        assert_eq!(stream.latest(shard).await.unwrap(), None);
+        assert_eq!(stream.release(shard, 1).await.unwrap(), 0);
+    }
+}
