@@ -350,3 +350,102 @@ mod kinesis {
         assert_eq!(stream.release(shard, 1).await.unwrap(), 0);
     }
 }
+
+mod leases {
+    use super::aws_common::{aws_config, init};
+    use shopstream::stream::kinesis::{KinesisStream, LeaseCoordinator};
+    use shopstream::stream::{CheckpointStore, ShardId, SinkKind, Stream};
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn two_coordinators_split_shards_and_take_over_expired_leases() {
+        let cfg = aws_config("leases");
+        let c = init(&cfg).await;
+        let shards = KinesisStream::from_config(&c, &cfg)
+            .list_shards()
+            .await
+            .unwrap();
+        assert_eq!(shards.len(), 4);
+        let a = LeaseCoordinator::from_config(&c, &cfg, "instance-a");
+        let b = LeaseCoordinator::from_config(&c, &cfg, "instance-b");
+
+        // A starts alone and takes everything; B then takes leases from A until the split is fair.
+        assert_eq!(a.sync(&shards).await.unwrap().len(), 4);
+        let (mut owned_a, mut owned_b) = (Vec::new(), Vec::new());
+        for _ in 0..6 {
+            owned_b = b.sync(&shards).await.unwrap();
+            owned_a = a.sync(&shards).await.unwrap();
+            if owned_a.len() == 2 && owned_b.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(
+            (owned_a.len(), owned_b.len()),
+            (2, 2),
+            "{owned_a:?} {owned_b:?}"
+        );
+        let all: HashSet<&ShardId> = owned_a.iter().chain(&owned_b).collect();
+        assert_eq!(all.len(), 4, "no shard owned twice");
+
+        // Checkpoints: the owner writes, never backwards; a non-owner is refused.
+        let cp_a = a.checkpoints();
+        let cp_b = b.checkpoints();
+        let shard_a = &owned_a[0];
+        cp_a.save(SinkKind::Archive, shard_a, 500).await.unwrap();
+        cp_a.save(SinkKind::Archive, shard_a, 400).await.unwrap();
+        assert_eq!(
+            cp_b.load(SinkKind::Archive, shard_a).await.unwrap(),
+            Some(500)
+        );
+        let err = cp_b
+            .save(SinkKind::Archive, shard_a, 900)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("lost"), "{err}");
+        assert_eq!(
+            cp_a.load(SinkKind::Archive, shard_a).await.unwrap(),
+            Some(500)
+        );
+        cp_a.save_pending(SinkKind::Archive, shard_a, Some((501, 600)))
+            .await
+            .unwrap();
+        assert_eq!(
+            cp_a.load_pending(SinkKind::Archive, shard_a).await.unwrap(),
+            Some((501, 600))
+        );
+        cp_a.save(SinkKind::Archive, shard_a, 600).await.unwrap();
+        assert_eq!(
+            cp_a.load_pending(SinkKind::Archive, shard_a).await.unwrap(),
+            None
+        );
+        assert!(cp_b
+            .save_pending(SinkKind::Archive, shard_a, Some((1, 2)))
+            .await
+            .is_err());
+
+        // A stops renewing: once its leases expire, B takes all four shards.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            owned_b = b.sync(&shards).await.unwrap();
+            if owned_b.len() == 4 || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(owned_b.len(), 4);
+        // A's checkpoint write on a shard it lost now fails; its checkpoint is kept for B.
+        assert!(cp_a.save(SinkKind::Archive, shard_a, 700).await.is_err());
+        assert_eq!(
+            cp_b.load(SinkKind::Archive, shard_a).await.unwrap(),
+            Some(600)
+        );
+        let listed = cp_b.list().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].sequence_number, 600);
+
+        // Graceful shutdown: released leases are free for A at once.
+        assert_eq!(b.release_all().await.unwrap(), 4);
+        assert_eq!(a.sync(&shards).await.unwrap().len(), 4);
+    }
+}
