@@ -449,3 +449,25 @@ mod leases {
         assert_eq!(a.sync(&shards).await.unwrap().len(), 4);
     }
 }
+
+mod config_files {
+    use shopstream::config::{Backend, Settings};
+    use std::path::Path;
+
+    #[test]
+    fn the_aws_example_configs_load_with_every_stage_on_aws() {
+        for file in ["config/aws.toml", "config/aws-local.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let s = Settings::load(Some(&path)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            for backend in [
+                s.stream.backend,
+                s.archive.backend,
+                s.operational.backend,
+                s.warehouse.backend,
+                s.dead_letter.backend,
+            ] {
+                assert_eq!(backend, Backend::Aws, "{file}");
+            }
+        }
+    }
+}

@@ -51,6 +51,17 @@ pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
     }
 }
 
+/// `what` failed on `resource`, in one sentence, and whether trying again may help.
+pub fn call_failure<E>(what: &str, resource: &str, e: &SdkError<E>) -> (String, bool)
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    (
+        format!("{what} on {resource} failed: {}", describe(e)),
+        is_transient(e),
+    )
+}
+
 /// The whole error chain in one line (the SDK's own `Display` says only "service error").
 pub fn describe<E: std::error::Error + 'static>(e: &E) -> String {
     DisplayErrorContext(e).to_string()

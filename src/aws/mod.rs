@@ -14,5 +14,5 @@ mod errors;
 mod retry;
 
 pub use clients::AwsClients;
-pub use errors::{describe, error_code, is_retriable_code, is_transient};
+pub use errors::{call_failure, describe, error_code, is_retriable_code, is_transient};
 pub use retry::{retry_entries, Backoff, EntryOutcome, PartialFailure};

@@ -16,8 +16,7 @@ use std::str::FromStr;
 
 use super::{Invoice, InvoiceSummary, OperationalStore, StoreError};
 use crate::aws::{
-    describe, error_code, is_transient, retry_entries, AwsClients, Backoff, EntryOutcome,
-    PartialFailure,
+    call_failure, error_code, retry_entries, AwsClients, Backoff, EntryOutcome, PartialFailure,
 };
 use crate::config::AwsConfig;
 use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
@@ -68,11 +67,9 @@ impl DynamoOperationalStore {
     where
         E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let msg = format!("{what} on table {} failed: {}", self.table, describe(&e));
-        if is_transient(&e) {
-            StoreError::Unavailable(msg)
-        } else {
-            StoreError::Backend(msg)
+        match call_failure(what, &format!("table {}", self.table), &e) {
+            (msg, true) => StoreError::Unavailable(msg),
+            (msg, false) => StoreError::Backend(msg),
         }
     }
 

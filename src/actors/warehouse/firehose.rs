@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use super::{SalesSummary, Warehouse, WarehouseError};
 use crate::aws::{
-    describe, error_code, is_retriable_code, is_transient, retry_entries, AwsClients, Backoff,
-    EntryOutcome, PartialFailure,
+    call_failure, error_code, is_retriable_code, retry_entries, AwsClients, Backoff, EntryOutcome,
+    PartialFailure,
 };
 use crate::config::AwsConfig;
 use crate::model::{money_to_micros, IngestedLine};
@@ -162,15 +162,13 @@ impl FirehoseWarehouse {
     where
         E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let msg = format!(
-            "{what} on delivery stream {} failed: {}",
-            self.delivery_stream,
-            describe(&e)
-        );
-        if is_transient(&e) {
-            WarehouseError::Unavailable(msg)
-        } else {
-            WarehouseError::Backend(msg)
+        match call_failure(
+            what,
+            &format!("delivery stream {}", self.delivery_stream),
+            &e,
+        ) {
+            (msg, true) => WarehouseError::Unavailable(msg),
+            (msg, false) => WarehouseError::Backend(msg),
         }
     }
 
@@ -309,7 +307,7 @@ mod tests {
         assert_eq!(v["invoice_date"], "2010-12-01 08:26:00");
         for column in super::super::SALES_DDL
             .lines()
-            .filter_map(|l| l.trim().split_whitespace().next())
+            .filter_map(|l| l.split_whitespace().next())
             .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
         {
             assert!(v.get(column).is_some(), "column {column} missing");

@@ -11,6 +11,7 @@
 //! compared across machines.
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
@@ -78,6 +79,9 @@ fn is_conditional_failure<E: aws_smithy_types::error::metadata::ProvideErrorMeta
     error_code(e) == Some("ConditionalCheckFailedException")
 }
 
+/// A lease's owner and counter as last read, and when this instance first read those values.
+type Observed = (Option<String>, u64, Instant);
+
 /// What the coordinator and the checkpoint store share.
 struct Inner {
     client: aws_sdk_dynamodb::Client,
@@ -85,7 +89,7 @@ struct Inner {
     owner: String,
     lease_duration: Duration,
     /// Per shard: the owner and counter last seen, and when this instance first saw them.
-    observed: Mutex<HashMap<String, (Option<String>, u64, Instant)>>,
+    observed: Mutex<HashMap<String, Observed>>,
 }
 
 impl Inner {
@@ -103,6 +107,29 @@ impl Inner {
             owner.unwrap_or("nobody"),
             self.owner
         ))
+    }
+
+    /// An UpdateItem of `shard`'s lease with `#o` (the owner attribute) and `:me` bound.
+    fn update(&self, shard: &str) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("ShardId", s(shard))
+            .expression_attribute_names("#o", OWNER)
+            .expression_attribute_values(":me", s(&self.owner))
+    }
+
+    /// Sends a conditional write: `true` when it was made, `false` when its condition failed.
+    async fn conditional(
+        &self,
+        what: &str,
+        req: UpdateItemFluentBuilder,
+    ) -> Result<bool, CheckpointError> {
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(self.error(what, e)),
+        }
     }
 
     async fn get(&self, shard: &ShardId) -> Result<Option<Item>, CheckpointError> {
@@ -318,28 +345,21 @@ impl LeaseCoordinator {
 
     /// Bumps the counter of a lease this instance owns; false when it is no longer the owner.
     async fn renew(&self, shard: &str) -> Result<bool, CheckpointError> {
-        let result = self
+        let req = self
             .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.table)
-            .key("ShardId", s(shard))
+            .update(shard)
             .update_expression("SET #c = #c + :one")
             .condition_expression("#o = :me")
             .expression_attribute_names("#c", COUNTER)
-            .expression_attribute_names("#o", OWNER)
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":me", s(&self.inner.owner))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => {
-                tracing::warn!(shard, owner = %self.inner.owner, "lease lost to another instance");
-                Ok(false)
-            }
-            Err(e) => Err(self.inner.error("UpdateItem (renew lease)", e)),
+            .expression_attribute_values(":one", n(1));
+        let renewed = self
+            .inner
+            .conditional("UpdateItem (renew lease)", req)
+            .await?;
+        if !renewed {
+            tracing::warn!(shard, owner = %self.inner.owner, "lease lost to another instance");
         }
+        Ok(renewed)
     }
 
     /// Takes a lease as last seen (`owner`, `counter`); false when someone moved it meanwhile.
@@ -349,29 +369,20 @@ impl LeaseCoordinator {
         owner: Option<&str>,
         counter: u64,
     ) -> Result<bool, CheckpointError> {
-        let mut req = self
+        let req = self
             .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.table)
-            .key("ShardId", s(shard))
+            .update(shard)
             .update_expression("SET #o = :me, #c = #c + :one")
             .expression_attribute_names("#c", COUNTER)
-            .expression_attribute_names("#o", OWNER)
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":me", s(&self.inner.owner))
             .expression_attribute_values(":seen", n(counter));
-        req = match owner {
+        let req = match owner {
             None => req.condition_expression("#c = :seen AND attribute_not_exists(#o)"),
             Some(old) => req
                 .condition_expression("#c = :seen AND #o = :old")
                 .expression_attribute_values(":old", s(old)),
         };
-        match req.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(self.inner.error("UpdateItem (take lease)", e)),
-        }
+        self.inner.conditional("UpdateItem (take lease)", req).await
     }
 
     /// Gives up every lease of this instance (graceful shutdown, after the last checkpoints), so
@@ -386,22 +397,17 @@ impl LeaseCoordinator {
                 continue;
             }
             let shard = get_str(&l, "ShardId").unwrap_or_default();
-            let result = self
+            let req = self
                 .inner
-                .client
-                .update_item()
-                .table_name(&self.inner.table)
-                .key("ShardId", s(shard))
+                .update(shard)
                 .update_expression("REMOVE #o")
-                .condition_expression("#o = :me")
-                .expression_attribute_names("#o", OWNER)
-                .expression_attribute_values(":me", s(&self.inner.owner))
-                .send()
-                .await;
-            match result {
-                Ok(_) => released += 1,
-                Err(e) if is_conditional_failure(&e) => {}
-                Err(e) => return Err(self.inner.error("UpdateItem (release lease)", e)),
+                .condition_expression("#o = :me");
+            if self
+                .inner
+                .conditional("UpdateItem (release lease)", req)
+                .await?
+            {
+                released += 1;
             }
         }
         Ok(released)
@@ -458,18 +464,13 @@ impl CheckpointStore for DynamoCheckpoints {
     ) -> Result<(), CheckpointError> {
         let result = self
             .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.table)
-            .key("ShardId", s(&shard.0))
+            .update(&shard.0)
             .update_expression("SET #cp = :seq, #at = :now")
             .condition_expression("#o = :me AND (attribute_not_exists(#cp) OR #cp <= :seq)")
             .expression_attribute_names("#cp", checkpoint_attr(sink))
             .expression_attribute_names("#at", checkpoint_at_attr(sink))
-            .expression_attribute_names("#o", OWNER)
             .expression_attribute_values(":seq", s(encode(seq)))
             .expression_attribute_values(":now", s(Utc::now().to_rfc3339()))
-            .expression_attribute_values(":me", s(&self.inner.owner))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
@@ -485,25 +486,17 @@ impl CheckpointStore for DynamoCheckpoints {
                 .split_once('-')
                 .and_then(|(_, l)| l.parse::<SequenceNumber>().ok());
             if last.is_some_and(|last| last <= seq) {
-                let cleared = self
+                let req = self
                     .inner
-                    .client
-                    .update_item()
-                    .table_name(&self.inner.table)
-                    .key("ShardId", s(&shard.0))
+                    .update(&shard.0)
                     .update_expression("REMOVE #p")
                     .condition_expression("#o = :me AND #p = :old")
                     .expression_attribute_names("#p", pending_attr(sink))
-                    .expression_attribute_names("#o", OWNER)
-                    .expression_attribute_values(":me", s(&self.inner.owner))
-                    .expression_attribute_values(":old", s(pending))
-                    .send()
-                    .await;
-                match cleared {
-                    Ok(_) => {}
-                    Err(e) if is_conditional_failure(&e) => {}
-                    Err(e) => return Err(self.inner.error("UpdateItem (clear pending)", e)),
-                }
+                    .expression_attribute_values(":old", s(pending));
+                // A lost race means a new range was announced meanwhile: it stays.
+                self.inner
+                    .conditional("UpdateItem (clear pending)", req)
+                    .await?;
             }
         }
         Ok(())
@@ -562,26 +555,25 @@ impl CheckpointStore for DynamoCheckpoints {
         shard: &ShardId,
         range: Option<(SequenceNumber, SequenceNumber)>,
     ) -> Result<(), CheckpointError> {
-        let mut req = self
+        let req = self
             .inner
-            .client
-            .update_item()
-            .table_name(&self.inner.table)
-            .key("ShardId", s(&shard.0))
+            .update(&shard.0)
             .condition_expression("#o = :me")
-            .expression_attribute_names("#p", pending_attr(sink))
-            .expression_attribute_names("#o", OWNER)
-            .expression_attribute_values(":me", s(&self.inner.owner));
-        req = match range {
+            .expression_attribute_names("#p", pending_attr(sink));
+        let req = match range {
             Some((first, last)) => req
                 .update_expression("SET #p = :r")
                 .expression_attribute_values(":r", s(format!("{first}-{last}"))),
             None => req.update_expression("REMOVE #p"),
         };
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => self.explain(shard).await.map(|_| ()),
-            Err(e) => Err(self.inner.error("UpdateItem (pending range)", e)),
+        if self
+            .inner
+            .conditional("UpdateItem (pending range)", req)
+            .await?
+        {
+            Ok(())
+        } else {
+            self.explain(shard).await.map(|_| ())
         }
     }
 }
