@@ -34,6 +34,11 @@
 
 pub mod actors;
 pub mod app;
+//! - [`aws`]: SDK clients and the retry of partial batch failures shared by the AWS backends.
+//! - [`cli`]: the `shopstream` command line.
+
+pub mod actors;
+pub mod aws;
 pub mod batch;
 pub mod cli;
 pub mod config;

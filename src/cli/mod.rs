@@ -4,6 +4,7 @@ mod dead_letter;
 mod demo;
 mod replay;
 mod serve;
+pub mod aws;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ pub enum Command {
     #[command(subcommand)]
     DeadLetter(dead_letter::Command),
     Generate(generate::Args),
+    /// Set up the AWS resources of the aws backends (`aws init`).
+    Aws(aws::AwsArgs),
 }
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
@@ -54,6 +57,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Replay(args) => replay::run(args),
         Command::DeadLetter(cmd) => dead_letter::run(cli.config.as_deref(), cmd),
         Command::Generate(args) => generate::run(args),
+        Command::Aws(args) => aws::run(args, cli.config.as_deref()),
     }
 }
 

@@ -1,24 +1,59 @@
-//! Settings of the AWS backends.
+//! Settings of the AWS backends. Every key is documented in `config/default.toml` too.
 
 use serde::Deserialize;
+use std::time::Duration;
 
+use super::server::bad;
 use super::{Backend, ConfigError, Settings};
+
+/// S3's smallest part of a multipart upload (every part but the last).
+pub const S3_MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
     /// Region; empty means the default provider chain decides (AWS_REGION, profile, ECS).
     pub region: String,
+    /// Endpoint override for every service (local AWS-compatible servers); empty for AWS itself.
+    /// When set, S3 is addressed path-style and request checksums are sent only when required,
+    /// which is what the local servers understand.
+    pub endpoint_url: String,
     /// Kinesis data stream name.
     pub stream_name: String,
+    /// Shards `shopstream aws init` gives a stream it creates (an existing stream is left alone).
+    pub stream_shards: u32,
     /// S3 bucket of the raw archive and dead letters.
     pub bucket: String,
-    /// DynamoDB table of invoice lines (partition key InvoiceNo, sort key line id).
+    /// Objects of at least this many bytes are written by multipart upload instead of one PUT.
+    pub multipart_threshold_bytes: usize,
+    /// Size of each multipart part (S3 needs at least 5 MiB for every part but the last).
+    pub multipart_part_bytes: usize,
+    /// DynamoDB table of invoice lines (partition key InvoiceNo, sort key LineId).
     pub invoices_table: String,
+    /// Global secondary index of `invoices_table` for customer look-ups (CustomerID, InvoiceDate).
+    pub customers_index: String,
+    /// DynamoDB lease table of the Kinesis shard readers: lease owner and sink checkpoints per shard.
+    pub leases_table: String,
+    /// A lease whose counter has not moved for this long is taken over by another instance.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
     /// Firehose delivery stream that loads the Redshift `sales` table.
     pub delivery_stream: String,
-    /// Endpoint override for every service (local AWS-compatible servers); empty for AWS itself.
-    pub endpoint_url: String,
+    /// IAM role Firehose assumes to write to S3, used only when `shopstream aws init` creates the
+    /// delivery stream (local servers accept any ARN). Empty: init reports a missing delivery
+    /// stream instead of creating it; production creates it from the templates in `deploy/`.
+    pub firehose_role_arn: String,
+    /// Key prefix of the objects a delivery stream created by `aws init` writes into `bucket`.
+    pub firehose_prefix: String,
+    /// Attempts per entry when a batch call (PutRecords, BatchWriteItem, PutRecordBatch) reports
+    /// some entries failed; the failed ones alone are sent again.
+    pub partial_retry_max_attempts: u32,
+    /// First backoff before resending failed entries; doubles per attempt, fully jittered.
+    #[serde(with = "humantime_serde")]
+    pub partial_retry_initial_backoff: Duration,
+    /// Longest backoff between attempts.
+    #[serde(with = "humantime_serde")]
+    pub partial_retry_max_backoff: Duration,
 }
 
 impl AwsConfig {
@@ -40,15 +75,44 @@ impl AwsConfig {
         };
         if all.stream.backend == Backend::Aws {
             need("aws.stream_name", &self.stream_name)?;
+            need("aws.leases_table", &self.leases_table)?;
         }
         if all.archive.backend == Backend::Aws || all.dead_letter.backend == Backend::Aws {
             need("aws.bucket", &self.bucket)?;
         }
         if all.operational.backend == Backend::Aws {
             need("aws.invoices_table", &self.invoices_table)?;
+            need("aws.customers_index", &self.customers_index)?;
         }
         if all.warehouse.backend == Backend::Aws {
             need("aws.delivery_stream", &self.delivery_stream)?;
+        }
+        if !(1..=10_000).contains(&self.stream_shards) {
+            return Err(bad("aws.stream_shards", "must be between 1 and 10000"));
+        }
+        if self.multipart_part_bytes < S3_MIN_PART_BYTES {
+            return Err(bad(
+                "aws.multipart_part_bytes",
+                "must be at least 5242880 (5 MiB, S3's smallest part)",
+            ));
+        }
+        if self.multipart_threshold_bytes < self.multipart_part_bytes {
+            return Err(bad(
+                "aws.multipart_threshold_bytes",
+                "must be at least aws.multipart_part_bytes",
+            ));
+        }
+        if self.lease_duration < Duration::from_millis(100) {
+            return Err(bad("aws.lease_duration", "must be at least 100ms"));
+        }
+        if self.partial_retry_max_attempts == 0 {
+            return Err(bad("aws.partial_retry_max_attempts", "must be at least 1"));
+        }
+        if self.partial_retry_initial_backoff > self.partial_retry_max_backoff {
+            return Err(bad(
+                "aws.partial_retry_initial_backoff",
+                "must not exceed aws.partial_retry_max_backoff",
+            ));
         }
         Ok(())
     }

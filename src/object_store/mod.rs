@@ -2,6 +2,7 @@
 //! embedded, S3 on AWS.
 
 pub mod local;
+pub mod s3;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -5,6 +5,7 @@
 //! [`Stream`]: an embedded, SQLite-backed log for one machine, and AWS Kinesis Data Streams.
 
 pub mod embedded;
+pub mod kinesis;
 
 use async_trait::async_trait;
 use bytes::Bytes;

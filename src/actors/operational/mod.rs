@@ -3,6 +3,7 @@
 
 pub mod writer;
 pub mod sqlite;
+pub mod dynamodb;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;

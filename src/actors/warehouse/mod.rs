@@ -3,6 +3,7 @@
 
 pub mod forwarder;
 pub mod sqlite;
+pub mod firehose;
 
 use async_trait::async_trait;
 use serde::Serialize;

@@ -1,0 +1,52 @@
+//! One SDK configuration, four clients.
+
+use aws_config::{BehaviorVersion, Region};
+
+use crate::config::AwsConfig;
+
+/// The SDK clients of every AWS backend, built once from the settings and cloned cheaply (each
+/// client is an `Arc` inside).
+#[derive(Debug, Clone)]
+pub struct AwsClients {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub firehose: aws_sdk_firehose::Client,
+}
+
+impl AwsClients {
+    /// Loads credentials and region from the default provider chain (environment, profile, ECS
+    /// task role) and applies `region` and `endpoint_url` when they are set. Nothing is contacted
+    /// here: a missing credential shows on the first call (and in each backend's `health`).
+    pub async fn from_config(cfg: &AwsConfig) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if !cfg.region.is_empty() {
+            loader = loader.region(Region::new(cfg.region.clone()));
+        }
+        let local = !cfg.endpoint_url.is_empty();
+        if local {
+            loader = loader.endpoint_url(&cfg.endpoint_url);
+        }
+        let shared = loader.load().await;
+
+        let mut s3 = aws_sdk_s3::config::Builder::from(&shared);
+        if local {
+            // Local servers answer on one host name (no per-bucket DNS) and do not all check the
+            // newer default checksums.
+            s3 = s3
+                .force_path_style(true)
+                .request_checksum_calculation(
+                    aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+                )
+                .response_checksum_validation(
+                    aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+                );
+        }
+        AwsClients {
+            kinesis: aws_sdk_kinesis::Client::new(&shared),
+            s3: aws_sdk_s3::Client::from_conf(s3.build()),
+            dynamodb: aws_sdk_dynamodb::Client::new(&shared),
+            firehose: aws_sdk_firehose::Client::new(&shared),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! What the AWS backends share: SDK clients built from [`AwsConfig`](crate::config::AwsConfig),
+//! the classification of SDK errors into "try again" and "give up", and the per-entry retry of
+//! batch calls that report partial failures (PutRecords, BatchWriteItem, PutRecordBatch).
+//!
+//! The backends themselves live beside the trait they implement:
+//! [`KinesisStream`](crate::stream::kinesis::KinesisStream),
+//! [`S3ObjectStore`](crate::object_store::s3::S3ObjectStore),
+//! [`DynamoOperationalStore`](crate::actors::operational::dynamodb::DynamoOperationalStore),
+//! [`FirehoseWarehouse`](crate::actors::warehouse::firehose::FirehoseWarehouse) and
+//! [`LeaseCoordinator`](crate::stream::kinesis::LeaseCoordinator).
+
+mod clients;
+mod errors;
+mod retry;
+
+pub use clients::AwsClients;
+pub use errors::{call_failure, describe, error_code, is_retriable_code, is_transient};
+pub use retry::{retry_entries, Backoff, EntryOutcome, PartialFailure};
