@@ -63,9 +63,8 @@ impl Backends {
                 "a stage is set to backend = \"aws\", which this build does not support yet; use \"embedded\""
             );
         }
-        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-            format!("cannot create data_dir {}", settings.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
         let stream = EmbeddedStream::open(
             &settings.data_dir.join("stream.sqlite"),
             settings.stream.shards,
@@ -82,8 +81,9 @@ impl Backends {
             .context("cannot open the archive folder (archive.dir)")?;
         let dead_letter = LocalObjectStore::new(data_path(settings, &settings.dead_letter.dir))
             .context("cannot open the dead-letter folder (dead_letter.dir)")?;
-        let operational = SqliteOperationalStore::open(&data_path(settings, &settings.operational.path))
-            .context("cannot open the operational store (operational.path)")?;
+        let operational =
+            SqliteOperationalStore::open(&data_path(settings, &settings.operational.path))
+                .context("cannot open the operational store (operational.path)")?;
         let warehouse = SqliteWarehouse::open(&data_path(settings, &settings.warehouse.path))
             .context("cannot open the warehouse (warehouse.path)")?;
         Ok(Backends {
@@ -111,7 +111,10 @@ impl Backends {
     }
 
     pub fn dead_letters(&self, settings: &Settings) -> DeadLetters {
-        DeadLetters::new(self.dead_letter.clone(), settings.dead_letter.prefix.clone())
+        DeadLetters::new(
+            self.dead_letter.clone(),
+            settings.dead_letter.prefix.clone(),
+        )
     }
 }
 

@@ -30,14 +30,11 @@
 //! - [`replay`]: the store simulator that sends a CSV export as stores would.
 //! - [`metrics`]: every Prometheus series, declared once.
 //! - [`sqlite`]: how the embedded backends open SQLite files and run SQLite off the async runtime.
-//! - [`cli`]: the `shopstream` command line.
-
-pub mod actors;
-pub mod app;
 //! - [`aws`]: SDK clients and the retry of partial batch failures shared by the AWS backends.
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
+pub mod app;
 pub mod aws;
 pub mod batch;
 pub mod cli;

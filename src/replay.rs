@@ -70,7 +70,9 @@ pub enum ReplayError {
     Csv(#[from] csv::Error),
     #[error("cannot build a request body: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the CSV header has no InvoiceNo column (found {0:?}); the first row must name the columns")]
+    #[error(
+        "the CSV header has no InvoiceNo column (found {0:?}); the first row must name the columns"
+    )]
     NoInvoiceColumn(Vec<String>),
     #[error("cannot set up the HTTP client: {0}")]
     Client(String),
@@ -92,8 +94,7 @@ pub async fn replay<R: Read + Send + 'static>(
     let bytes_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_bytes = bytes_read.clone();
     let batch = opts.batch.max(1);
-    let chunker =
-        tokio::task::spawn_blocking(move || chunk_csv(input, batch, tx, &reader_bytes));
+    let chunker = tokio::task::spawn_blocking(move || chunk_csv(input, batch, tx, &reader_bytes));
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(opts.stores)
@@ -291,7 +292,10 @@ fn chunk_csv<R: Read>(
     let invoice_col = header
         .iter()
         .position(|h| {
-            let h = String::from_utf8_lossy(h).trim().trim_start_matches('\u{feff}').to_ascii_lowercase();
+            let h = String::from_utf8_lossy(h)
+                .trim()
+                .trim_start_matches('\u{feff}')
+                .to_ascii_lowercase();
             h == "invoiceno" || h == "invoice_no"
         })
         .ok_or_else(|| {
@@ -317,7 +321,13 @@ fn chunk_csv<R: Read>(
         let invoice = record.get(invoice_col).unwrap_or_default();
         if lines as usize >= batch && invoice != current.as_slice() {
             let body = writer.into_inner().map_err(|e| e.into_error())?;
-            if tx.blocking_send(Chunk { body: Bytes::from(body), lines }).is_err() {
+            if tx
+                .blocking_send(Chunk {
+                    body: Bytes::from(body),
+                    lines,
+                })
+                .is_err()
+            {
                 return Ok(());
             }
             writer = new_writer()?;
@@ -328,11 +338,17 @@ fn chunk_csv<R: Read>(
         }
         writer.write_byte_record(&record)?;
         lines += 1;
-        bytes_read.store(record.position().map_or(0, |p| p.byte()), std::sync::atomic::Ordering::Relaxed);
+        bytes_read.store(
+            record.position().map_or(0, |p| p.byte()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
     if lines > 0 {
         let body = writer.into_inner().map_err(|e| e.into_error())?;
-        let _ = tx.blocking_send(Chunk { body: Bytes::from(body), lines });
+        let _ = tx.blocking_send(Chunk {
+            body: Bytes::from(body),
+            lines,
+        });
     }
     Ok(())
 }
@@ -364,7 +380,9 @@ mod tests {
         }
         assert_eq!(bodies.len(), 2, "{bodies:?}");
         assert_eq!(bodies[0].1, 3);
-        assert!(bodies[0].0.starts_with("InvoiceNo,StockCode,Quantity\n1,A,1\n"));
+        assert!(bodies[0]
+            .0
+            .starts_with("InvoiceNo,StockCode,Quantity\n1,A,1\n"));
         assert_eq!(bodies[1].1, 3);
         assert!(bodies[1].0.contains("2,A,1\n3,A,1\n3,B,1\n"));
     }

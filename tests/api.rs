@@ -24,7 +24,13 @@ leeds = "leeds-secret-key"
 
 const GOOD: &str = r#"{"InvoiceNo":"536365","StockCode":"85123A","Description":"WHITE HANGING HEART T-LIGHT HOLDER","Quantity":6,"InvoiceDate":"12\/1\/2010 8:26","UnitPrice":2.55,"CustomerID":17850.0,"Country":"United Kingdom"}"#;
 
-fn post(server: &Server, key: Option<&str>, content_type: &str, body: impl Into<Vec<u8>>, query: &str) -> (u16, serde_json::Value) {
+fn post(
+    server: &Server,
+    key: Option<&str>,
+    content_type: &str,
+    body: impl Into<Vec<u8>>,
+    query: &str,
+) -> (u16, serde_json::Value) {
     let mut req = client()
         .post(server.url(&format!("/v1/invoices{query}")))
         .header("content-type", content_type)
@@ -57,7 +63,10 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
     // Authentication: no key, an unknown key.
     let (status, body) = post(&server, None, json, GOOD, "");
     assert_eq!(status, 401);
-    assert!(body["message"].as_str().unwrap().contains("Bearer"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("Bearer"),
+        "{body}"
+    );
     let (status, _) = post(&server, Some("not-a-key-at-all"), json, GOOD, "");
     assert_eq!(status, 401);
 
@@ -98,7 +107,10 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
         "",
     );
     assert_eq!(status, 400);
-    assert!(answer["message"].as_str().unwrap().contains("UnitPrice"), "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("UnitPrice"),
+        "{answer}"
+    );
 
     // A bad line among good ones: the good ones go in, the bad one is named with field and reason.
     let mixed = format!(
@@ -127,16 +139,37 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
     let many: Vec<String> = (0..51)
         .map(|i| GOOD.replace("\"Quantity\":6", &format!("\"Quantity\":{}", i + 1)))
         .collect();
-    let (status, answer) = post(&server, Some(DEMO_KEY), json, format!("[{}]", many.join(",")), "");
+    let (status, answer) = post(
+        &server,
+        Some(DEMO_KEY),
+        json,
+        format!("[{}]", many.join(",")),
+        "",
+    );
     assert_eq!(status, 413, "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("50"), "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("50"),
+        "{answer}"
+    );
     let (status, answer) = post(&server, Some(DEMO_KEY), json, vec![b' '; 30_000], "");
     assert_eq!(status, 413, "{answer}");
 
     // Look-ups: unknown and malformed.
     let c = client();
-    assert_eq!(c.get(server.url("/v1/invoices/999999")).send().unwrap().status(), 404);
-    assert_eq!(c.get(server.url("/v1/customers/abc/invoices")).send().unwrap().status(), 400);
+    assert_eq!(
+        c.get(server.url("/v1/invoices/999999"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(server.url("/v1/customers/abc/invoices"))
+            .send()
+            .unwrap()
+            .status(),
+        400
+    );
     let bad_date = c
         .get(server.url("/v1/customers/17850/invoices?from=yesterday"))
         .send()
@@ -145,7 +178,10 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
     assert!(bad_date.text().unwrap().contains("YYYY-MM-DD"));
 
     // Operations.
-    assert_eq!(c.get(server.url("/health/live")).send().unwrap().status(), 200);
+    assert_eq!(
+        c.get(server.url("/health/live")).send().unwrap().status(),
+        200
+    );
     let ready = c.get(server.url("/health/ready")).send().unwrap();
     assert_eq!(ready.status(), 200);
     let page = c.get(server.url("/")).send().unwrap().text().unwrap();

@@ -269,9 +269,10 @@ mod firehose {
 
 mod kinesis {
     use super::aws_common::{aws_config, init};
+    use super::sn;
     use bytes::Bytes;
     use shopstream::stream::kinesis::KinesisStream;
-    use shopstream::stream::{Position, PutRecord, Stream};
+    use shopstream::stream::{Position, PutRecord, SequenceNumber, Stream};
     use std::collections::HashMap;
 
     #[tokio::test]
@@ -295,10 +296,10 @@ mod kinesis {
         assert_eq!(results.len(), 1200);
 
         // Expected per shard: the records in put order.
-        let mut expected: HashMap<String, Vec<(u128, String)>> = HashMap::new();
+        let mut expected: HashMap<String, Vec<(SequenceNumber, String)>> = HashMap::new();
         for (r, put) in records.iter().zip(&results) {
             expected.entry(put.shard_id.0.clone()).or_default().push((
-                put.sequence_number,
+                put.sequence_number.clone(),
                 String::from_utf8(r.data.to_vec()).unwrap(),
             ));
         }
@@ -318,10 +319,10 @@ mod kinesis {
                 let Some(last) = batch.records.last() else {
                     break;
                 };
-                from = Position::After(last.sequence_number);
+                from = Position::After(last.sequence_number.clone());
                 got.extend(batch.records.iter().map(|r| {
                     (
-                        r.sequence_number,
+                        r.sequence_number.clone(),
                         String::from_utf8(r.data.to_vec()).unwrap(),
                     )
                 }));
@@ -338,7 +339,11 @@ mod kinesis {
             .unwrap();
         if all.records.len() > 2 {
             let after = stream
-                .read(shard, Position::After(all.records[1].sequence_number), 1)
+                .read(
+                    shard,
+                    Position::After(all.records[1].sequence_number.clone()),
+                    1,
+                )
                 .await
                 .unwrap();
             assert_eq!(
@@ -347,12 +352,13 @@ mod kinesis {
             );
         }
         assert_eq!(stream.latest(shard).await.unwrap(), None);
-        assert_eq!(stream.release(shard, 1).await.unwrap(), 0);
+        assert_eq!(stream.release(shard, &sn(1)).await.unwrap(), 0);
     }
 }
 
 mod leases {
     use super::aws_common::{aws_config, init};
+    use super::sn;
     use shopstream::stream::kinesis::{KinesisStream, LeaseCoordinator};
     use shopstream::stream::{CheckpointStore, ShardId, SinkKind, Stream};
     use std::collections::HashSet;
@@ -392,35 +398,41 @@ mod leases {
         let cp_a = a.checkpoints();
         let cp_b = b.checkpoints();
         let shard_a = &owned_a[0];
-        cp_a.save(SinkKind::Archive, shard_a, 500).await.unwrap();
-        cp_a.save(SinkKind::Archive, shard_a, 400).await.unwrap();
+        cp_a.save(SinkKind::Archive, shard_a, sn(500))
+            .await
+            .unwrap();
+        cp_a.save(SinkKind::Archive, shard_a, sn(400))
+            .await
+            .unwrap();
         assert_eq!(
             cp_b.load(SinkKind::Archive, shard_a).await.unwrap(),
-            Some(500)
+            Some(sn(500))
         );
         let err = cp_b
-            .save(SinkKind::Archive, shard_a, 900)
+            .save(SinkKind::Archive, shard_a, sn(900))
             .await
             .unwrap_err();
         assert!(err.to_string().contains("lost"), "{err}");
         assert_eq!(
             cp_a.load(SinkKind::Archive, shard_a).await.unwrap(),
-            Some(500)
+            Some(sn(500))
         );
-        cp_a.save_pending(SinkKind::Archive, shard_a, Some((501, 600)))
+        cp_a.save_pending(SinkKind::Archive, shard_a, Some((sn(501), sn(600))))
             .await
             .unwrap();
         assert_eq!(
             cp_a.load_pending(SinkKind::Archive, shard_a).await.unwrap(),
-            Some((501, 600))
+            Some((sn(501), sn(600)))
         );
-        cp_a.save(SinkKind::Archive, shard_a, 600).await.unwrap();
+        cp_a.save(SinkKind::Archive, shard_a, sn(600))
+            .await
+            .unwrap();
         assert_eq!(
             cp_a.load_pending(SinkKind::Archive, shard_a).await.unwrap(),
             None
         );
         assert!(cp_b
-            .save_pending(SinkKind::Archive, shard_a, Some((1, 2)))
+            .save_pending(SinkKind::Archive, shard_a, Some((sn(1), sn(2))))
             .await
             .is_err());
 
@@ -435,14 +447,17 @@ mod leases {
         }
         assert_eq!(owned_b.len(), 4);
         // A's checkpoint write on a shard it lost now fails; its checkpoint is kept for B.
-        assert!(cp_a.save(SinkKind::Archive, shard_a, 700).await.is_err());
+        assert!(cp_a
+            .save(SinkKind::Archive, shard_a, sn(700))
+            .await
+            .is_err());
         assert_eq!(
             cp_b.load(SinkKind::Archive, shard_a).await.unwrap(),
-            Some(600)
+            Some(sn(600))
         );
         let listed = cp_b.list().await.unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].sequence_number, 600);
+        assert_eq!(listed[0].sequence_number, sn(600));
 
         // Graceful shutdown: released leases are free for A at once.
         assert_eq!(b.release_all().await.unwrap(), 4);
@@ -470,4 +485,8 @@ mod config_files {
             }
         }
     }
+}
+
+fn sn(n: u64) -> shopstream::stream::SequenceNumber {
+    shopstream::stream::SequenceNumber::from(n)
 }

@@ -58,7 +58,12 @@ fn bad_settings_name_the_key() {
         .args(["serve", "--port", "0"])
         .env("SHOPSTREAM__SERVER__MAX_BODY_BYTES", "lots")
         .output()
-        .map(|o| (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned()))
+        .map(|o| {
+            (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
         .unwrap();
     assert!(!ok);
     assert!(out.contains("max_body_bytes"), "{out}");

@@ -144,7 +144,11 @@ async fn records_and_numbering_survive_reopen() {
     assert_eq!(results[0].sequence_number, sn(3));
     assert_eq!(
         read_all(&stream, &key_shard).await,
-        vec![(sn(1), "a".into()), (sn(2), "b".into()), (sn(3), "c".into())]
+        vec![
+            (sn(1), "a".into()),
+            (sn(2), "b".into()),
+            (sn(3), "c".into())
+        ]
     );
 }
 
@@ -169,18 +173,32 @@ async fn reads_start_where_asked_and_honour_max_records() {
     stream.put(records).await.unwrap();
 
     let first = stream.read(&shard, Position::TrimHorizon, 4).await.unwrap();
-    let numbers: Vec<_> = first.records.iter().map(|r| r.sequence_number.clone()).collect();
+    let numbers: Vec<_> = first
+        .records
+        .iter()
+        .map(|r| r.sequence_number.clone())
+        .collect();
     assert_eq!(numbers, [1, 2, 3, 4].map(sn));
     assert!(first.millis_behind_latest.is_some());
     assert!(!first.shard_ended);
     assert_eq!(first.records[0].partition_key, "k");
 
-    let rest = stream.read(&shard, Position::After(sn(7)), 100).await.unwrap();
-    let numbers: Vec<_> = rest.records.iter().map(|r| r.sequence_number.clone()).collect();
+    let rest = stream
+        .read(&shard, Position::After(sn(7)), 100)
+        .await
+        .unwrap();
+    let numbers: Vec<_> = rest
+        .records
+        .iter()
+        .map(|r| r.sequence_number.clone())
+        .collect();
     assert_eq!(numbers, [8, 9, 10].map(sn));
     assert_eq!(rest.millis_behind_latest, Some(0));
 
-    let none = stream.read(&shard, Position::After(sn(10)), 100).await.unwrap();
+    let none = stream
+        .read(&shard, Position::After(sn(10)), 100)
+        .await
+        .unwrap();
     assert!(none.records.is_empty());
     assert!(matches!(
         stream
@@ -317,7 +335,11 @@ async fn release_honours_retention_and_keeps_numbering() {
     let stream = EmbeddedStream::open(&path, 1, DAY, 16).unwrap();
     assert_eq!(stream.latest(&shard).await.unwrap(), Some(sn(5)));
     let results = stream.put(vec![record("k", "6")]).await.unwrap();
-    assert_eq!(results[0].sequence_number, sn(6), "numbers are never reused");
+    assert_eq!(
+        results[0].sequence_number,
+        sn(6),
+        "numbers are never reused"
+    );
     stream.health().await.expect("healthy");
 }
 
@@ -368,7 +390,10 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
     assert_eq!(checkpoints.load_pending(other, &shard).await.unwrap(), None);
     assert_eq!(checkpoints.load(other, &shard).await.unwrap(), Some(sn(20)));
 
-    checkpoints.save(sink, &shard, SequenceNumber::shard_end()).await.unwrap();
+    checkpoints
+        .save(sink, &shard, SequenceNumber::shard_end())
+        .await
+        .unwrap();
     checkpoints.save(sink, &shard, sn(5)).await.unwrap();
     drop(checkpoints);
     drop(stream);
@@ -390,7 +415,11 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
     assert_eq!(
         listed,
         vec![
-            (SinkKind::Archive, "shard-0001".to_owned(), SequenceNumber::shard_end()),
+            (
+                SinkKind::Archive,
+                "shard-0001".to_owned(),
+                SequenceNumber::shard_end()
+            ),
             (SinkKind::Operational, "shard-0001".to_owned(), sn(20)),
         ]
     );

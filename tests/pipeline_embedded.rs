@@ -32,7 +32,11 @@ fn assert_every_sink_has(server: &Server, expected: &Expected) {
         "line counts (operational, warehouse, archive)"
     );
     assert_eq!((op_dups, wh_dups), (0, 0), "duplicate line ids");
-    assert_eq!(ids.len() as u64, expected.rows, "distinct lines in the archive");
+    assert_eq!(
+        ids.len() as u64,
+        expected.rows,
+        "distinct lines in the archive"
+    );
     assert!(ids.values().all(|n| *n == 1), "a line is archived twice");
     assert_eq!(op_rev, revenue, "operational revenue");
     assert_eq!(wh_rev, revenue, "warehouse revenue");
@@ -84,7 +88,11 @@ fn real_fixture_reaches_every_sink_exactly_once_and_answers_lookups() {
         .sum();
     assert_eq!(invoice["lines"].as_array().unwrap().len(), rows.len());
     assert_eq!(
-        invoice["total"].as_str().unwrap().parse::<Decimal>().unwrap(),
+        invoice["total"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
         total
     );
     assert_eq!(invoice["customer_id"], 17850);
@@ -118,7 +126,11 @@ fn real_fixture_reaches_every_sink_exactly_once_and_answers_lookups() {
     assert_eq!(summary["lines"], expected.rows);
     assert_eq!(summary["invoices"], expected.invoices.len());
     assert_eq!(
-        summary["revenue"].as_str().unwrap().parse::<Decimal>().unwrap(),
+        summary["revenue"]
+            .as_str()
+            .unwrap()
+            .parse::<Decimal>()
+            .unwrap(),
         expected.revenue
     );
 }
@@ -159,7 +171,16 @@ fn kill_9_mid_replay_loses_no_acknowledged_line_and_duplicates_none() {
             replay(
                 &base,
                 &file,
-                &["--stores", "4", "--batch", "200", "--rate", "20000", "--max-attempts", "40"],
+                &[
+                    "--stores",
+                    "4",
+                    "--batch",
+                    "200",
+                    "--rate",
+                    "20000",
+                    "--max-attempts",
+                    "40",
+                ],
             )
         })
     };
@@ -169,7 +190,10 @@ fn kill_9_mid_replay_loses_no_acknowledged_line_and_duplicates_none() {
     let server = Server::start(&data, port, "");
     let summary = replayer.join().unwrap();
     assert_eq!(summary["lines_failed"], 0, "{summary:#}");
-    assert!(summary["retries"].as_u64().unwrap() > 0, "the crash was not seen: {summary:#}");
+    assert!(
+        summary["retries"].as_u64().unwrap() > 0,
+        "the crash was not seen: {summary:#}"
+    );
     server.wait_caught_up(Duration::from_secs(60));
     assert_every_sink_has(&server, &expected_from_csv(&file));
 }
@@ -213,8 +237,14 @@ fn a_failing_sink_does_not_hold_up_the_others_and_catches_up() {
                 .sum()
         };
         if backlog("operational") == 0 && shards.iter().any(|s| s["sink"] == "operational") {
-            assert!(backlog("warehouse") > 0, "the warehouse was locked: {status:#}");
-            assert!(backlog("archive") > 0, "the archive was unusable: {status:#}");
+            assert!(
+                backlog("warehouse") > 0,
+                "the warehouse was locked: {status:#}"
+            );
+            assert!(
+                backlog("archive") > 0,
+                "the archive was unusable: {status:#}"
+            );
             assert!(
                 shards.iter().any(|s| s["failing"].is_string()),
                 "failing sinks say why: {status:#}"

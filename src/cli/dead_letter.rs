@@ -93,7 +93,10 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                             .or_default()
                             .push((meta.key, line)),
                         None => {
-                            println!("kept {}: the record could not be decoded into lines", meta.key);
+                            println!(
+                                "kept {}: the record could not be decoded into lines",
+                                meta.key
+                            );
                             kept += 1;
                         }
                     }

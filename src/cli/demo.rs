@@ -54,7 +54,11 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
                 .data_dir
                 .join(format!("demo-online-retail-{}.csv", args.lines));
             if !path.is_file() {
-                println!("generating {} lines of online-retail data into {} ...", args.lines, path.display());
+                println!(
+                    "generating {} lines of online-retail data into {} ...",
+                    args.lines,
+                    path.display()
+                );
                 let out = std::fs::File::create(&path)
                     .with_context(|| format!("cannot create {}", path.display()))?;
                 let opts = GenerateOptions {
@@ -67,7 +71,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
                     Encoding::Utf8,
                     DateStyle::Uci,
                 )
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                .with_context(|| format!("cannot write {}", path.display()))?;
             }
             path
         }
@@ -131,7 +135,9 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
         println!("where to look:");
         println!("  dashboard         {base}/");
         println!("  an invoice        {base}/v1/invoices/536365");
-        println!("  a customer        {base}/v1/customers/17850/invoices?from=2010-12-01&to=2011-12-31");
+        println!(
+            "  a customer        {base}/v1/customers/17850/invoices?from=2010-12-01&to=2011-12-31"
+        );
         println!("  sales summary     {base}/v1/sales/summary");
         println!("  pipeline status   {base}/v1/status");
         println!("  metrics           {base}/metrics");

@@ -1,10 +1,10 @@
 //! The `shopstream` command line: one subcommand per file in this folder.
 
+pub mod aws;
 mod dead_letter;
 mod demo;
 mod replay;
 mod serve;
-pub mod aws;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

@@ -36,7 +36,10 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let running = Running::start(&settings).await?;
         let signal = wait_for_signal().await?;
-        tracing::info!(signal, "Shutting down: no new requests, finishing the ones in flight, flushing every sink.");
+        tracing::info!(
+            signal,
+            "Shutting down: no new requests, finishing the ones in flight, flushing every sink."
+        );
         running.stop(&settings).await;
         Ok(())
     })
@@ -134,7 +137,9 @@ pub async fn wait_for_signal() -> anyhow::Result<&'static str> {
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
         Ok("Ctrl-C")
     }
 }

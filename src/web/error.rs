@@ -9,7 +9,9 @@ use super::ingest::Rejection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("missing or unknown API key: send `Authorization: Bearer <key>` with the key of your store")]
+    #[error(
+        "missing or unknown API key: send `Authorization: Bearer <key>` with the key of your store"
+    )]
     Unauthorized,
     #[error("the body is larger than {limit} bytes; split it into several requests")]
     BodyTooLarge { limit: usize },

@@ -141,8 +141,8 @@ async fn ingest(
         ));
     }
 
-    let records = records_for(&store, &parsed.lines)
-        .map_err(|e| ApiError::BadInput(e.to_string()))?;
+    let records =
+        records_for(&store, &parsed.lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
     if !query.dry_run {
         state.append(records).await?;
         crate::metrics::LINES_ACCEPTED

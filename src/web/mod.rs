@@ -137,39 +137,41 @@ pub fn server(
     };
     // Half the shutdown deadline for requests in flight; the rest is the sinks'.
     let grace = (settings.server.shutdown_deadline / 2).as_secs().max(1);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                ApiError::BadInput(format!("bad query string: {e}")).into()
-            }))
-            .app_data(web::PathConfig::default().error_handler(|e, _| {
-                ApiError::BadInput(format!("bad path: {e}")).into()
-            }))
-            .wrap_fn(|req, srv| {
-                let started = Instant::now();
-                srv.call(req).map(move |res| {
-                    if let Ok(res) = &res {
-                        let route = res
-                            .request()
-                            .match_pattern()
-                            .unwrap_or_else(|| "unmatched".to_owned());
-                        crate::metrics::HTTP_REQUESTS
-                            .with_label_values(&[&route, res.status().as_str()])
-                            .inc();
-                        crate::metrics::HTTP_REQUEST_DURATION
-                            .with_label_values(&[&route])
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    res
+    let server =
+        HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                    ApiError::BadInput(format!("bad query string: {e}")).into()
+                }))
+                .app_data(
+                    web::PathConfig::default()
+                        .error_handler(|e, _| ApiError::BadInput(format!("bad path: {e}")).into()),
+                )
+                .wrap_fn(|req, srv| {
+                    let started = Instant::now();
+                    srv.call(req).map(move |res| {
+                        if let Ok(res) = &res {
+                            let route = res
+                                .request()
+                                .match_pattern()
+                                .unwrap_or_else(|| "unmatched".to_owned());
+                            crate::metrics::HTTP_REQUESTS
+                                .with_label_values(&[&route, res.status().as_str()])
+                                .inc();
+                            crate::metrics::HTTP_REQUEST_DURATION
+                                .with_label_values(&[&route])
+                                .observe(started.elapsed().as_secs_f64());
+                        }
+                        res
+                    })
                 })
-            })
-            .configure(routes)
-    })
-    .workers(workers)
-    .disable_signals()
-    .shutdown_timeout(grace)
-    .bind((settings.server.bind.as_str(), settings.server.port))?;
+                .configure(routes)
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(grace)
+        .bind((settings.server.bind.as_str(), settings.server.port))?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))
 }

@@ -283,8 +283,9 @@ pub fn expected_from_csv(path: &Path) -> Expected {
 
 /// Lines and exact revenue in a SQLite table, plus how many line ids appear more than once.
 pub fn sqlite_totals(db: &Path, table: &str) -> (u64, Decimal, u64) {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
     let (n, micros): (i64, Option<i64>) = conn
         .query_row(
             &format!("SELECT COUNT(*), SUM(line_total_micros) FROM {table}"),

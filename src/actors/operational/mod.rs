@@ -1,9 +1,9 @@
 //! The operational writer: keeps invoices and customers' invoice lists current for look-ups.
 //! Embedded backend: SQLite. AWS: DynamoDB.
 
-pub mod writer;
-pub mod sqlite;
 pub mod dynamodb;
+pub mod sqlite;
+pub mod writer;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;

@@ -1,9 +1,9 @@
 //! The warehouse forwarder: the `sales` fact table for BI. Embedded backend: SQLite. AWS: Kinesis
 //! Firehose delivering to Redshift.
 
+pub mod firehose;
 pub mod forwarder;
 pub mod sqlite;
-pub mod firehose;
 
 use async_trait::async_trait;
 use serde::Serialize;

@@ -234,7 +234,10 @@ impl CheckpointStore for EmbeddedCheckpoints {
         let shard = shard.0.clone();
         let now = Utc::now().to_rfc3339();
         let (first, last) = match range {
-            Some((first, last)) => (Some(encode(&first)?.to_vec()), Some(encode(&last)?.to_vec())),
+            Some((first, last)) => (
+                Some(encode(&first)?.to_vec()),
+                Some(encode(&last)?.to_vec()),
+            ),
             None => (None, None),
         };
         self.blocking(move |conn| {

@@ -22,7 +22,6 @@ use crate::aws::{describe, error_code, AwsClients};
 use crate::config::AwsConfig;
 use crate::stream::{
     Checkpoint, CheckpointError, CheckpointStore, SequenceNumber, ShardId, ShardInfo, SinkKind,
-    SHARD_END,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -42,9 +41,18 @@ fn pending_attr(sink: SinkKind) -> String {
     format!("Pending_{sink}")
 }
 
-/// Sequence numbers as fixed-width text, so DynamoDB's string comparison orders them.
-fn encode(seq: SequenceNumber) -> String {
-    format!("{seq:039}")
+/// Kinesis sequence numbers have at most 129 digits; zero-padded to this width, DynamoDB's string
+/// comparison orders them as numbers.
+const SEQ_WIDTH: usize = 130;
+
+/// Sequence numbers as fixed-width text, so DynamoDB's string comparison orders them. The shard
+/// end is stored as `shard-end`, which sorts after every padded number (`s` > `9`).
+fn encode(seq: &SequenceNumber) -> String {
+    if seq.is_shard_end() {
+        seq.to_string()
+    } else {
+        format!("{:0>SEQ_WIDTH$}", seq.as_str())
+    }
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -416,9 +424,10 @@ impl LeaseCoordinator {
 
 /// True when every sink has read the (closed) shard to its end: nobody needs its lease.
 fn finished(lease: &Item) -> bool {
-    SinkKind::ALL
-        .iter()
-        .all(|&sink| get_str(lease, &checkpoint_attr(sink)) == Some(encode(SHARD_END).as_str()))
+    SinkKind::ALL.iter().all(|&sink| {
+        get_str(lease, &checkpoint_attr(sink))
+            == Some(encode(&SequenceNumber::shard_end()).as_str())
+    })
 }
 
 /// The sinks' checkpoints in the lease table. Writes are conditional on this instance owning the
@@ -469,7 +478,7 @@ impl CheckpointStore for DynamoCheckpoints {
             .condition_expression("#o = :me AND (attribute_not_exists(#cp) OR #cp <= :seq)")
             .expression_attribute_names("#cp", checkpoint_attr(sink))
             .expression_attribute_names("#at", checkpoint_at_attr(sink))
-            .expression_attribute_values(":seq", s(encode(seq)))
+            .expression_attribute_values(":seq", s(encode(&seq)))
             .expression_attribute_values(":now", s(Utc::now().to_rfc3339()))
             .return_values(ReturnValue::AllNew)
             .send()
@@ -584,25 +593,36 @@ mod tests {
 
     #[test]
     fn encoded_sequence_numbers_sort_as_numbers() {
+        let e = |v: &str| encode(&v.parse().unwrap());
+        let kinesis = "49590338271490256608559692538361571095921575989136588898";
         let mut v = [
-            encode(10),
-            encode(9),
-            encode(SHARD_END),
-            encode(0),
-            encode(100),
+            e("10"),
+            e("9"),
+            e("shard-end"),
+            e(kinesis),
+            e("0"),
+            e("100"),
         ];
         v.sort();
         assert_eq!(
             v,
             [
-                encode(0),
-                encode(9),
-                encode(10),
-                encode(100),
-                encode(SHARD_END)
+                e("0"),
+                e("9"),
+                e("10"),
+                e("100"),
+                e(kinesis),
+                e("shard-end")
             ]
         );
-        assert_eq!(encode(SHARD_END).len(), 39);
-        assert_eq!(encode(42).parse::<SequenceNumber>().unwrap(), 42);
+        assert_eq!(e("42").len(), SEQ_WIDTH);
+        assert_eq!(
+            e("42").parse::<SequenceNumber>().unwrap(),
+            SequenceNumber::from(42)
+        );
+        assert!(e("shard-end")
+            .parse::<SequenceNumber>()
+            .unwrap()
+            .is_shard_end());
     }
 }

@@ -27,16 +27,13 @@ pub const MAX_GET_RECORDS_PER_SECOND: u32 = 5;
 /// Most records one GetRecords returns.
 const MAX_GET_RECORDS: usize = 10_000;
 
-/// Kinesis sequence numbers are decimal strings.
+/// Kinesis sequence numbers are decimal strings of up to 129 digits.
 ///
 /// # Errors
-/// `Backend` when the string is not a decimal number that fits 128 bits.
+/// `Backend` when the string is not a decimal number.
 pub fn parse_sequence_number(s: &str) -> Result<SequenceNumber, StreamError> {
-    s.parse().map_err(|_| {
-        StreamError::Backend(format!(
-            "sequence number {s:?} is not a decimal number of at most 128 bits"
-        ))
-    })
+    s.parse()
+        .map_err(|_| StreamError::Backend(format!("sequence number {s:?} is not a decimal number")))
 }
 
 /// A shard iterator kept for the position it continues from, so that consecutive reads of a
@@ -120,6 +117,9 @@ impl KinesisStream {
             Position::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             Position::After(seq) => req
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.to_string()),
+            Position::At(seq) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .starting_sequence_number(seq.to_string()),
         };
         let out = req.send().await.map_err(|e| {
@@ -286,7 +286,7 @@ impl Stream for KinesisStream {
         };
         let mut iterator = match cached {
             Some(it) => it,
-            None => self.new_iterator(shard, from).await?,
+            None => self.new_iterator(shard, from.clone()).await?,
         };
         let limit = max_records.clamp(1, MAX_GET_RECORDS) as i32;
         let mut refreshed = false;
@@ -303,7 +303,7 @@ impl Stream for KinesisStream {
                 Ok(out) => break out,
                 Err(e) if !refreshed && error_code(&e) == Some("ExpiredIteratorException") => {
                     tracing::info!(shard = %shard, "shard iterator expired; getting a new one");
-                    iterator = self.new_iterator(shard, from).await?;
+                    iterator = self.new_iterator(shard, from.clone()).await?;
                     refreshed = true;
                 }
                 Err(e) => return Err(self.call_error("GetRecords", e)),
@@ -323,7 +323,7 @@ impl Stream for KinesisStream {
         }
         let next_from = records
             .last()
-            .map_or(from, |r| Position::After(r.sequence_number));
+            .map_or(from, |r| Position::After(r.sequence_number.clone()));
         let shard_ended = match out.next_shard_iterator() {
             Some(next) => {
                 self.iterators.lock().expect("iterator cache lock").insert(
@@ -346,7 +346,7 @@ impl Stream for KinesisStream {
     }
 
     /// Kinesis keeps records for its own retention period; nothing to release.
-    async fn release(&self, _shard: &ShardId, _upto: SequenceNumber) -> Result<u64, StreamError> {
+    async fn release(&self, _shard: &ShardId, _upto: &SequenceNumber) -> Result<u64, StreamError> {
         Ok(0)
     }
 
@@ -397,16 +397,13 @@ mod tests {
     }
 
     #[test]
-    fn sequence_numbers_parse_as_u128() {
-        assert_eq!(parse_sequence_number("42").unwrap(), 42);
+    fn sequence_numbers_parse_beyond_128_bits() {
         assert_eq!(
-            parse_sequence_number(&u128::MAX.to_string()).unwrap(),
-            u128::MAX
+            parse_sequence_number("42").unwrap(),
+            SequenceNumber::from(42)
         );
-        assert!(
-            parse_sequence_number("49590338271490256608559692538361571095921575989136588898")
-                .is_err()
-        );
+        let real = "49590338271490256608559692538361571095921575989136588898";
+        assert_eq!(parse_sequence_number(real).unwrap().as_str(), real);
         assert!(parse_sequence_number("abc").is_err());
     }
 
