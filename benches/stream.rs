@@ -61,6 +61,7 @@ fn payloads() -> Vec<PutRecord> {
             PutRecord {
                 partition_key: (536_365 + i).to_string(),
                 data: Bytes::from(data),
+                dedup_key: None,
             }
         })
         .collect()

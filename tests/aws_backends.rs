@@ -290,6 +290,7 @@ mod kinesis {
             .map(|i| PutRecord {
                 partition_key: format!("inv-{}", i % 97),
                 data: Bytes::from(format!("record {i}")),
+                dedup_key: None,
             })
             .collect();
         let results = stream.put(records.clone()).await.unwrap();

@@ -20,6 +20,7 @@ fn record(key: &str, data: &str) -> PutRecord {
     PutRecord {
         partition_key: key.to_owned(),
         data: Bytes::from(data.to_owned()),
+        dedup_key: None,
     }
 }
 
@@ -290,6 +291,7 @@ async fn an_oversize_record_is_refused_and_nothing_of_its_put_is_written() {
     let too_big = PutRecord {
         partition_key: "k".into(),
         data: Bytes::from(vec![b'x'; MAX_RECORD_BYTES]),
+        dedup_key: None,
     };
     let err = stream
         .put(vec![record("k", "fine"), too_big])
@@ -427,4 +429,44 @@ async fn checkpoints_never_go_backwards_and_keep_pending_ranges() {
 
 fn sn(n: u64) -> SequenceNumber {
     SequenceNumber::from(n)
+}
+
+#[tokio::test]
+async fn a_record_put_again_with_its_dedup_key_lands_where_the_first_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 2);
+    let keyed = |key: u8, data: &str| PutRecord {
+        dedup_key: Some([key; 16]),
+        ..record("536365", data)
+    };
+    let first = stream
+        .put(vec![keyed(1, "a"), keyed(2, "b")])
+        .await
+        .unwrap();
+    // A retried request: the same records again, alone and within one put together with the
+    // first try, plus a new one.
+    let again = stream
+        .put(vec![
+            keyed(1, "a"),
+            keyed(2, "b"),
+            keyed(3, "c"),
+            keyed(3, "c"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again[0], first[0]);
+    assert_eq!(again[1], first[1]);
+    assert_eq!(again[2], again[3]);
+    let shard = first[0].shard_id.clone();
+    assert_eq!(
+        read_all(&stream, &shard).await,
+        vec![
+            (sn(1), "a".into()),
+            (sn(2), "b".into()),
+            (sn(3), "c".into())
+        ]
+    );
+    // Unkeyed records are always appended.
+    stream.put(vec![record("536365", "a")]).await.unwrap();
+    assert_eq!(read_all(&stream, &shard).await.len(), 4);
 }

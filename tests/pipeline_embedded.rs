@@ -55,7 +55,7 @@ fn replay_and_check(file: &Path, extra_replay: &[&str]) -> Running {
     let summary = replay(&server.base, file, extra_replay);
     let expected = expected_from_csv(file);
     assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
-    assert_eq!(summary["lines_rejected"], 0, "{summary:#}");
+    assert_eq!(summary["lines_rejected"], expected.ragged, "{summary:#}");
     server.wait_caught_up(Duration::from_secs(60));
     assert_every_sink_has(&server, &expected);
     Running { server, _dir: dir }
@@ -76,11 +76,14 @@ fn real_fixture_reaches_every_sink_exactly_once_and_answers_lookups() {
         .unwrap()
         .json()
         .unwrap();
-    let mut reader = csv::Reader::from_path(&file).unwrap();
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(&file)
+        .unwrap();
     let rows: Vec<csv::StringRecord> = reader
         .records()
         .map(Result::unwrap)
-        .filter(|r| &r[0] == "536365")
+        .filter(|r| &r[0] == "536365" && r.len() == 8)
         .collect();
     let total: Decimal = rows
         .iter()

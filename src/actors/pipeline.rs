@@ -52,6 +52,12 @@ impl Pipeline {
             stop: tokio::sync::watch::channel(false).0,
         });
         let shards = pipeline.parts.stream.list_shards().await?;
+        // Where each shard's head is now, so the backlogs are right before the first read.
+        for shard in &shards {
+            if let Some(head) = pipeline.parts.stream.latest(&shard.id).await? {
+                pipeline.parts.progress.record_latest(&shard.id, &head);
+            }
+        }
         pipeline.start_ready_shards(&shards).await;
         let maintenance = pipeline.clone();
         actix::spawn(async move { maintenance.maintain().await });
@@ -77,6 +83,7 @@ impl Pipeline {
                 if !self.parents_done(kind, shard, &known).await {
                     continue;
                 }
+                self.parts.progress.register(kind, &shard.id);
                 let parts = ShardSinkParts {
                     sink: sink.clone(),
                     shard: shard.id.clone(),

@@ -44,6 +44,13 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Makes `sink` on `shard` part of the picture before its actor has done anything, so a sink
+    /// that has not started yet counts as behind, not as absent.
+    pub fn register(&self, sink: SinkKind, shard: &ShardId) {
+        let mut sinks = self.sinks.lock().expect("progress lock");
+        sinks.entry((sink, shard.clone())).or_default();
+    }
+
     /// The stream holds records of `shard` up to `seq` (from an append or a read).
     pub fn record_latest(&self, shard: &ShardId, seq: &SequenceNumber) {
         let mut latest = self.latest.lock().expect("progress lock");

@@ -39,6 +39,21 @@ pub struct PutRecord {
     pub partition_key: String,
     /// A serialized [`LineBatch`](crate::model::LineBatch) (JSON).
     pub data: Bytes,
+    /// The identity of the record's content (a hash of its line ids). A backend that can check it
+    /// (the embedded log) answers a record it already holds with where that one landed instead of
+    /// appending it again, so a retried request adds nothing to the stream and hence nothing to
+    /// any sink, the archive included. Kinesis cannot check it; its sinks rely on line ids alone.
+    pub dedup_key: Option<[u8; 16]>,
+}
+
+impl PutRecord {
+    pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        PutRecord {
+            partition_key: partition_key.into(),
+            data: data.into(),
+            dedup_key: None,
+        }
+    }
 }
 
 /// Where an appended record landed.

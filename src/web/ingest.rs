@@ -233,12 +233,26 @@ fn push_records(
         out.push(PutRecord {
             partition_key: invoice.to_owned(),
             data: Bytes::from(data),
+            dedup_key: Some(dedup_key(lines)),
         });
         return Ok(());
     }
     let (a, b) = lines.split_at(lines.len() / 2);
     push_records(store_id, ingested_at, invoice, a, out)?;
     push_records(store_id, ingested_at, invoice, b, out)
+}
+
+/// The identity of a record's content: its line ids, in order. A retried request makes the same
+/// records, so the stream can recognise them.
+fn dedup_key(lines: &[&InvoiceLine]) -> [u8; 16] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"shopstream.record.v1\0");
+    for line in lines {
+        h.update(line.line_id.as_str().as_bytes());
+    }
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    key
 }
 
 impl AppState {

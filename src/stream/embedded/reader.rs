@@ -104,9 +104,16 @@ pub(super) fn release_records(
         let n = stmt.execute(params![upto, cutoff_ms, RELEASE_CHUNK])?;
         removed += n as u64;
         if (n as i64) < RELEASE_CHUNK {
-            return Ok(removed);
+            break;
         }
     }
+    // Dedup keys are kept as long as the records: a retry within the retention period is
+    // recognised, one after it is appended again (and the sinks' line ids still hold).
+    let mut keys = conn.prepare_cached(
+        "DELETE FROM record_keys WHERE shard = ?1 AND seq <= ?2 AND arrived_at_ms < ?3",
+    )?;
+    keys.execute(params![shard, upto, cutoff_ms])?;
+    Ok(removed)
 }
 
 pub(super) fn millis_to_time(ms: i64) -> DateTime<Utc> {

@@ -74,7 +74,13 @@ pub(super) fn prepare(
         .map_err(backend)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS stream_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);",
+         CREATE TABLE IF NOT EXISTS shards (shard INTEGER PRIMARY KEY, last_seq INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS record_keys (
+             key           BLOB    PRIMARY KEY,
+             shard         INTEGER NOT NULL,
+             seq           INTEGER NOT NULL,
+             arrived_at_ms INTEGER NOT NULL
+         ) WITHOUT ROWID;",
     )
     .map_err(backend)?;
     let recorded: Option<String> = tx

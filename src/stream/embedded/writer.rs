@@ -94,7 +94,7 @@ impl Writer {
         let started = Instant::now();
         let mut last = self.last.clone();
         match write_group(&mut self.conn, insert_sql, &mut last, &group, arrived_at_ms) {
-            Ok(records) => {
+            Ok((records, landed)) => {
                 STREAM_APPEND_DURATION
                     .with_label_values(&["embedded"])
                     .observe(started.elapsed().as_secs_f64());
@@ -106,19 +106,13 @@ impl Writer {
                         self.heads[shard].send_replace(*new);
                     }
                 }
-                // Hand out the numbers in the same order `write_group` assigned them.
-                let mut next = self.last.clone();
                 self.last = last;
-                for request in group {
-                    let results = request
-                        .shards
-                        .iter()
-                        .map(|&shard| {
-                            next[shard as usize] += 1;
-                            PutResult {
-                                shard_id: self.shard_ids[shard as usize].clone(),
-                                sequence_number: SequenceNumber::from(next[shard as usize]),
-                            }
+                for (request, landed) in group.into_iter().zip(landed) {
+                    let results = landed
+                        .into_iter()
+                        .map(|(shard, seq)| PutResult {
+                            shard_id: self.shard_ids[shard as usize].clone(),
+                            sequence_number: SequenceNumber::from(seq),
                         })
                         .collect();
                     // The caller may have given up waiting; its records are durable anyway.
@@ -137,32 +131,60 @@ impl Writer {
     }
 }
 
+/// Where each record of each request landed: (shard, sequence number).
+type Landed = Vec<Vec<(u32, u64)>>;
+
 /// Writes every record of `group` in one transaction and commits it. Advances `last` as it
 /// numbers records; the caller keeps the old counters if this fails (the transaction is rolled
-/// back, so no number was used). Returns the number of records written.
+/// back, so no number was used). A record whose dedup key the log already holds (a retried
+/// request, possibly in this very group) is not written again: it lands where the first did.
+/// Returns the number of records written and where every record landed.
 fn write_group(
     conn: &mut Connection,
     insert_sql: &[String],
     last: &mut [u64],
     group: &[AppendRequest],
     arrived_at_ms: i64,
-) -> rusqlite::Result<usize> {
+) -> rusqlite::Result<(usize, Landed)> {
     let before = last.to_vec();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut written = 0;
+    let mut landed = Vec::with_capacity(group.len());
     for request in group {
+        let mut places = Vec::with_capacity(request.records.len());
         for (record, &shard) in request.records.iter().zip(&request.shards) {
-            let shard = shard as usize;
-            last[shard] += 1;
-            let mut insert = tx.prepare_cached(&insert_sql[shard])?;
+            let index = shard as usize;
+            if let Some(key) = &record.dedup_key {
+                let mut claim = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO record_keys (key, shard, seq, arrived_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let fresh = claim.execute(params![
+                    &key[..],
+                    shard,
+                    (last[index] + 1) as i64,
+                    arrived_at_ms
+                ])? == 1;
+                if !fresh {
+                    let mut find =
+                        tx.prepare_cached("SELECT shard, seq FROM record_keys WHERE key = ?1")?;
+                    let (first_shard, seq): (u32, i64) =
+                        find.query_row([&key[..]], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                    places.push((first_shard, seq as u64));
+                    continue;
+                }
+            }
+            last[index] += 1;
+            let mut insert = tx.prepare_cached(&insert_sql[index])?;
             insert.execute(params![
-                last[shard] as i64,
+                last[index] as i64,
                 record.partition_key,
                 &record.data[..],
                 arrived_at_ms
             ])?;
+            places.push((shard, last[index]));
             written += 1;
         }
+        landed.push(places);
     }
     {
         let mut update = tx.prepare_cached("UPDATE shards SET last_seq = ?2 WHERE shard = ?1")?;
@@ -173,7 +195,7 @@ fn write_group(
         }
     }
     tx.commit()?;
-    Ok(written)
+    Ok((written, landed))
 }
 
 struct AliveGuard(Arc<AtomicBool>);

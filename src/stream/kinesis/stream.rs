@@ -393,6 +393,7 @@ mod tests {
         PutRecord {
             partition_key: key.into(),
             data: bytes::Bytes::from(vec![b'x'; size]),
+            dedup_key: None,
         }
     }
 
