@@ -24,6 +24,8 @@ use crate::stream::{CheckpointStore, Stream};
 pub struct Backends {
     pub stream: Arc<dyn Stream>,
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// Kinesis: which shards this instance reads (several instances share one stream).
+    pub leases: Option<Arc<crate::stream::kinesis::LeaseCoordinator>>,
     pub archive: Arc<dyn ObjectStore>,
     pub operational: Arc<dyn OperationalStore>,
     pub warehouse: Arc<dyn Warehouse>,
@@ -45,54 +47,116 @@ impl Backends {
     /// # Errors
     /// A backend that cannot be opened, named with the setting that chose it.
     pub async fn open(settings: &Settings) -> anyhow::Result<Backends> {
+        use crate::actors::operational::dynamodb::DynamoOperationalStore;
         use crate::actors::operational::sqlite::SqliteOperationalStore;
+        use crate::actors::warehouse::firehose::FirehoseWarehouse;
         use crate::actors::warehouse::sqlite::SqliteWarehouse;
         use crate::object_store::local::LocalObjectStore;
+        use crate::object_store::s3::S3ObjectStore;
         use crate::stream::embedded::EmbeddedStream;
+        use crate::stream::kinesis::{KinesisStream, LeaseCoordinator};
 
-        if [
+        let uses_aws = [
             settings.stream.backend,
             settings.archive.backend,
             settings.operational.backend,
             settings.warehouse.backend,
             settings.dead_letter.backend,
         ]
-        .contains(&Backend::Aws)
-        {
-            anyhow::bail!(
-                "a stage is set to backend = \"aws\", which this build does not support yet; use \"embedded\""
-            );
+        .contains(&Backend::Aws);
+        let clients = if uses_aws {
+            Some(crate::aws::AwsClients::from_config(&settings.aws).await)
+        } else {
+            None
+        };
+        let aws = || {
+            clients
+                .as_ref()
+                .expect("clients exist when a stage uses aws")
+        };
+        let uses_folder = [
+            settings.stream.backend,
+            settings.archive.backend,
+            settings.operational.backend,
+            settings.warehouse.backend,
+            settings.dead_letter.backend,
+        ]
+        .contains(&Backend::Embedded);
+        if uses_folder {
+            std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+                format!("cannot create data_dir {}", settings.data_dir.display())
+            })?;
         }
-        std::fs::create_dir_all(&settings.data_dir)
-            .with_context(|| format!("cannot create data_dir {}", settings.data_dir.display()))?;
-        let stream = EmbeddedStream::open(
-            &settings.data_dir.join("stream.sqlite"),
-            settings.stream.shards,
-            settings.stream.retention,
-            settings.stream.max_pending_appends,
-        )
-        .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
-        let checkpoints: Arc<dyn CheckpointStore> = Arc::new(
-            stream
-                .checkpoints()
-                .context("cannot open the checkpoints beside the embedded stream")?,
-        );
-        let archive = LocalObjectStore::new(data_path(settings, &settings.archive.dir))
-            .context("cannot open the archive folder (archive.dir)")?;
-        let dead_letter = LocalObjectStore::new(data_path(settings, &settings.dead_letter.dir))
-            .context("cannot open the dead-letter folder (dead_letter.dir)")?;
-        let operational =
-            SqliteOperationalStore::open(&data_path(settings, &settings.operational.path))
-                .context("cannot open the operational store (operational.path)")?;
-        let warehouse = SqliteWarehouse::open(&data_path(settings, &settings.warehouse.path))
-            .context("cannot open the warehouse (warehouse.path)")?;
+
+        let (stream, checkpoints, leases): (
+            Arc<dyn Stream>,
+            Arc<dyn CheckpointStore>,
+            Option<LeaseCoordinator>,
+        ) = match settings.stream.backend {
+            Backend::Embedded => {
+                let stream = EmbeddedStream::open(
+                    &settings.data_dir.join("stream.sqlite"),
+                    settings.stream.shards,
+                    settings.stream.retention,
+                    settings.stream.max_pending_appends,
+                )
+                .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
+                let checkpoints = stream
+                    .checkpoints()
+                    .context("cannot open the checkpoints beside the embedded stream")?;
+                (Arc::new(stream), Arc::new(checkpoints), None)
+            }
+            Backend::Aws => {
+                let leases = LeaseCoordinator::from_config(aws(), &settings.aws, instance_name());
+                (
+                    Arc::new(KinesisStream::from_config(aws(), &settings.aws)),
+                    Arc::new(leases.checkpoints()),
+                    Some(leases),
+                )
+            }
+        };
+        let objects =
+            |backend: Backend, dir: &Path, key: &str| -> anyhow::Result<Arc<dyn ObjectStore>> {
+                Ok(match backend {
+                    Backend::Embedded => Arc::new(
+                        LocalObjectStore::new(data_path(settings, dir))
+                            .with_context(|| format!("cannot open the folder of {key}"))?,
+                    ),
+                    Backend::Aws => Arc::new(S3ObjectStore::from_config(aws(), &settings.aws)),
+                })
+            };
+        let archive = objects(
+            settings.archive.backend,
+            &settings.archive.dir,
+            "archive.dir",
+        )?;
+        let dead_letter = objects(
+            settings.dead_letter.backend,
+            &settings.dead_letter.dir,
+            "dead_letter.dir",
+        )?;
+        let operational: Arc<dyn OperationalStore> = match settings.operational.backend {
+            Backend::Embedded => Arc::new(
+                SqliteOperationalStore::open(&data_path(settings, &settings.operational.path))
+                    .context("cannot open the operational store (operational.path)")?,
+            ),
+            Backend::Aws => Arc::new(DynamoOperationalStore::from_config(aws(), &settings.aws)),
+        };
+        let warehouse: Arc<dyn Warehouse> = match settings.warehouse.backend {
+            Backend::Embedded => Arc::new(
+                SqliteWarehouse::open(&data_path(settings, &settings.warehouse.path))
+                    .context("cannot open the warehouse (warehouse.path)")?,
+            ),
+            Backend::Aws => Arc::new(FirehoseWarehouse::from_config(aws(), &settings.aws)),
+        };
         Ok(Backends {
-            stream: Arc::new(stream),
+            stream,
             checkpoints,
-            archive: Arc::new(archive),
-            operational: Arc::new(operational),
-            warehouse: Arc::new(warehouse),
-            dead_letter: Arc::new(dead_letter),
+            leases: leases.map(Arc::new),
+            archive,
+            operational,
+            warehouse,
+            dead_letter,
         })
     }
 
@@ -118,6 +182,18 @@ impl Backends {
     }
 }
 
+/// This instance's name in the lease table: the ECS task (from its metadata URI) or host and pid.
+fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "shopstream".to_owned());
+    let task = std::env::var("ECS_CONTAINER_METADATA_URI_V4")
+        .ok()
+        .and_then(|uri| uri.rsplit('/').next().map(str::to_owned));
+    match task {
+        Some(task) => format!("{host}-{task}"),
+        None => format!("{host}-{}", std::process::id()),
+    }
+}
+
 /// Starts the pipeline of shard actors over `backends`.
 ///
 /// # Errors
@@ -134,6 +210,7 @@ pub async fn start_pipeline(
         sinks,
         dead_letters: backends.dead_letters(settings),
         progress,
+        leases: backends.leases.clone(),
         settings: ShardSinkSettings {
             read_batch_records: settings.sinks.read_batch_records,
             poll_interval: settings.sinks.poll_interval,

@@ -11,6 +11,7 @@ use super::dead_letter::DeadLetters;
 use super::progress::Progress;
 use super::shard::{ShardSink, ShardSinkParts, ShardSinkSettings, Shutdown};
 use super::sink::SinkWriter;
+use crate::stream::kinesis::LeaseCoordinator;
 use crate::stream::{CheckpointStore, ShardId, ShardInfo, SinkKind, Stream};
 
 /// What the pipeline runs on.
@@ -23,6 +24,9 @@ pub struct PipelineParts {
     pub settings: ShardSinkSettings,
     /// How often the shard list is read again (new shards after a reshard).
     pub shard_refresh: Duration,
+    /// Kinesis: the lease table that says which shards this instance reads; `None` reads all
+    /// (the embedded log has one reader process).
+    pub leases: Option<Arc<LeaseCoordinator>>,
 }
 
 pub struct Pipeline {
@@ -73,11 +77,25 @@ impl Pipeline {
     /// lines of one invoice never overtake each other.
     async fn start_ready_shards(&self, shards: &[ShardInfo]) {
         let known: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
+        let owned = self.owned_shards(shards).await;
         let mut actors = self.actors.lock().await;
+        // Shards whose lease went to another instance: stop reading them (their checkpoints
+        // would be refused anyway).
+        let lost: Vec<(SinkKind, ShardId)> = actors
+            .keys()
+            .filter(|(_, shard)| !owned.contains(shard))
+            .cloned()
+            .collect();
+        for key in lost {
+            if let Some(addr) = actors.remove(&key) {
+                tracing::info!(sink = %key.0, shard = %key.1, "The shard's lease is gone; stopping its actor.");
+                addr.do_send(Shutdown);
+            }
+        }
         for sink in &self.parts.sinks {
             let kind = sink.kind();
             for shard in shards {
-                if actors.contains_key(&(kind, shard.id.clone())) {
+                if !owned.contains(&shard.id) || actors.contains_key(&(kind, shard.id.clone())) {
                     continue;
                 }
                 if !self.parents_done(kind, shard, &known).await {
@@ -99,6 +117,25 @@ impl Pipeline {
                 tracing::info!(sink = %kind, shard = %shard.id, "Started a shard actor.");
                 actors.insert((kind, shard.id.clone()), addr);
             }
+        }
+    }
+
+    /// The shards this instance reads: all of them, or those whose lease it holds.
+    async fn owned_shards(&self, shards: &[ShardInfo]) -> BTreeSet<ShardId> {
+        match &self.parts.leases {
+            None => shards.iter().map(|s| s.id.clone()).collect(),
+            Some(leases) => match leases.sync(shards).await {
+                Ok(owned) => owned.into_iter().collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot renew or take shard leases; keeping the shards as they are.");
+                    self.actors
+                        .lock()
+                        .await
+                        .keys()
+                        .map(|(_, s)| s.clone())
+                        .collect()
+                }
+            },
         }
     }
 
@@ -190,6 +227,12 @@ impl Pipeline {
         let actors: Vec<_> = self.actors.lock().await.values().cloned().collect();
         let all = futures::future::join_all(actors.iter().map(|a| a.send(Shutdown)));
         let done = tokio::time::timeout(deadline, all).await.is_ok();
+        if let Some(leases) = &self.parts.leases {
+            // Others may take the shards at once instead of after the lease duration.
+            if let Err(e) = leases.release_all().await {
+                tracing::warn!(error = %e, "Cannot release the shard leases; others take them when they expire.");
+            }
+        }
         for arbiter in self.arbiters.values() {
             arbiter.stop();
         }

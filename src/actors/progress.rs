@@ -121,8 +121,9 @@ impl Progress {
                 // shows in millis_behind_latest instead.
                 let backlog = match (head, &e.checkpoint) {
                     (_, Some(c)) if c.is_shard_end() => 0,
-                    (Some(h), Some(c)) => h.distance_from(c).unwrap_or(0),
-                    (Some(h), None) => h.as_u64().unwrap_or(0),
+                    // Sparse numbers (Kinesis) give no count: one record behind is all we know.
+                    (Some(h), Some(c)) => h.distance_from(c).unwrap_or(u64::from(h > c)),
+                    (Some(h), None) => h.as_u64().unwrap_or(1),
                     (None, _) => 0,
                 };
                 if backlog == 0 {
