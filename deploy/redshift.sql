@@ -1,0 +1,36 @@
+-- The Redshift side of the warehouse. Firehose COPYs newline-delimited JSON objects (the columns of
+-- the embedded `sales` table, see src/actors/warehouse/mod.rs) into `sales_staging`; Firehose
+-- delivers at least once, so a scheduled query merges the staging rows into `sales` by line_id,
+-- which makes the load idempotent like every other sink.
+
+CREATE TABLE IF NOT EXISTS sales_staging (
+    line_id            CHAR(32)       NOT NULL,
+    invoice_no         VARCHAR(20)    NOT NULL,
+    stock_code         VARCHAR(64)    NOT NULL,
+    description        VARCHAR(1024),
+    quantity           BIGINT         NOT NULL,
+    invoice_date       TIMESTAMP      NOT NULL,
+    unit_price         DECIMAL(18, 6) NOT NULL,
+    line_total         DECIMAL(24, 6) NOT NULL,
+    line_total_micros  BIGINT         NOT NULL,
+    customer_id        BIGINT,
+    country            VARCHAR(128)   NOT NULL,
+    is_cancellation    BOOLEAN        NOT NULL,
+    store_id           VARCHAR(64)    NOT NULL,
+    ingested_at        TIMESTAMP      NOT NULL,
+    source             VARCHAR(300)   NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS sales (LIKE sales_staging)
+    DISTKEY (invoice_no) SORTKEY (invoice_date);
+
+-- Run every few minutes (Redshift scheduled query): new lines in, duplicates out, staging emptied.
+BEGIN;
+LOCK sales_staging;
+INSERT INTO sales
+SELECT DISTINCT s.*
+FROM sales_staging s
+LEFT JOIN sales t ON t.line_id = s.line_id
+WHERE t.line_id IS NULL;
+DELETE FROM sales_staging;
+COMMIT;
