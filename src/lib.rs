@@ -27,6 +27,7 @@
 //!   backpressure and dead letters.
 //! - [`batch`]: bulk CSV import with a ledger of what was loaded.
 //! - [`metrics`]: every Prometheus series, declared once.
+//! - [`sqlite`]: how the embedded backends open SQLite files and run SQLite off the async runtime.
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
@@ -36,5 +37,6 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod object_store;
+pub mod sqlite;
 pub mod stream;
 pub mod web;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use crate::config::{LogFormat, Settings};
 
+pub mod generate;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "shopstream",
@@ -23,12 +25,16 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    Generate(generate::Args),
+}
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+    }
 }
 
 /// Loads settings for commands that need them, with the file named on the command line.

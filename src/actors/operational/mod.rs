@@ -1,6 +1,8 @@
 //! The operational writer: keeps invoices and customers' invoice lists current for look-ups.
 //! Embedded backend: SQLite. AWS: DynamoDB.
 
+pub mod sqlite;
+
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -45,6 +47,14 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    /// True when the same call may succeed later (the backend is busy, throttled or out of
+    /// space); false when the data or the setup must change first. Retry loops ask this alone.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
 #[async_trait]
 pub trait OperationalStore: Send + Sync + 'static {
     /// Inserts or replaces lines by line id. Idempotent.
@@ -64,4 +74,20 @@ pub trait OperationalStore: Send + Sync + 'static {
     async fn totals(&self) -> Result<(u64, Money), StoreError>;
 
     async fn health(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_is_retriable() {
+        assert!(StoreError::Unavailable("database is locked".into()).is_retriable());
+        let rejected = StoreError::Rejected {
+            line_id: "0".repeat(32),
+            reason: "price has 7 decimals".into(),
+        };
+        assert!(!rejected.is_retriable());
+        assert!(!StoreError::Backend("malformed file".into()).is_retriable());
+    }
 }

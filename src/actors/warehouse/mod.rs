@@ -1,6 +1,8 @@
 //! The warehouse forwarder: the `sales` fact table for BI. Embedded backend: SQLite. AWS: Kinesis
 //! Firehose delivering to Redshift.
 
+pub mod sqlite;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -53,6 +55,30 @@ pub struct SalesSummary {
     pub by_country: Vec<(String, Money)>,
     /// Revenue by day (`YYYY-MM-DD`), oldest first.
     pub by_day: Vec<(String, Money)>,
+    /// Revenue by month (`YYYY-MM`), oldest first.
+    pub by_month: Vec<(String, Money)>,
+    /// The ten products with the largest net revenue (cancellations subtract), largest first.
+    pub top_products: Vec<ProductRevenue>,
+}
+
+/// One product's net sales, for the dashboard's best sellers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProductRevenue {
+    pub stock_code: String,
+    /// The latest description seen for the code (the dataset varies them slightly).
+    pub description: Option<String>,
+    /// Net units sold.
+    pub quantity: i64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub revenue: Money,
+}
+
+impl WarehouseError {
+    /// True when the same call may succeed later (the backend is busy, throttled or out of
+    /// space); false when the data or the setup must change first. Retry loops ask this alone.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, WarehouseError::Unavailable(_))
+    }
 }
 
 #[async_trait]
@@ -64,4 +90,20 @@ pub trait Warehouse: Send + Sync + 'static {
     async fn summary(&self) -> Result<Option<SalesSummary>, WarehouseError>;
 
     async fn health(&self) -> Result<(), WarehouseError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_is_retriable() {
+        assert!(WarehouseError::Unavailable("database is locked".into()).is_retriable());
+        let rejected = WarehouseError::Rejected {
+            line_id: "0".repeat(32),
+            reason: "price has 7 decimals".into(),
+        };
+        assert!(!rejected.is_retriable());
+        assert!(!WarehouseError::Backend("malformed file".into()).is_retriable());
+    }
 }

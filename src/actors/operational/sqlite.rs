@@ -1,0 +1,314 @@
+//! The embedded operational store: invoice lines in a SQLite file, indexed for the two look-ups
+//! the query API serves (an invoice, a customer's invoices by date).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use super::{Invoice, InvoiceSummary, OperationalStore, StoreError};
+use crate::model::{micros_to_money, IngestedLine, InvoiceLine, LineId, Money};
+use crate::sqlite::{
+    date_text, encode_lines, parse_date_text, parse_instant_text, Database, SqliteOptions,
+    StoreErrorKind, TaskFailed,
+};
+
+/// One row per line, keyed by line id. The implicit rowid is the insertion order, which an upsert
+/// of a known line keeps (`ON CONFLICT DO UPDATE`, not `INSERT OR REPLACE`), so an invoice's lines
+/// read back in the order they first arrived.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS invoice_lines (
+    line_id            TEXT PRIMARY KEY,
+    invoice_no         TEXT NOT NULL,
+    stock_code         TEXT NOT NULL,
+    description        TEXT,
+    quantity           INTEGER NOT NULL,
+    invoice_date       TEXT NOT NULL,
+    unit_price         TEXT NOT NULL,
+    unit_price_micros  INTEGER NOT NULL,
+    line_total         TEXT NOT NULL,
+    line_total_micros  INTEGER NOT NULL,
+    customer_id        INTEGER,
+    country            TEXT NOT NULL,
+    is_cancellation    INTEGER NOT NULL,
+    store_id           TEXT NOT NULL,
+    ingested_at        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invoice_lines_by_invoice ON invoice_lines (invoice_no, invoice_date);
+-- A quarter of the lines have no customer; leaving them out keeps this index smaller.
+CREATE INDEX IF NOT EXISTS invoice_lines_by_customer ON invoice_lines (customer_id, invoice_date)
+    WHERE customer_id IS NOT NULL;
+";
+
+const UPSERT: &str = "
+INSERT INTO invoice_lines (line_id, invoice_no, stock_code, description, quantity, invoice_date,
+    unit_price, unit_price_micros, line_total, line_total_micros, customer_id, country,
+    is_cancellation, store_id, ingested_at)
+VALUES (:line_id, :invoice_no, :stock_code, :description, :quantity, :invoice_date,
+    :unit_price, :unit_price_micros, :line_total, :line_total_micros, :customer_id, :country,
+    :is_cancellation, :store_id, :ingested_at)
+ON CONFLICT (line_id) DO UPDATE SET
+    invoice_no = excluded.invoice_no, stock_code = excluded.stock_code,
+    description = excluded.description, quantity = excluded.quantity,
+    invoice_date = excluded.invoice_date, unit_price = excluded.unit_price,
+    unit_price_micros = excluded.unit_price_micros, line_total = excluded.line_total,
+    line_total_micros = excluded.line_total_micros, customer_id = excluded.customer_id,
+    country = excluded.country, is_cancellation = excluded.is_cancellation,
+    store_id = excluded.store_id, ingested_at = excluded.ingested_at";
+
+const INVOICE_LINES: &str = "
+SELECT line_id, invoice_no, stock_code, description, quantity, invoice_date, unit_price,
+    customer_id, country, store_id, ingested_at
+FROM invoice_lines WHERE invoice_no = ?1 ORDER BY invoice_date, rowid";
+
+/// Invoices of a customer in a date range. Bounds are text compared against `date_text`; the
+/// defaults `''` and `'~'` sort before and after every date.
+const CUSTOMER_INVOICES: &str = "
+SELECT invoice_no, MIN(invoice_date) AS first_date, MIN(country), COUNT(*),
+    SUM(line_total_micros), MAX(is_cancellation)
+FROM invoice_lines
+WHERE customer_id = ?1 AND invoice_date >= ?2 AND invoice_date < ?3
+GROUP BY invoice_no ORDER BY first_date, invoice_no";
+
+/// Invoice lines in a SQLite file; see the crate's `docs/architecture.md` for the file layout.
+///
+/// Cheap to share: wrap it in an `Arc` and call it from any number of tasks. Writes queue for the
+/// one writer connection; reads use a pool of readers and run while a write does.
+pub struct SqliteOperationalStore {
+    db: Database,
+}
+
+impl StoreErrorKind for StoreError {
+    fn unavailable(message: String) -> Self {
+        StoreError::Unavailable(message)
+    }
+    fn rejected(line_id: String, reason: String) -> Self {
+        StoreError::Rejected { line_id, reason }
+    }
+    fn backend(message: String) -> Self {
+        StoreError::Backend(message)
+    }
+}
+
+impl From<TaskFailed> for StoreError {
+    fn from(e: TaskFailed) -> Self {
+        StoreError::from_task(e)
+    }
+}
+
+impl SqliteOperationalStore {
+    /// Opens the store at `path` with the default options, creating the file, its folder and its
+    /// tables when missing.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the file is busy or the disk full or read-only,
+    /// [`StoreError::Backend`] when it cannot be created or is not a shopstream database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, &SqliteOptions::default())
+    }
+
+    /// [`open`](Self::open) with explicit options (busy timeout, number of readers).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
+        let db = Database::open(path, options, SCHEMA).map_err(|e| StoreError::from_open(&e))?;
+        Ok(Self { db })
+    }
+
+    /// The same store behind the trait, as the actors and handlers share it.
+    pub fn shared(self) -> Arc<dyn OperationalStore> {
+        Arc::new(self)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+}
+
+/// Maps a SQLite error of a statement that did not concern one line.
+fn store_error(path: &Path, e: &rusqlite::Error) -> StoreError {
+    StoreError::from_sqlite(path, e)
+}
+
+/// Writes `lines` in one transaction: all or none.
+fn upsert_blocking(
+    conn: &mut Connection,
+    path: &Path,
+    lines: &[IngestedLine],
+) -> Result<(), StoreError> {
+    let rows = encode_lines::<StoreError>(lines)?;
+    let fail = |e: rusqlite::Error| store_error(path, &e);
+    let tx = conn.transaction().map_err(fail)?;
+    {
+        let mut stmt = tx.prepare_cached(UPSERT).map_err(fail)?;
+        for row in &rows {
+            row.execute(&mut stmt)
+                .map_err(|e| StoreError::from_line(path, &row.line_id, &e))?;
+        }
+    }
+    tx.commit().map_err(fail)
+}
+
+/// Reads a line written by [`upsert_blocking`]; the columns are those of [`INVOICE_LINES`].
+fn line_from_row(row: &Row<'_>) -> rusqlite::Result<IngestedLine> {
+    let corrupt = |column: usize, what: &str, value: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("invoice_lines holds {what} {value:?} that shopstream did not write").into(),
+        )
+    };
+    let line_id: String = row.get(0)?;
+    let date: String = row.get(5)?;
+    let price: String = row.get(6)?;
+    let ingested: String = row.get(10)?;
+    let customer: Option<i64> = row.get(7)?;
+    Ok(IngestedLine {
+        line: InvoiceLine {
+            line_id: LineId::parse(&line_id)
+                .ok_or_else(|| corrupt(0, "line id", line_id.clone()))?,
+            invoice_no: row.get(1)?,
+            stock_code: row.get(2)?,
+            description: row.get(3)?,
+            quantity: row.get(4)?,
+            invoice_date: parse_date_text(&date).ok_or_else(|| corrupt(5, "date", date.clone()))?,
+            unit_price: Money::from_str(&price).map_err(|_| corrupt(6, "price", price.clone()))?,
+            customer_id: customer.map(|c| c as u64),
+            country: row.get(8)?,
+        },
+        store_id: row.get(9)?,
+        ingested_at: parse_instant_text(&ingested)
+            .ok_or_else(|| corrupt(10, "instant", ingested.clone()))?,
+    })
+}
+
+fn invoice_blocking(conn: &Connection, invoice_no: &str) -> rusqlite::Result<Option<Invoice>> {
+    let mut stmt = conn.prepare_cached(INVOICE_LINES)?;
+    let lines = stmt
+        .query_map([invoice_no], line_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let Some(first) = lines.first() else {
+        return Ok(None);
+    };
+    let first = &first.line;
+    Ok(Some(Invoice {
+        invoice_no: first.invoice_no.clone(),
+        invoice_date: first.invoice_date,
+        customer_id: first.customer_id,
+        country: first.country.clone(),
+        is_cancellation: first.is_cancellation(),
+        total: lines.iter().map(|l| l.line.line_total()).sum(),
+        lines,
+    }))
+}
+
+fn customer_invoices_blocking(
+    conn: &Connection,
+    customer_id: i64,
+    from: &str,
+    to: &str,
+) -> rusqlite::Result<Vec<InvoiceSummary>> {
+    let mut stmt = conn.prepare_cached(CUSTOMER_INVOICES)?;
+    let rows = stmt.query_map(rusqlite::params![customer_id, from, to], |row| {
+        let date: String = row.get(1)?;
+        Ok(InvoiceSummary {
+            invoice_no: row.get(0)?,
+            invoice_date: parse_date_text(&date).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("invoice_lines holds date {date:?} that shopstream did not write")
+                        .into(),
+                )
+            })?,
+            country: row.get(2)?,
+            line_count: row.get::<_, i64>(3)? as u64,
+            total: micros_to_money(row.get(4)?),
+            is_cancellation: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+#[async_trait]
+impl OperationalStore for SqliteOperationalStore {
+    /// One transaction per call: either every line is stored or none is.
+    ///
+    /// # Errors
+    /// [`StoreError::Rejected`] naming the first line whose amounts cannot be stored exactly (or
+    /// that breaks a constraint), [`StoreError::Unavailable`] when the file is locked by another
+    /// connection past the busy timeout or the disk is full or read-only.
+    async fn upsert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let lines = lines.to_vec();
+        let path = self.db.path().to_owned();
+        self.db
+            .write(move |conn| upsert_blocking(conn, &path, &lines))
+            .await
+    }
+
+    async fn invoice(&self, invoice_no: &str) -> Result<Option<Invoice>, StoreError> {
+        let invoice_no = invoice_no.to_owned();
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| {
+                invoice_blocking(conn, &invoice_no).map_err(|e| store_error(&path, &e))
+            })
+            .await
+    }
+
+    async fn customer_invoices(
+        &self,
+        customer_id: u64,
+        from: Option<NaiveDateTime>,
+        to: Option<NaiveDateTime>,
+    ) -> Result<Vec<InvoiceSummary>, StoreError> {
+        // No line can carry a customer id beyond i64 (upsert rejects it), so it has no invoices.
+        let Ok(customer_id) = i64::try_from(customer_id) else {
+            return Ok(Vec::new());
+        };
+        let from = from.map(date_text).unwrap_or_default();
+        let to = to.map(date_text).unwrap_or_else(|| "~".to_owned());
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| {
+                customer_invoices_blocking(conn, customer_id, &from, &to)
+                    .map_err(|e| store_error(&path, &e))
+            })
+            .await
+    }
+
+    /// Exact: SQLite sums the integer millionths (and fails rather than round on overflow).
+    async fn totals(&self) -> Result<(u64, Money), StoreError> {
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(line_total_micros), 0) FROM invoice_lines",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, micros_to_money(r.get(1)?))),
+                )
+                .map_err(|e| store_error(&path, &e))
+            })
+            .await
+    }
+
+    /// Checks that a reader can query the table.
+    async fn health(&self) -> Result<(), StoreError> {
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| {
+                conn.query_row("SELECT 1 FROM invoice_lines LIMIT 1", [], |_| Ok(()))
+                    .optional()
+                    .map(|_| ())
+                    .map_err(|e| store_error(&path, &e))
+            })
+            .await
+    }
+}

@@ -1,0 +1,402 @@
+//! The embedded operational store and warehouse on real SQLite files in temp dirs.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+use rust_decimal::Decimal;
+use shopstream::actors::operational::sqlite::SqliteOperationalStore;
+use shopstream::actors::operational::{OperationalStore, StoreError};
+use shopstream::actors::warehouse::sqlite::{SqliteWarehouse, SOURCE_IMPORT};
+use shopstream::actors::warehouse::{Warehouse, WarehouseError};
+use shopstream::model::{IngestedLine, InvoiceLine, Money};
+use shopstream::sqlite::SqliteOptions;
+
+fn date(day: u32, hour: u32) -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2010, 12, day)
+        .unwrap()
+        .and_hms_opt(hour, 30, 0)
+        .unwrap()
+}
+
+fn money(s: &str) -> Money {
+    Decimal::from_str(s).unwrap()
+}
+
+/// A line numbered by its client, so its id stays the same when its content changes.
+#[allow(clippy::too_many_arguments)]
+fn line(
+    invoice: &str,
+    line_no: u64,
+    stock: &str,
+    quantity: i64,
+    price: &str,
+    when: NaiveDateTime,
+    customer: Option<u64>,
+    country: &str,
+) -> IngestedLine {
+    IngestedLine {
+        line: InvoiceLine::new(
+            invoice.into(),
+            stock.into(),
+            Some(format!("PRODUCT {stock}")),
+            quantity,
+            when,
+            money(price),
+            customer,
+            country.into(),
+            Some(line_no),
+            0,
+        ),
+        store_id: "demo".into(),
+        ingested_at: Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+            + chrono::Duration::nanoseconds(123_456_789),
+    }
+}
+
+/// `n` lines of invoice `invoice`, 2 units at 1.25 each.
+fn invoice_lines(invoice: &str, n: u64) -> Vec<IngestedLine> {
+    (0..n)
+        .map(|i| {
+            line(
+                invoice,
+                i,
+                "85123A",
+                2,
+                "1.25",
+                date(1, 8),
+                Some(17850),
+                "United Kingdom",
+            )
+        })
+        .collect()
+}
+
+fn stores(dir: &tempfile::TempDir) -> (SqliteOperationalStore, SqliteWarehouse) {
+    (
+        SqliteOperationalStore::open(&dir.path().join("data/operational.sqlite")).unwrap(),
+        SqliteWarehouse::open(&dir.path().join("data/warehouse.sqlite")).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn upserts_are_idempotent_operational_replaces_and_warehouse_ignores() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, wh) = stores(&dir);
+    let lines = invoice_lines("536365", 3);
+    for _ in 0..2 {
+        ops.upsert(&lines).await.unwrap();
+        wh.insert(&lines).await.unwrap();
+    }
+    assert_eq!(ops.totals().await.unwrap(), (3, money("7.50")));
+    let summary = wh.summary().await.unwrap().unwrap();
+    assert_eq!((summary.lines, summary.revenue), (3, money("7.5")));
+    assert_eq!(
+        wh.insert_with_source(&lines, SOURCE_IMPORT).await.unwrap(),
+        0
+    );
+
+    // The same line id with a corrected quantity: the operational store takes the new content,
+    // the warehouse keeps the row it has.
+    let mut corrected = lines[1].clone();
+    corrected.line.quantity = 10;
+    ops.upsert(&[corrected.clone()]).await.unwrap();
+    wh.insert(&[corrected.clone()]).await.unwrap();
+    assert_eq!(ops.totals().await.unwrap(), (3, money("17.50")));
+    let invoice = ops.invoice("536365").await.unwrap().unwrap();
+    assert_eq!(
+        invoice.lines[1], corrected,
+        "replacing keeps the line's position"
+    );
+    assert_eq!(wh.summary().await.unwrap().unwrap().revenue, money("7.5"));
+}
+
+#[tokio::test]
+async fn money_is_exact_with_zero_negative_and_cancellations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, wh) = stores(&dir);
+    let uk = "United Kingdom";
+    let lines = vec![
+        line("536400", 0, "A", 1, "0.1", date(2, 9), Some(1), uk),
+        line("536400", 1, "B", 1, "0.1", date(2, 9), Some(1), uk),
+        line("536400", 2, "C", 1, "0.1", date(2, 9), Some(1), uk),
+        line("536400", 3, "POST", 3, "0", date(2, 9), Some(1), uk),
+        line("A536401", 0, "B", 1, "-11062.06", date(2, 10), None, uk),
+        line("C536402", 0, "A", -2, "0.1", date(3, 9), Some(1), uk),
+        line(
+            "536403",
+            0,
+            "D",
+            7,
+            "123456.123456",
+            date(3, 9),
+            Some(2),
+            "France",
+        ),
+    ];
+    ops.upsert(&lines).await.unwrap();
+    wh.insert(&lines).await.unwrap();
+    let expected: Money = lines.iter().map(|l| l.line.line_total()).sum();
+    assert_eq!(
+        expected,
+        money("-11062.06") + money("0.1") + money("864192.864192")
+    );
+    assert_eq!(ops.totals().await.unwrap(), (7, expected));
+
+    let invoice = ops.invoice("536400").await.unwrap().unwrap();
+    assert_eq!(invoice.total.to_string(), "0.3");
+    let cancellation = ops.invoice("C536402").await.unwrap().unwrap();
+    assert!(cancellation.is_cancellation);
+    assert_eq!(cancellation.total, money("-0.2"));
+
+    let s = wh.summary().await.unwrap().unwrap();
+    assert_eq!(s.revenue, expected);
+    assert_eq!(
+        (s.lines, s.invoices, s.customers, s.cancellation_lines),
+        (7, 4, 2, 1)
+    );
+    assert_eq!(
+        s.by_country,
+        vec![
+            ("France".to_owned(), money("864192.864192")),
+            ("United Kingdom".to_owned(), money("-11061.96")),
+        ]
+    );
+    assert_eq!(
+        s.by_day,
+        vec![
+            ("2010-12-02".to_owned(), money("-11061.76")),
+            ("2010-12-03".to_owned(), money("864192.664192")),
+        ]
+    );
+    assert_eq!(s.by_month, vec![("2010-12".to_owned(), expected)]);
+    assert_eq!(s.top_products[0].stock_code, "D");
+    assert_eq!(s.top_products[0].quantity, 7);
+    // A: 0.1 sold, 0.2 cancelled. B: 0.1 sold, -11062.06 adjusted.
+    let a = s.top_products.iter().find(|p| p.stock_code == "A").unwrap();
+    assert_eq!((a.quantity, a.revenue), (-1, money("-0.1")));
+    assert_eq!(s.top_products.last().unwrap().stock_code, "B");
+}
+
+#[tokio::test]
+async fn amounts_that_cannot_be_summed_exactly_reject_the_line_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, wh) = stores(&dir);
+    let mut lines = invoice_lines("536500", 2);
+    lines.push(line(
+        "536500",
+        9,
+        "X",
+        1,
+        "0.0000001",
+        date(1, 8),
+        None,
+        "Spain",
+    ));
+    let bad = lines[2].line.line_id.to_string();
+    match ops.upsert(&lines).await {
+        Err(StoreError::Rejected { line_id, reason }) => {
+            assert_eq!(line_id, bad);
+            assert!(reason.contains("millionths"), "{reason}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    match wh.insert(&lines).await {
+        Err(e @ WarehouseError::Rejected { .. }) => assert!(!e.is_retriable()),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert_eq!(ops.totals().await.unwrap().0, 0);
+    assert_eq!(wh.summary().await.unwrap().unwrap().lines, 0);
+}
+
+#[tokio::test]
+async fn looks_up_invoices_and_customers_within_date_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, _) = stores(&dir);
+    let uk = "United Kingdom";
+    let lines = vec![
+        line("536367", 0, "B", 1, "3", date(3, 9), Some(7), uk),
+        line("536365", 0, "A", 2, "1.5", date(1, 8), Some(7), uk),
+        line("536365", 1, "B", 1, "2", date(1, 8), Some(7), uk),
+        line("C536366", 0, "A", -1, "1.5", date(2, 9), Some(7), uk),
+        line("536368", 0, "A", 1, "1", date(2, 9), Some(8), "Norway"),
+        line("536369", 0, "A", 1, "1", date(2, 9), None, uk),
+    ];
+    ops.upsert(&lines).await.unwrap();
+
+    assert_eq!(ops.invoice("999999").await.unwrap(), None);
+    let inv = ops.invoice("536365").await.unwrap().unwrap();
+    assert_eq!(inv.lines, lines[1..3].to_vec(), "lines in insertion order");
+    assert_eq!((inv.customer_id, inv.total), (Some(7), money("5")));
+    assert_eq!(inv.invoice_date, date(1, 8));
+    assert_eq!(
+        ops.invoice("536369").await.unwrap().unwrap().customer_id,
+        None
+    );
+
+    let all = ops.customer_invoices(7, None, None).await.unwrap();
+    let numbers: Vec<_> = all.iter().map(|s| s.invoice_no.as_str()).collect();
+    assert_eq!(numbers, ["536365", "C536366", "536367"], "oldest first");
+    assert_eq!((all[0].line_count, all[0].total), (2, money("5")));
+    assert!(all[1].is_cancellation && all[1].total == money("-1.5"));
+    // `from` is inclusive, `to` exclusive.
+    let middle = ops
+        .customer_invoices(7, Some(date(2, 9)), Some(date(3, 9)))
+        .await
+        .unwrap();
+    assert_eq!(middle.len(), 1);
+    assert_eq!(middle[0].invoice_no, "C536366");
+    assert!(ops
+        .customer_invoices(9, None, None)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(ops
+        .customer_invoices(u64::MAX, None, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_lose_nothing_and_reads_run_during_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, wh) = stores(&dir);
+    let ops: Arc<dyn OperationalStore> = Arc::new(ops);
+    let wh: Arc<dyn Warehouse> = Arc::new(wh);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (ops, wh) = (ops.clone(), wh.clone());
+        writers.push(tokio::spawn(async move {
+            for b in 0..25 {
+                let lines = invoice_lines(&format!("{}", 600_000 + w * 100 + b), 40);
+                let (o, h) = tokio::join!(ops.upsert(&lines), wh.insert(&lines));
+                o.unwrap();
+                h.unwrap();
+            }
+        }));
+    }
+    let mut reads = 0;
+    while !writers.iter().all(|w| w.is_finished()) {
+        let (totals, summary, invoice) =
+            tokio::join!(ops.totals(), wh.summary(), ops.invoice("600000"));
+        let (count, sum) = totals.unwrap();
+        assert_eq!(
+            sum,
+            Money::from(count) * money("2.5"),
+            "a read sees whole batches"
+        );
+        assert_eq!(summary.unwrap().unwrap().lines % 40, 0);
+        if let Some(inv) = invoice.unwrap() {
+            assert_eq!(inv.lines.len(), 40);
+        }
+        reads += 1;
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(reads > 0);
+    assert_eq!(ops.totals().await.unwrap(), (8000, money("20000")));
+    let s = wh.summary().await.unwrap().unwrap();
+    assert_eq!(
+        (s.lines, s.invoices, s.revenue),
+        (8000, 200, money("20000"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_file_gives_the_retriable_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(100),
+        readers: 1,
+    };
+    let ops_path = dir.path().join("operational.sqlite");
+    let wh_path = dir.path().join("warehouse.sqlite");
+    let ops = SqliteOperationalStore::open_with(&ops_path, &options).unwrap();
+    let wh = SqliteWarehouse::open_with(&wh_path, &options).unwrap();
+    let lines = invoice_lines("536365", 2);
+
+    let ops_lock = rusqlite::Connection::open(&ops_path).unwrap();
+    ops_lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let wh_lock = rusqlite::Connection::open(&wh_path).unwrap();
+    wh_lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let e = ops.upsert(&lines).await.unwrap_err();
+    assert!(
+        matches!(e, StoreError::Unavailable(_)) && e.is_retriable(),
+        "{e}"
+    );
+    assert!(e.to_string().contains("operational.sqlite"), "{e}");
+    let e = wh.insert(&lines).await.unwrap_err();
+    assert!(
+        matches!(e, WarehouseError::Unavailable(_)) && e.is_retriable(),
+        "{e}"
+    );
+
+    // Once the lock goes, the retry succeeds.
+    ops_lock.execute_batch("COMMIT").unwrap();
+    wh_lock.execute_batch("COMMIT").unwrap();
+    ops.upsert(&lines).await.unwrap();
+    wh.insert(&lines).await.unwrap();
+    assert_eq!(ops.totals().await.unwrap().0, 2);
+}
+
+#[tokio::test]
+async fn data_survives_close_and_reopen_and_rollups_are_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines = invoice_lines("536365", 3);
+    lines.push(line("536366", 0, "X", 1, "2.550", date(5, 9), None, "EIRE"));
+    let before = {
+        let (ops, wh) = stores(&dir);
+        ops.upsert(&lines).await.unwrap();
+        wh.insert(&lines).await.unwrap();
+        wh.summary().await.unwrap().unwrap()
+    };
+    let (ops, wh) = stores(&dir);
+    let invoice = ops.invoice("536365").await.unwrap().unwrap();
+    assert_eq!(
+        invoice.lines,
+        lines[..3].to_vec(),
+        "every field, ingested_at to the ns"
+    );
+    let eire = ops.invoice("536366").await.unwrap().unwrap();
+    assert_eq!(
+        eire.lines[0].line.unit_price.to_string(),
+        "2.550",
+        "price text as sent"
+    );
+    assert_eq!(wh.summary().await.unwrap().unwrap(), before);
+    drop(wh);
+
+    // A `sales` table filled without the rollups (e.g. by hand with SALES_DDL): they are rebuilt.
+    let path = dir.path().join("data/warehouse.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM sales_daily; DELETE FROM sales_products; DELETE FROM sales_invoices;",
+        )
+        .unwrap();
+    let wh = SqliteWarehouse::open(&path).unwrap();
+    assert_eq!(wh.summary().await.unwrap().unwrap(), before);
+    assert!(wh.health().await.is_ok() && ops.health().await.is_ok());
+}
+
+#[tokio::test]
+async fn the_importer_writes_lines_and_its_ledger_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, wh) = stores(&dir);
+    let lines = invoice_lines("536365", 5);
+    let result = wh
+        .transaction(move |tx| {
+            let added =
+                shopstream::actors::warehouse::sqlite::insert_tx(tx, &lines, SOURCE_IMPORT)?;
+            assert_eq!(added, 5);
+            // A failing ledger write rolls the lines back too.
+            Err::<(), _>(WarehouseError::Backend("ledger write failed".into()))
+        })
+        .await;
+    assert!(result.is_err());
+    assert_eq!(wh.summary().await.unwrap().unwrap().lines, 0);
+}
