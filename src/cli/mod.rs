@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::config::{LogFormat, Settings};
 
 pub mod generate;
+pub mod import;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Generate(generate::Args),
+    Import(import::Args),
 }
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
@@ -34,6 +36,7 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Import(args) => import::run(args, cli.config.as_deref()),
     }
 }
 
