@@ -82,6 +82,8 @@ pub struct Importer {
     warehouse: Arc<SqliteWarehouse>,
     operational: Option<Arc<SqliteOperationalStore>>,
     options: ImportOptions,
+    /// For `s3://` sources; see [`Importer::with_s3`].
+    s3: Option<aws_sdk_s3::Client>,
 }
 
 impl Importer {
@@ -105,7 +107,15 @@ impl Importer {
             warehouse,
             operational,
             options,
+            s3: None,
         })
+    }
+
+    /// Lets the importer read `s3://bucket/prefix` sources with `client` (see
+    /// [`super::s3::s3_client`]); without it they fail with a message.
+    pub fn with_s3(mut self, client: aws_sdk_s3::Client) -> Self {
+        self.s3 = Some(client);
+        self
     }
 
     pub fn options(&self) -> &ImportOptions {
@@ -122,9 +132,9 @@ impl Importer {
         let mut work: Vec<(Arc<dyn Source>, SourceFile)> = Vec::new();
         for spec in specs {
             let listed = {
-                let spec = spec.clone();
+                let (spec, s3) = (spec.clone(), self.s3.clone());
                 blocking(spec.clone(), move || {
-                    let source: Arc<dyn Source> = Arc::from(parse_source(&spec)?);
+                    let source: Arc<dyn Source> = Arc::from(parse_source(&spec, s3.as_ref())?);
                     let files = source.list()?;
                     Ok((source, files))
                 })

@@ -58,19 +58,22 @@ pub trait Source: Send + Sync {
     }
 }
 
-/// A source named on the command line or in `import.watch`: `s3://...` is not served by this
-/// build; anything with `*`, `?` or `[` is a glob; otherwise a file or a folder.
+/// A source named on the command line or in `import.watch`: `s3://bucket/prefix` (read with
+/// `s3`); anything with `*`, `?` or `[` is a glob; otherwise a file or a folder.
 ///
 /// # Errors
-/// [`ImportError::Source`] for an `s3://` source or a malformed glob.
-pub fn parse_source(spec: &str) -> Result<Box<dyn Source>, ImportError> {
+/// [`ImportError::Source`] for an `s3://` source without an S3 client or a malformed one, or a
+/// malformed glob.
+pub fn parse_source(
+    spec: &str,
+    s3: Option<&aws_sdk_s3::Client>,
+) -> Result<Box<dyn Source>, ImportError> {
     if spec.starts_with("s3://") {
-        return Err(ImportError::Source {
+        let client = s3.ok_or_else(|| ImportError::Source {
             source_name: spec.to_owned(),
-            reason: "S3 sources are not supported by this build yet; copy the files to a folder \
-                     (e.g. `aws s3 sync`) and import the folder"
-                .into(),
-        });
+            reason: "no S3 client was set up for this import; this is a bug in the caller".into(),
+        })?;
+        return Ok(Box::new(super::s3::S3Source::new(client.clone(), spec)?));
     }
     Ok(Box::new(LocalSource::new(spec)?))
 }
@@ -168,10 +171,13 @@ fn is_glob(spec: &str) -> bool {
 /// `.csv` or `.csv.gz`, any case: what a folder or glob contributes. Reject files
 /// (`*.rejects.csv`) are left out, so a data folder inside a watched folder is not imported.
 fn is_bulk_file(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
+    path.file_name()
+        .is_some_and(|n| is_bulk_name(&n.to_string_lossy()))
+}
+
+/// [`is_bulk_file`] on a name or object key.
+pub(crate) fn is_bulk_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
     (name.ends_with(".csv") || name.ends_with(".csv.gz")) && !name.ends_with(REJECTS_SUFFIX)
 }
 
@@ -227,7 +233,7 @@ mod tests {
         let again = LocalSource::new(&glob).unwrap().list().unwrap();
         assert_ne!(again[0].change_token, one[0].change_token);
 
-        assert!(parse_source("s3://bucket/prefix").is_err());
+        assert!(parse_source("s3://bucket/prefix", None).is_err());
         assert!(
             LocalSource::new(dir.path().join("missing").to_str().unwrap())
                 .unwrap()

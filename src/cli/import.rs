@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use crate::batch::s3::s3_client;
 use crate::batch::{ImportOptions, Importer, Target};
 use crate::model::DateOrder;
 
@@ -19,7 +20,8 @@ use crate::model::DateOrder;
                   reason. Exits non-zero when any file failed."
 )]
 pub struct Args {
-    /// Files, folders (searched recursively for .csv and .csv.gz) or globs such as 'drops/*.csv.gz'.
+    /// Files, folders (searched recursively for .csv and .csv.gz), globs such as
+    /// 'drops/*.csv.gz', or s3://bucket/prefix (settings [aws]: region, endpoint_url).
     #[arg(required = true, value_name = "SOURCE")]
     pub sources: Vec<String>,
     /// Which store(s) to fill; default `import.target`.
@@ -80,7 +82,10 @@ pub fn run(args: Args, config: Option<&std::path::Path>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime.block_on(async {
-        let importer = Importer::open(&settings, options).context("cannot start the import")?;
+        let mut importer = Importer::open(&settings, options).context("cannot start the import")?;
+        if args.sources.iter().any(|s| s.starts_with("s3://")) {
+            importer = importer.with_s3(s3_client(&settings.aws).await);
+        }
         let progress = progress_bar();
         let summary = importer.run(&args.sources, &progress).await;
         progress.finish_and_clear();
