@@ -363,3 +363,71 @@ async fn a_dry_run_counts_and_writes_nothing() {
     assert_eq!(sales(&s.db()).0, 0);
     assert_eq!(ledger_rows(&s.db()), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_imports_new_drops_until_shutdown() {
+    let s = Setup::new();
+    let folder = s.folder("watched", &[]);
+    let importer = Arc::new(
+        Importer::new(
+            Arc::clone(&s.warehouse),
+            Some(Arc::clone(&s.operational)),
+            s.options(),
+        )
+        .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(shopstream::batch::watch(
+        importer,
+        vec![folder.display().to_string()],
+        std::time::Duration::from_secs(1),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // A file dropped after the watcher started is picked up by a later tick.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let file = fixture("online-retail-sample-873-iso.csv");
+    std::fs::copy(&file, folder.join("drop.csv")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ledger_rows(&s.db()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher did not import the drop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(sales(&s.db()), expected(&file));
+    let loaded = shopstream::metrics::IMPORT_FILES
+        .with_label_values(&["loaded"])
+        .get();
+    assert!(loaded >= 1);
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), watcher)
+        .await
+        .expect("the watcher stops on shutdown")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operational_store_alone_checks_the_ratio_before_writing() {
+    let s = Setup::new();
+    let file = fixture("online-retail-sample-182.csv");
+    let operational_only = |ratio: f64| ImportOptions {
+        target: Target::Operational,
+        max_reject_ratio: ratio,
+        ..s.options()
+    };
+    // 4 of 183 rows are bad: a ratio of 1% refuses the file before anything is written.
+    let refused = s.run_with(operational_only(0.01), &[&file]).await;
+    assert_eq!(refused.failed, 1, "{refused}");
+    assert_eq!(s.operational.totals().await.unwrap().0, 0);
+
+    let summary = s.run_with(operational_only(0.5), &[&file]).await;
+    assert_eq!((summary.loaded, summary.rows_rejected), (1, 4), "{summary}");
+    assert!(summary.files[0].reject_file.is_some());
+    assert_eq!(s.operational.totals().await.unwrap(), expected(&file));
+    assert_eq!(sales(&s.db()).0, 0, "the warehouse is not filled");
+    let again = s.run_with(operational_only(0.5), &[&file]).await;
+    assert_eq!(again.skipped, 1, "{again}");
+}
