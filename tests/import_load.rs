@@ -292,29 +292,17 @@ async fn a_truncated_gzip_fails_alone() {
 async fn both_targets_fill_the_operational_store_too() {
     let s = Setup::new();
     let file = fixture("online-retail-sample-873-iso.csv");
-    let summary = s
-        .run_with(
-            ImportOptions {
-                target: Target::Both,
-                ..s.options()
-            },
-            &[&file],
-        )
-        .await;
+    let both = || ImportOptions {
+        target: Target::Both,
+        ..s.options()
+    };
+    let summary = s.run_with(both(), &[&file]).await;
     assert_eq!(summary.loaded, 2, "one report per store: {summary}");
     let (rows, revenue) = expected(&file);
     assert_eq!(s.operational.totals().await.unwrap(), (rows, revenue));
     assert!(s.operational.invoice("536365").await.unwrap().is_some());
     assert_eq!(sales(&s.db()), (rows, revenue));
-    let again = s
-        .run_with(
-            ImportOptions {
-                target: Target::Both,
-                ..s.options()
-            },
-            &[&file],
-        )
-        .await;
+    let again = s.run_with(both(), &[&file]).await;
     assert_eq!(again.skipped, 2, "{again}");
 }
 

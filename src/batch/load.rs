@@ -382,7 +382,9 @@ impl Job {
 
     /// The operational load: a counting pass decides (only when the warehouse did not just do
     /// it), then lines are upserted by id in batches (idempotent, so a crash half-way is repaired
-    /// by the next run), then the ledger row.
+    /// by the next run), then the ledger row. On `--reload` the new lines replace those with the
+    /// same id; lines the old content had and the new one lacks stay in the operational store
+    /// (it has no per-file tag), unlike in the warehouse.
     async fn into_operational(
         self,
         warehouse: &SqliteWarehouse,
