@@ -192,7 +192,10 @@ impl Importer {
                 Target::Warehouse => job.into_warehouse(&self.warehouse).await,
                 _ => match &self.operational {
                     Some(op) => job.into_operational(&self.warehouse, op).await,
-                    None => unreachable!("checked in Importer::new"),
+                    None => Err(ImportError::Source {
+                        source_name: file.key.clone(),
+                        reason: "the operational store is not open for this import".into(),
+                    }),
                 },
             };
             let report = finish(&file, store, started, outcome);
