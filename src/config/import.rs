@@ -42,3 +42,42 @@ impl ImportConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ImportConfig {
+        ImportConfig {
+            date_order: DateOrder::Mdy,
+            target: Target::Warehouse,
+            max_reject_ratio: 0.5,
+            reject_dir: "import-rejects".into(),
+            watch: Vec::new(),
+            interval: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn ratio_and_interval_are_checked_with_their_keys() {
+        assert!(config().validate().is_ok());
+        let ratio = ImportConfig {
+            max_reject_ratio: 1.5,
+            ..config()
+        };
+        assert!(ratio
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("import.max_reject_ratio"));
+        let interval = ImportConfig {
+            interval: Duration::from_millis(10),
+            ..config()
+        };
+        assert!(interval
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("import.interval"));
+    }
+}
