@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use crate::config::{LogFormat, Settings};
 
 pub mod generate;
+pub mod import;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +47,7 @@ pub enum Command {
     Generate(generate::Args),
     /// Set up the AWS resources of the aws backends (`aws init`).
     Aws(aws::AwsArgs),
+    Import(import::Args),
 }
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
@@ -58,6 +60,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::DeadLetter(cmd) => dead_letter::run(cli.config.as_deref(), cmd),
         Command::Generate(args) => generate::run(args),
         Command::Aws(args) => aws::run(args, cli.config.as_deref()),
+        Command::Import(args) => import::run(args, cli.config.as_deref()),
     }
 }
 

@@ -1,8 +1,13 @@
-//! Settings of the batch path (bulk CSV imports).
+//! Settings of the batch path (bulk CSV imports): `shopstream import` and the watcher that
+//! `shopstream serve` runs.
 
 use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use super::server::bad;
 use super::ConfigError;
+use crate::batch::Target;
 use crate::model::DateOrder;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -10,10 +15,69 @@ use crate::model::DateOrder;
 pub struct ImportConfig {
     /// Day/month order of dates like `01/02/2011` in imported files.
     pub date_order: DateOrder,
+    /// Which store(s) imports fill by default (`--to` overrides).
+    pub target: Target,
+    /// A file with a larger share of rejected rows loads nothing (`--max-reject-ratio` overrides).
+    pub max_reject_ratio: f64,
+    /// Folder of the reject files; relative paths are under `data_dir`.
+    pub reject_dir: PathBuf,
+    /// Sources the server's watcher imports on every tick (files, folders, globs); empty for none.
+    pub watch: Vec<String>,
+    /// Time between two watcher runs, from the end of one to the start of the next.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 impl ImportConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.max_reject_ratio) {
+            return Err(bad(
+                "import.max_reject_ratio",
+                "must be between 0 (no bad row allowed) and 1 (any share allowed)",
+            ));
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err(bad("import.interval", "must be at least 1s"));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ImportConfig {
+        ImportConfig {
+            date_order: DateOrder::Mdy,
+            target: Target::Warehouse,
+            max_reject_ratio: 0.5,
+            reject_dir: "import-rejects".into(),
+            watch: Vec::new(),
+            interval: Duration::from_secs(300),
+        }
+    }
+
+    #[test]
+    fn ratio_and_interval_are_checked_with_their_keys() {
+        assert!(config().validate().is_ok());
+        let ratio = ImportConfig {
+            max_reject_ratio: 1.5,
+            ..config()
+        };
+        assert!(ratio
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("import.max_reject_ratio"));
+        let interval = ImportConfig {
+            interval: Duration::from_millis(10),
+            ..config()
+        };
+        assert!(interval
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("import.interval"));
     }
 }

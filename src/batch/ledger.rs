@@ -1,0 +1,156 @@
+//! The import ledger: which bulk files were loaded, with which content, into which store. It lives
+//! in the warehouse SQLite file, so a file's rows and its ledger row commit in one transaction.
+//!
+//! Rows of the warehouse's `sales` table that an import wrote carry `source = 'import:<id>'`, the
+//! id of the file's warehouse ledger row: the rows a file loaded can then be found (and replaced
+//! on `--reload`) with a short, indexed key instead of the file's path on every row.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::Target;
+
+/// The ledger table and the index that finds a file's rows in `sales`.
+pub const LEDGER_DDL: &str = "
+CREATE TABLE IF NOT EXISTS import_ledger (
+    id             INTEGER PRIMARY KEY,
+    source_key     TEXT NOT NULL,
+    target         TEXT NOT NULL,      -- 'warehouse' or 'operational'
+    size           INTEGER NOT NULL,
+    change_token   TEXT NOT NULL,      -- BLAKE3 of a local file, ETag of an S3 object
+    rows_loaded    INTEGER NOT NULL,   -- good rows of the file (some may have been there already)
+    rows_new       INTEGER NOT NULL,   -- rows the store did not hold before
+    rows_rejected  INTEGER NOT NULL,
+    reject_file    TEXT,
+    loaded_at      TEXT NOT NULL,      -- RFC 3339 UTC
+    UNIQUE (source_key, target)
+);
+CREATE INDEX IF NOT EXISTS sales_source ON sales (source);
+";
+
+/// What the ledger remembers of a loaded file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub size: u64,
+    pub change_token: String,
+}
+
+/// Counts of one load, written to the ledger when it commits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadCounts {
+    pub rows_loaded: u64,
+    pub rows_new: u64,
+    pub rows_rejected: u64,
+}
+
+/// `source` of the `sales` rows loaded from the file with ledger row `id`.
+pub fn sales_source(id: i64) -> String {
+    format!("{}:{id}", crate::actors::warehouse::sqlite::SOURCE_IMPORT)
+}
+
+/// The ledger row of `key` for `target`, if the file was loaded before.
+///
+/// # Errors
+/// The SQLite error.
+pub fn lookup(
+    tx: &Transaction<'_>,
+    key: &str,
+    target: Target,
+) -> rusqlite::Result<Option<LedgerEntry>> {
+    tx.query_row(
+        "SELECT id, size, change_token FROM import_ledger WHERE source_key = ?1 AND target = ?2",
+        params![key, target.as_str()],
+        |r| {
+            Ok(LedgerEntry {
+                id: r.get(0)?,
+                size: r.get::<_, i64>(1)? as u64,
+                change_token: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Writes the ledger row of a load (new or replacing the old one, keeping its id) and returns its
+/// id. Called before the rows are inserted, so they can carry [`sales_source`] of it, and again
+/// with the final counts; the enclosing transaction makes both visible at once.
+///
+/// # Errors
+/// The SQLite error.
+pub fn record(
+    tx: &Transaction<'_>,
+    file: &super::SourceFile,
+    target: Target,
+    counts: &LoadCounts,
+    reject_file: Option<&str>,
+) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "INSERT INTO import_ledger (source_key, target, size, change_token, rows_loaded, rows_new,
+             rows_rejected, reject_file, loaded_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (source_key, target) DO UPDATE SET
+             size = excluded.size, change_token = excluded.change_token,
+             rows_loaded = excluded.rows_loaded, rows_new = excluded.rows_new,
+             rows_rejected = excluded.rows_rejected, reject_file = excluded.reject_file,
+             loaded_at = excluded.loaded_at
+         RETURNING id",
+        params![
+            file.key,
+            target.as_str(),
+            file.size as i64,
+            file.change_token,
+            counts.rows_loaded as i64,
+            counts.rows_new as i64,
+            counts.rows_rejected as i64,
+            reject_file,
+            crate::sqlite::instant_text(chrono::Utc::now()),
+        ],
+        |r| r.get(0),
+    )
+}
+
+/// Removes the `sales` rows a file loaded before (`source = sales_source(id)`) and takes them out
+/// of the warehouse's rollups (`sales_daily`, `sales_products`, `sales_invoices`) in the same
+/// transaction, so the dashboard figures stay those of the fact table. Returns the rows removed.
+///
+/// # Errors
+/// The SQLite error.
+pub fn remove_sales(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<u64> {
+    let source = sales_source(id);
+    tx.execute(
+        "UPDATE sales_daily SET lines = lines - d.n, cancellation_lines = cancellation_lines - d.c,
+             revenue_micros = revenue_micros - d.r
+         FROM (SELECT substr(invoice_date, 1, 10) AS day, country, COUNT(*) AS n,
+                   SUM(is_cancellation) AS c, SUM(line_total_micros) AS r
+               FROM sales WHERE source = ?1 GROUP BY 1, 2) AS d
+         WHERE sales_daily.day = d.day AND sales_daily.country = d.country",
+        [&source],
+    )?;
+    tx.execute("DELETE FROM sales_daily WHERE lines = 0", [])?;
+    tx.execute(
+        "UPDATE sales_products SET quantity = quantity - p.q, lines = lines - p.n,
+             revenue_micros = revenue_micros - p.r
+         FROM (SELECT stock_code, SUM(quantity) AS q, COUNT(*) AS n, SUM(line_total_micros) AS r
+               FROM sales WHERE source = ?1 GROUP BY stock_code) AS p
+         WHERE sales_products.stock_code = p.stock_code",
+        [&source],
+    )?;
+    tx.execute("DELETE FROM sales_products WHERE lines = 0", [])?;
+    tx.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS reload_invoices (invoice_no TEXT PRIMARY KEY)",
+        [],
+    )?;
+    tx.execute("DELETE FROM reload_invoices", [])?;
+    tx.execute(
+        "INSERT OR IGNORE INTO reload_invoices SELECT invoice_no FROM sales WHERE source = ?1",
+        [&source],
+    )?;
+    let removed = tx.execute("DELETE FROM sales WHERE source = ?1", [&source])?;
+    tx.execute(
+        "DELETE FROM sales_invoices WHERE invoice_no IN (SELECT invoice_no FROM reload_invoices)
+             AND NOT EXISTS (SELECT 1 FROM sales WHERE sales.invoice_no = sales_invoices.invoice_no)",
+        [],
+    )?;
+    tx.execute("DELETE FROM reload_invoices", [])?;
+    Ok(removed as u64)
+}
