@@ -35,7 +35,12 @@ fn template_creates_what_the_aws_config_names() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|k| (k["AttributeName"].as_str().unwrap(), k["KeyType"].as_str().unwrap()))
+        .map(|k| {
+            (
+                k["AttributeName"].as_str().unwrap(),
+                k["KeyType"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(keys, [("InvoiceNo", "HASH"), ("LineId", "RANGE")]);
     let index = &invoices["GlobalSecondaryIndexes"][0];
@@ -75,9 +80,15 @@ fn the_task_runs_the_aws_config_and_has_time_to_shut_down() {
         .1;
     let dockerfile = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
     assert!(
-        dockerfile.contains(&format!("COPY config/aws.toml {}", config.as_str().unwrap())),
+        dockerfile.contains(&format!(
+            "COPY config/aws.toml {}",
+            config.as_str().unwrap()
+        )),
         "the image holds the config the task names"
     );
     assert!(env.iter().any(|(k, _)| *k == "SHOPSTREAM__AWS__BUCKET"));
-    assert_eq!(container["PortMappings"][0]["ContainerPort"], settings.server.port);
+    assert_eq!(
+        container["PortMappings"][0]["ContainerPort"],
+        settings.server.port
+    );
 }

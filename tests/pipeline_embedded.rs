@@ -294,3 +294,44 @@ fn sigterm_flushes_every_sink_and_exits_zero_within_the_deadline() {
     server.wait_caught_up(Duration::from_secs(30));
     assert_every_sink_has(&server, &expected_from_csv(&file));
 }
+
+#[test]
+fn serve_watches_a_folder_and_loads_each_bulk_file_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let drop_box = tmp.path().join("drop");
+    std::fs::create_dir_all(&drop_box).unwrap();
+    let config = format!(
+        "[import]\nwatch = [{:?}]\ninterval = \"1s\"\n",
+        drop_box.display().to_string()
+    );
+    let server = Server::start(&tmp.path().join("data"), 0, &config);
+    let file = drop_box.join("export.csv");
+    std::fs::copy(fixture("online-retail-sample-873-iso.csv"), &file).unwrap();
+    let expected = expected_from_csv(&file);
+    let summary = || -> serde_json::Value {
+        client()
+            .get(server.url("/v1/sales/summary"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while summary()["lines"] != expected.rows {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher did not load the file: {}\n{}",
+            summary(),
+            tail(&server.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Later rounds find the file in the ledger and load nothing again.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let s = summary();
+    assert_eq!(s["lines"], expected.rows);
+    assert_eq!(
+        s["revenue"].as_str().unwrap().parse::<Decimal>().unwrap(),
+        expected.revenue
+    );
+}

@@ -13,22 +13,11 @@ use super::source::{is_bulk_name, Source, SourceFile};
 use super::ImportError;
 use crate::config::AwsConfig;
 
-/// An S3 client from the `[aws]` settings: `region` and `endpoint_url` when set (an endpoint
-/// override also selects path-style addressing, which local S3-compatible servers need),
-/// credentials from the default provider chain (environment, profile, ECS task role).
+/// An S3 client from the `[aws]` settings, set up as every AWS backend's is
+/// ([`AwsClients`](crate::aws::AwsClients): region, endpoint override with path-style addressing,
+/// credentials from the default provider chain).
 pub async fn s3_client(aws: &AwsConfig) -> Client {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-    if !aws.region.is_empty() {
-        loader = loader.region(aws_config::Region::new(aws.region.clone()));
-    }
-    if !aws.endpoint_url.is_empty() {
-        loader = loader.endpoint_url(&aws.endpoint_url);
-    }
-    let shared = loader.load().await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(!aws.endpoint_url.is_empty())
-        .build();
-    Client::from_conf(config)
+    crate::aws::AwsClients::from_config(aws).await.s3
 }
 
 /// The objects under `s3://bucket/prefix` whose names end in `.csv` or `.csv.gz`. Blocking like

@@ -52,6 +52,8 @@ pub struct Running {
     pub pipeline: Arc<Pipeline>,
     pub state: Arc<AppState>,
     pub addrs: Vec<std::net::SocketAddr>,
+    /// Stops the bulk-import watcher (`import.watch`), if it runs.
+    import_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Running {
@@ -87,6 +89,7 @@ impl Running {
         })?;
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
+        let import_stop = start_import_watcher(settings).await?;
         for addr in &addrs {
             tracing::info!(%addr, data_dir = %settings.data_dir.display(), "shopstream is listening.");
             println!("shopstream listening on http://{addr}");
@@ -98,6 +101,7 @@ impl Running {
             pipeline,
             state,
             addrs,
+            import_stop,
         })
     }
 
@@ -106,6 +110,7 @@ impl Running {
     pub async fn stop(self, settings: &Settings) {
         let started = Instant::now();
         let deadline = settings.server.shutdown_deadline;
+        self.import_stop.send_replace(true);
         self.server.stop(true).await;
         let _ = self.server_task.await;
         let left = deadline.saturating_sub(started.elapsed());
@@ -121,6 +126,31 @@ impl Running {
             );
         }
     }
+}
+
+/// Starts the crawler of `import.watch` (bulk files loaded into the warehouse on an interval,
+/// the ledger preventing double loads) when any source is configured; returns its stop switch.
+async fn start_import_watcher(
+    settings: &Settings,
+) -> anyhow::Result<tokio::sync::watch::Sender<bool>> {
+    use crate::batch::s3::s3_client;
+    use crate::batch::{watch, ImportOptions, Importer};
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    if settings.import.watch.is_empty() {
+        return Ok(stop);
+    }
+    let mut importer = Importer::open(settings, ImportOptions::from_settings(settings))
+        .context("cannot start the import watcher (import.watch)")?;
+    if settings.import.watch.iter().any(|s| s.starts_with("s3://")) {
+        importer = importer.with_s3(s3_client(&settings.aws).await);
+    }
+    let sources = settings.import.watch.clone();
+    let interval = settings.import.interval;
+    tracing::info!(?sources, ?interval, "Watching for bulk files to import.");
+    actix_web::rt::spawn(watch(Arc::new(importer), sources, interval, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Ok(stop)
 }
 
 /// Waits for SIGTERM (ECS stopping the task) or SIGINT (Ctrl-C) and names it.
