@@ -42,6 +42,9 @@ impl Default for SqliteOptions {
 /// Statements each connection keeps prepared; the stores use a handful each.
 const STATEMENT_CACHE: usize = 32;
 
+/// Page cache of a reader connection, in KiB (negative: KiB for SQLite).
+const READER_CACHE_KIB: i64 = -4_096;
+
 /// Why a SQLite file could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -100,8 +103,10 @@ pub fn open_connection(path: &Path, busy_timeout: Duration) -> Result<Connection
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
-        // 32 MiB of page cache per connection: the indexes of a few million lines stay in memory.
-        conn.pragma_update(None, "cache_size", -32_000)?;
+        // 16 MiB of page cache for the writer (readers shrink theirs): the hot part of the
+        // indexes stays in memory, the rest comes from the OS page cache, which is not ours to
+        // count against the process.
+        conn.pragma_update(None, "cache_size", -16_000)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
@@ -174,6 +179,9 @@ impl Database {
                 // A reader never writes; this makes a mistake fail loudly instead of contending
                 // with the writer.
                 conn.pragma_update(None, "query_only", true)
+                    // Readers answer look-ups of a few pages; the writer's cache is the one
+                    // that keeps index inserts fast. Small reader caches keep memory bounded.
+                    .and_then(|()| conn.pragma_update(None, "cache_size", READER_CACHE_KIB))
                     .map_err(|source| OpenError::Sqlite {
                         path: path.to_owned(),
                         source,

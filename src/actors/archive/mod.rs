@@ -100,10 +100,9 @@ impl SinkWriter for Archiver {
             unit.first,
             unit.last,
         );
-        let lines = unit.lines.to_vec();
-        let body = tokio::task::spawn_blocking(move || encode_ndjson_gz(&lines))
-            .await
-            .map_err(|e| SinkFailure::retriable(format!("compression task failed: {e}")))?
+        // Compressed right here: the archive's actors have an arbiter (thread) of their own, so
+        // this holds up no other sink, and the lines need not be copied to another thread.
+        let body = encode_ndjson_gz(unit.lines)
             .map_err(|e| SinkFailure::permanent(format!("cannot encode the lines: {e}")))?;
         self.store
             .put(&key, Bytes::from(body))

@@ -39,12 +39,18 @@ impl ReadPool {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(conn) => conn,
-            None => connect(&self.path).map_err(|e| {
-                StreamError::Backend(format!(
-                    "cannot open the stream file {}: {e}",
-                    self.path.display()
-                ))
-            })?,
+            // Readers scan the newest records, which the writer just wrote: a small cache does.
+            None => connect(&self.path)
+                .and_then(|c| {
+                    c.pragma_update(None, "cache_size", -4_096)?;
+                    Ok(c)
+                })
+                .map_err(|e| {
+                    StreamError::Backend(format!(
+                        "cannot open the stream file {}: {e}",
+                        self.path.display()
+                    ))
+                })?,
         };
         let result = f(&conn).map_err(|e| {
             StreamError::Backend(format!(

@@ -24,8 +24,9 @@ const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 /// size on disk forever.
 const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-/// Page cache per connection, in KiB (negative values are KiB for SQLite).
-const CACHE_SIZE_KIB: i64 = -32_768;
+/// Page cache per connection, in KiB (negative values are KiB for SQLite). Appends go to the end
+/// of each shard's table and reads scan what was just written, so a small cache does.
+const CACHE_SIZE_KIB: i64 = -4_096;
 
 pub(super) fn records_table(shard: u32) -> String {
     format!("records_{shard:04}")
