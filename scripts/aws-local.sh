@@ -19,6 +19,8 @@ PID_FILE="$STATE_DIR/moto.pid"
 
 install() {
     python3 -m pip install --quiet "moto[server]==${MOTO_VERSION}"
+    # Under pyenv, a new console script is reachable only once its shim exists.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
     command -v moto_server >/dev/null || {
         echo "moto_server is not on PATH after installing; add pip's script folder to PATH" >&2
         exit 1
