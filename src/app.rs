@@ -22,6 +22,8 @@ use crate::stream::{CheckpointStore, Stream};
 /// The backend of every stage.
 #[derive(Clone)]
 pub struct Backends {
+    /// This instance's name: the lease owner on Kinesis (ECS task id or host and pid).
+    pub instance: String,
     pub stream: Arc<dyn Stream>,
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Kinesis: which shards this instance reads (several instances share one stream).
@@ -88,6 +90,7 @@ impl Backends {
             })?;
         }
 
+        let instance = instance_name();
         let (stream, checkpoints, leases): (
             Arc<dyn Stream>,
             Arc<dyn CheckpointStore>,
@@ -107,7 +110,7 @@ impl Backends {
                 (Arc::new(stream), Arc::new(checkpoints), None)
             }
             Backend::Aws => {
-                let leases = LeaseCoordinator::from_config(aws(), &settings.aws, instance_name());
+                let leases = LeaseCoordinator::from_config(aws(), &settings.aws, instance.clone());
                 (
                     Arc::new(KinesisStream::from_config(aws(), &settings.aws)),
                     Arc::new(leases.checkpoints()),
@@ -150,6 +153,7 @@ impl Backends {
             Backend::Aws => Arc::new(FirehoseWarehouse::from_config(aws(), &settings.aws)),
         };
         Ok(Backends {
+            instance,
             stream,
             checkpoints,
             leases: leases.map(Arc::new),

@@ -90,6 +90,7 @@ impl Pipeline {
             if let Some(addr) = actors.remove(&key) {
                 tracing::info!(sink = %key.0, shard = %key.1, "The shard's lease is gone; stopping its actor.");
                 addr.do_send(Shutdown);
+                self.parts.progress.forget(key.0, &key.1);
             }
         }
         for sink in &self.parts.sinks {

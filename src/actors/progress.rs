@@ -51,6 +51,23 @@ impl Progress {
         sinks.entry((sink, shard.clone())).or_default();
     }
 
+    /// Drops `sink` on `shard` from the picture and its gauges: another instance reads the shard
+    /// now (its lease moved), so its backlog is no longer this instance's.
+    pub fn forget(&self, sink: SinkKind, shard: &ShardId) {
+        self.sinks
+            .lock()
+            .expect("progress lock")
+            .remove(&(sink, shard.clone()));
+        let labels = [sink.as_str(), shard.0.as_str()];
+        for gauge in [
+            &crate::metrics::SINK_BACKLOG_RECORDS,
+            &crate::metrics::SINK_CHECKPOINT_AGE,
+            &crate::metrics::STREAM_MILLIS_BEHIND_LATEST,
+        ] {
+            let _ = gauge.remove_label_values(&labels);
+        }
+    }
+
     /// The stream holds records of `shard` up to `seq` (from an append or a read).
     pub fn record_latest(&self, shard: &ShardId, seq: &SequenceNumber) {
         let mut latest = self.latest.lock().expect("progress lock");

@@ -68,6 +68,7 @@ impl Running {
         let sinks = backends.sinks(settings);
         let pipeline = start_pipeline(settings, &backends, sinks.clone(), progress.clone()).await?;
         let state = Arc::new(AppState {
+            instance: backends.instance.clone(),
             stream: backends.stream.clone(),
             operational: backends.operational.clone(),
             warehouse: backends.warehouse.clone(),

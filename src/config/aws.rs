@@ -18,6 +18,12 @@ pub struct AwsConfig {
     /// When set, S3 is addressed path-style and request checksums are sent only when required,
     /// which is what the local servers understand.
     pub endpoint_url: String,
+    /// Per-service endpoint overrides; empty means `endpoint_url` (for example Kinesis on
+    /// kinesalite while the other services are on moto_server).
+    pub kinesis_endpoint_url: String,
+    pub s3_endpoint_url: String,
+    pub dynamodb_endpoint_url: String,
+    pub firehose_endpoint_url: String,
     /// Kinesis data stream name.
     pub stream_name: String,
     /// Shards `shopstream aws init` gives a stream it creates (an existing stream is left alone).
@@ -56,7 +62,32 @@ pub struct AwsConfig {
     pub partial_retry_max_backoff: Duration,
 }
 
+/// The AWS services shopstream calls, for per-service settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwsService {
+    Kinesis,
+    S3,
+    DynamoDb,
+    Firehose,
+}
+
 impl AwsConfig {
+    /// The endpoint override of `service`: its own key when set, else `endpoint_url`; empty
+    /// means the service's AWS endpoint for the region.
+    pub fn endpoint(&self, service: AwsService) -> &str {
+        let own = match service {
+            AwsService::Kinesis => &self.kinesis_endpoint_url,
+            AwsService::S3 => &self.s3_endpoint_url,
+            AwsService::DynamoDb => &self.dynamodb_endpoint_url,
+            AwsService::Firehose => &self.firehose_endpoint_url,
+        };
+        if own.is_empty() {
+            &self.endpoint_url
+        } else {
+            own
+        }
+    }
+
     pub fn validate(&self, all: &Settings) -> Result<(), ConfigError> {
         let uses_aws = all.stream.backend == Backend::Aws
             || all.archive.backend == Backend::Aws
@@ -104,6 +135,31 @@ impl AwsConfig {
         }
         if self.lease_duration < Duration::from_millis(100) {
             return Err(bad("aws.lease_duration", "must be at least 100ms"));
+        }
+        // Leases are renewed once per shard refresh: a lease shorter than two refreshes would be
+        // taken from a live instance between its renewals.
+        if all.stream.backend == Backend::Aws && self.lease_duration < 2 * all.sinks.shard_refresh {
+            return Err(bad(
+                "aws.lease_duration",
+                &format!(
+                    "must be at least twice sinks.shard_refresh ({:?}), which is how often leases are renewed",
+                    all.sinks.shard_refresh
+                ),
+            ));
+        }
+        for (key, url) in [
+            ("aws.endpoint_url", &self.endpoint_url),
+            ("aws.kinesis_endpoint_url", &self.kinesis_endpoint_url),
+            ("aws.s3_endpoint_url", &self.s3_endpoint_url),
+            ("aws.dynamodb_endpoint_url", &self.dynamodb_endpoint_url),
+            ("aws.firehose_endpoint_url", &self.firehose_endpoint_url),
+        ] {
+            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(
+                    key,
+                    "must be a URL starting with http:// or https:// (or empty for AWS itself)",
+                ));
+            }
         }
         if self.partial_retry_max_attempts == 0 {
             return Err(bad("aws.partial_retry_max_attempts", "must be at least 1"));

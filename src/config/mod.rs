@@ -8,7 +8,7 @@ mod import;
 mod pipeline;
 mod server;
 
-pub use aws::AwsConfig;
+pub use aws::{AwsConfig, AwsService};
 pub use import::ImportConfig;
 pub use pipeline::{
     ArchiveConfig, Backend, DeadLetterConfig, OperationalConfig, RetryConfig, SinksConfig,
@@ -172,5 +172,47 @@ mod tests {
             assert_eq!(s.server.port, 9191);
             Ok(())
         });
+    }
+
+    fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{text}").unwrap();
+        Settings::load_with_env(Some(f.path()), no_env())
+    }
+
+    #[test]
+    fn each_aws_service_takes_its_own_endpoint_or_the_shared_one() {
+        let s = load_toml(
+            "[aws]\nendpoint_url = \"http://127.0.0.1:5000\"\nkinesis_endpoint_url = \"http://127.0.0.1:4567\"",
+        )
+        .unwrap();
+        assert_eq!(s.aws.endpoint(AwsService::Kinesis), "http://127.0.0.1:4567");
+        assert_eq!(
+            s.aws.endpoint(AwsService::DynamoDb),
+            "http://127.0.0.1:5000"
+        );
+        assert_eq!(s.aws.endpoint(AwsService::S3), "http://127.0.0.1:5000");
+        let err = load_toml("[aws]\ns3_endpoint_url = \"127.0.0.1:5000\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("aws.s3_endpoint_url") && err.contains("http://"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lease_shorter_than_two_renewals_is_refused() {
+        let err = load_toml(
+            "[stream]\nbackend = \"aws\"\n[sinks]\nshard_refresh = \"5s\"\n[aws]\nlease_duration = \"8s\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("aws.lease_duration") && err.contains("shard_refresh"),
+            "{err}"
+        );
+        load_toml("[stream]\nbackend = \"aws\"\n[sinks]\nshard_refresh = \"5s\"\n[aws]\nlease_duration = \"10s\"")
+            .unwrap();
     }
 }

@@ -51,6 +51,8 @@ impl Limits {
 
 /// What every handler shares.
 pub struct AppState {
+    /// This instance's name (its lease owner name on Kinesis), shown by `/v1/status`.
+    pub instance: String,
     pub stream: Arc<dyn Stream>,
     pub operational: Arc<dyn OperationalStore>,
     pub warehouse: Arc<dyn Warehouse>,

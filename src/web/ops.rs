@@ -76,6 +76,7 @@ async fn status(state: web::Data<AppState>) -> HttpResponse {
     let shards = state.progress.snapshot();
     let caught_up = shards.iter().all(|s| s.backlog_records == 0);
     HttpResponse::Ok().json(serde_json::json!({
+        "instance": state.instance,
         "caught_up": caught_up,
         "max_backlog_records": shards.iter().map(|s| s.backlog_records).max().unwrap_or(0),
         "high_water_records": state.limits.backlog_high_water_records,
