@@ -1,4 +1,5 @@
-//! Jittered exponential backoff, shared by every sink actor and the stream readers.
+//! Jittered exponential backoff: the one retry delay of shopstream, used by the sink actors and,
+//! through [`EntryRetry`](crate::aws::EntryRetry), by the per-entry retries of the AWS batch calls.
 
 use rand::Rng;
 use std::time::Duration;
@@ -18,9 +19,14 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(config: &RetryConfig) -> Self {
+        Self::with_bounds(config.initial_backoff, config.max_backoff)
+    }
+
+    /// A backoff whose first delay is at most `initial`, doubling per attempt up to `max`.
+    pub fn with_bounds(initial: Duration, max: Duration) -> Self {
         Backoff {
-            initial: config.initial_backoff,
-            max: config.max_backoff,
+            initial,
+            max,
             attempt: 0,
         }
     }

@@ -15,4 +15,4 @@ mod retry;
 
 pub use clients::AwsClients;
 pub use errors::{call_failure, describe, error_code, is_retriable_code, is_transient};
-pub use retry::{retry_entries, Backoff, EntryOutcome, PartialFailure};
+pub use retry::{retry_entries, EntryOutcome, EntryRetry, PartialFailure};

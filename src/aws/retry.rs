@@ -5,44 +5,26 @@
 //! that did land (Kinesis, Firehose) or waste capacity; so only the failed entries are resent,
 //! after a jittered exponential backoff, until every entry is in or one is definitively not.
 
-use rand::Rng;
+use crate::actors::retry::Backoff;
 use std::future::Future;
-use std::time::Duration;
 
-/// Jittered exponential backoff ("full jitter": a random delay between zero and the exponential
-/// cap), which spreads the retries of many writers instead of synchronising them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    /// Attempts per entry, the first one included.
+/// How the failed entries of a batch call are resent: after the shared jittered backoff of the
+/// sink actors ([`Backoff`]), at most `max_attempts` times per entry (the first send included).
+#[derive(Debug, Clone)]
+pub struct EntryRetry {
+    pub backoff: Backoff,
     pub max_attempts: u32,
 }
 
-impl Backoff {
+impl EntryRetry {
     pub fn from_config(cfg: &crate::config::AwsConfig) -> Self {
-        Backoff {
-            initial: cfg.partial_retry_initial_backoff,
-            max: cfg.partial_retry_max_backoff,
+        EntryRetry {
+            backoff: Backoff::with_bounds(
+                cfg.partial_retry_initial_backoff,
+                cfg.partial_retry_max_backoff,
+            ),
             max_attempts: cfg.partial_retry_max_attempts,
         }
-    }
-
-    /// The upper bound of the delay before attempt `attempt + 1` (`attempt` counts from 1).
-    pub fn cap(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-
-    /// A random delay in `[0, cap(attempt)]`.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let cap = self.cap(attempt);
-        if cap.is_zero() {
-            return cap;
-        }
-        rand::thread_rng().gen_range(Duration::ZERO..=cap)
     }
 }
 
@@ -81,11 +63,11 @@ pub enum PartialFailure<E> {
 ///
 /// # Errors
 /// [`PartialFailure::Rejected`] when an entry is refused for good, [`PartialFailure::Exhausted`]
-/// when one still fails after `backoff.max_attempts`, [`PartialFailure::Call`] when a call fails
+/// when one still fails after `retry.max_attempts`, [`PartialFailure::Call`] when a call fails
 /// as a whole (the caller decides; the SDK has already retried transient call failures).
 pub async fn retry_entries<T, R, E, F, Fut>(
     entries: Vec<T>,
-    backoff: Backoff,
+    retry: EntryRetry,
     mut send: F,
 ) -> Result<Vec<R>, PartialFailure<E>>
 where
@@ -96,6 +78,7 @@ where
     let mut results: Vec<Option<R>> = (0..entries.len()).map(|_| None).collect();
     let mut pending: Vec<(usize, T)> = entries.into_iter().enumerate().collect();
     let mut attempt = 0;
+    let mut backoff = retry.backoff;
     while !pending.is_empty() {
         attempt += 1;
         let outcomes = send(pending.iter().map(|(_, t)| t.clone()).collect())
@@ -118,7 +101,7 @@ where
         }
         pending = still;
         if let Some((index, _)) = pending.first() {
-            if attempt >= backoff.max_attempts {
+            if attempt >= retry.max_attempts {
                 return Err(PartialFailure::Exhausted {
                     index: *index,
                     attempts: attempt,
@@ -131,7 +114,7 @@ where
                 reason = %last_reason,
                 "a batch call left entries unwritten; resending them"
             );
-            tokio::time::sleep(backoff.delay(attempt)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
     Ok(results.into_iter().flatten().collect())
@@ -140,23 +123,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn quick(max_attempts: u32) -> Backoff {
-        Backoff {
-            initial: Duration::from_millis(1),
-            max: Duration::from_millis(4),
+    fn quick(max_attempts: u32) -> EntryRetry {
+        EntryRetry {
+            backoff: Backoff::with_bounds(Duration::from_millis(1), Duration::from_millis(4)),
             max_attempts,
         }
-    }
-
-    #[test]
-    fn cap_doubles_up_to_max() {
-        let b = quick(5);
-        assert_eq!(b.cap(1), Duration::from_millis(1));
-        assert_eq!(b.cap(2), Duration::from_millis(2));
-        assert_eq!(b.cap(3), Duration::from_millis(4));
-        assert_eq!(b.cap(40), Duration::from_millis(4));
-        assert!(b.delay(3) <= Duration::from_millis(4));
     }
 
     #[tokio::test]

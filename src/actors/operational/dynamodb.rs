@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use super::{Invoice, InvoiceSummary, OperationalStore, StoreError};
 use crate::aws::{
-    call_failure, error_code, retry_entries, AwsClients, Backoff, EntryOutcome, PartialFailure,
+    call_failure, error_code, retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure,
 };
 use crate::config::AwsConfig;
 use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
@@ -36,7 +36,7 @@ pub struct DynamoOperationalStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
     customers_index: String,
-    backoff: Backoff,
+    retry: EntryRetry,
 }
 
 impl DynamoOperationalStore {
@@ -44,13 +44,13 @@ impl DynamoOperationalStore {
         client: aws_sdk_dynamodb::Client,
         table: impl Into<String>,
         customers_index: impl Into<String>,
-        backoff: Backoff,
+        retry: EntryRetry,
     ) -> Self {
         DynamoOperationalStore {
             client,
             table: table.into(),
             customers_index: customers_index.into(),
-            backoff,
+            retry,
         }
     }
 
@@ -59,7 +59,7 @@ impl DynamoOperationalStore {
             clients.dynamodb.clone(),
             cfg.invoices_table.clone(),
             cfg.customers_index.clone(),
-            Backoff::from_config(cfg),
+            EntryRetry::from_config(cfg),
         )
     }
 
@@ -78,7 +78,7 @@ impl DynamoOperationalStore {
         let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
         let result = retry_entries(
             batch,
-            self.backoff,
+            self.retry.clone(),
             |pending: Vec<(String, Item)>| async move {
                 let requests = pending
                     .iter()

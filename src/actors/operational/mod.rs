@@ -50,10 +50,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the same call may succeed later (the backend is busy, throttled or out of
-    /// space); false when the data or the setup must change first. Retry loops ask this alone.
+    /// The one retry rule of this backend's errors (the sink actor asks it through
+    /// `From<StoreError> for SinkFailure`): only a line the backend refuses for good (`Rejected`) is
+    /// not retried. `Unavailable` is busy or throttled; `Backend` may be a broken connection or
+    /// a wrong setting that an operator fixes. The actor bounds those retries: after
+    /// `sinks.retry.max_attempts` it writes the unit line by line and dead-letters a line that
+    /// still fails while the backend's health check passes.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        !matches!(self, StoreError::Rejected { .. })
     }
 }
 
@@ -83,13 +87,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unavailable_is_retriable() {
+    fn only_rejected_lines_are_not_retried() {
         assert!(StoreError::Unavailable("database is locked".into()).is_retriable());
         let rejected = StoreError::Rejected {
             line_id: "0".repeat(32),
             reason: "price has 7 decimals".into(),
         };
         assert!(!rejected.is_retriable());
-        assert!(!StoreError::Backend("malformed file".into()).is_retriable());
+        assert!(StoreError::Backend("connection reset".into()).is_retriable());
     }
 }

@@ -19,11 +19,10 @@ impl OperationalWriter {
 
 impl From<StoreError> for SinkFailure {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Rejected { .. } => SinkFailure::permanent(e.to_string()),
-            StoreError::Unavailable(_) | StoreError::Backend(_) => {
-                SinkFailure::retriable(e.to_string())
-            }
+        if e.is_retriable() {
+            SinkFailure::retriable(e.to_string())
+        } else {
+            SinkFailure::permanent(e.to_string())
         }
     }
 }

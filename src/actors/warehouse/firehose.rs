@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use super::{SalesSummary, Warehouse, WarehouseError};
 use crate::aws::{
-    call_failure, error_code, is_retriable_code, retry_entries, AwsClients, Backoff, EntryOutcome,
-    PartialFailure,
+    call_failure, error_code, is_retriable_code, retry_entries, AwsClients, EntryOutcome,
+    EntryRetry, PartialFailure,
 };
 use crate::config::AwsConfig;
 use crate::model::{money_to_micros, IngestedLine};
@@ -134,19 +134,19 @@ pub fn pack(lines: &[IngestedLine]) -> Result<Vec<Vec<Vec<u8>>>, WarehouseError>
 pub struct FirehoseWarehouse {
     client: aws_sdk_firehose::Client,
     delivery_stream: String,
-    backoff: Backoff,
+    retry: EntryRetry,
 }
 
 impl FirehoseWarehouse {
     pub fn new(
         client: aws_sdk_firehose::Client,
         delivery_stream: impl Into<String>,
-        backoff: Backoff,
+        retry: EntryRetry,
     ) -> Self {
         FirehoseWarehouse {
             client,
             delivery_stream: delivery_stream.into(),
-            backoff,
+            retry,
         }
     }
 
@@ -154,7 +154,7 @@ impl FirehoseWarehouse {
         Self::new(
             clients.firehose.clone(),
             cfg.delivery_stream.clone(),
-            Backoff::from_config(cfg),
+            EntryRetry::from_config(cfg),
         )
     }
 
@@ -173,36 +173,41 @@ impl FirehoseWarehouse {
     }
 
     async fn put_batch(&self, batch: Vec<Vec<u8>>) -> Result<(), WarehouseError> {
-        let result = retry_entries(batch, self.backoff, |pending: Vec<Vec<u8>>| async move {
-            let records = pending
-                .into_iter()
-                .map(|data| Record::builder().data(Blob::new(data)).build())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| WarehouseError::Backend(format!("building a record: {e}")))?;
-            let out = self
-                .client
-                .put_record_batch()
-                .delivery_stream_name(&self.delivery_stream)
-                .set_records(Some(records))
-                .send()
-                .await
-                .map_err(|e| self.call_error("PutRecordBatch", e))?;
-            Ok(out
-                .request_responses()
-                .iter()
-                .map(|r| match r.error_code() {
-                    None => EntryOutcome::Done(()),
-                    Some(code) => {
-                        let reason = format!("{code}: {}", r.error_message().unwrap_or_default());
-                        if is_retriable_code(code) || code.starts_with("ServiceUnavailable") {
-                            EntryOutcome::Retry(reason)
-                        } else {
-                            EntryOutcome::Reject(reason)
+        let result = retry_entries(
+            batch,
+            self.retry.clone(),
+            |pending: Vec<Vec<u8>>| async move {
+                let records = pending
+                    .into_iter()
+                    .map(|data| Record::builder().data(Blob::new(data)).build())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| WarehouseError::Backend(format!("building a record: {e}")))?;
+                let out = self
+                    .client
+                    .put_record_batch()
+                    .delivery_stream_name(&self.delivery_stream)
+                    .set_records(Some(records))
+                    .send()
+                    .await
+                    .map_err(|e| self.call_error("PutRecordBatch", e))?;
+                Ok(out
+                    .request_responses()
+                    .iter()
+                    .map(|r| match r.error_code() {
+                        None => EntryOutcome::Done(()),
+                        Some(code) => {
+                            let reason =
+                                format!("{code}: {}", r.error_message().unwrap_or_default());
+                            if is_retriable_code(code) || code.starts_with("ServiceUnavailable") {
+                                EntryOutcome::Retry(reason)
+                            } else {
+                                EntryOutcome::Reject(reason)
+                            }
                         }
-                    }
-                })
-                .collect())
-        })
+                    })
+                    .collect())
+            },
+        )
         .await;
         match result {
             Ok(_) => Ok(()),

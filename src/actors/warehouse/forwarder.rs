@@ -19,11 +19,10 @@ impl WarehouseForwarder {
 
 impl From<WarehouseError> for SinkFailure {
     fn from(e: WarehouseError) -> Self {
-        match e {
-            WarehouseError::Rejected { .. } => SinkFailure::permanent(e.to_string()),
-            WarehouseError::Unavailable(_) | WarehouseError::Backend(_) => {
-                SinkFailure::retriable(e.to_string())
-            }
+        if e.is_retriable() {
+            SinkFailure::retriable(e.to_string())
+        } else {
+            SinkFailure::permanent(e.to_string())
         }
     }
 }

@@ -76,10 +76,14 @@ pub struct ProductRevenue {
 }
 
 impl WarehouseError {
-    /// True when the same call may succeed later (the backend is busy, throttled or out of
-    /// space); false when the data or the setup must change first. Retry loops ask this alone.
+    /// The one retry rule of this backend's errors (the sink actor asks it through
+    /// `From<WarehouseError> for SinkFailure`): only a line the backend refuses for good (`Rejected`) is
+    /// not retried. `Unavailable` is busy or throttled; `Backend` may be a broken connection or
+    /// a wrong setting that an operator fixes. The actor bounds those retries: after
+    /// `sinks.retry.max_attempts` it writes the unit line by line and dead-letters a line that
+    /// still fails while the backend's health check passes.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, WarehouseError::Unavailable(_))
+        !matches!(self, WarehouseError::Rejected { .. })
     }
 }
 
@@ -99,13 +103,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_unavailable_is_retriable() {
+    fn only_rejected_lines_are_not_retried() {
         assert!(WarehouseError::Unavailable("database is locked".into()).is_retriable());
         let rejected = WarehouseError::Rejected {
             line_id: "0".repeat(32),
             reason: "price has 7 decimals".into(),
         };
         assert!(!rejected.is_retriable());
-        assert!(!WarehouseError::Backend("malformed file".into()).is_retriable());
+        assert!(WarehouseError::Backend("connection reset".into()).is_retriable());
     }
 }

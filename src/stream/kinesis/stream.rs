@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::aws::{
-    describe, error_code, is_retriable_code, retry_entries, AwsClients, Backoff, EntryOutcome,
+    describe, error_code, is_retriable_code, retry_entries, AwsClients, EntryOutcome, EntryRetry,
     PartialFailure,
 };
 use crate::config::AwsConfig;
@@ -47,7 +47,7 @@ struct CachedIterator {
 pub struct KinesisStream {
     client: aws_sdk_kinesis::Client,
     stream_name: String,
-    backoff: Backoff,
+    retry: EntryRetry,
     iterators: Mutex<HashMap<ShardId, CachedIterator>>,
     /// Earliest time of the next GetRecords call per shard: the per-shard rate limiter.
     next_read: Mutex<HashMap<ShardId, Instant>>,
@@ -57,12 +57,12 @@ impl KinesisStream {
     pub fn new(
         client: aws_sdk_kinesis::Client,
         stream_name: impl Into<String>,
-        backoff: Backoff,
+        retry: EntryRetry,
     ) -> Self {
         KinesisStream {
             client,
             stream_name: stream_name.into(),
-            backoff,
+            retry,
             iterators: Mutex::new(HashMap::new()),
             next_read: Mutex::new(HashMap::new()),
         }
@@ -72,7 +72,7 @@ impl KinesisStream {
         Self::new(
             clients.kinesis.clone(),
             cfg.stream_name.clone(),
-            Backoff::from_config(cfg),
+            EntryRetry::from_config(cfg),
         )
     }
 
@@ -138,49 +138,53 @@ impl KinesisStream {
 
     /// One PutRecords of at most 500 records and 5 MiB, resending failed entries.
     async fn put_batch(&self, batch: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
-        let result = retry_entries(batch, self.backoff, |pending: Vec<PutRecord>| async move {
-            let entries = pending
-                .into_iter()
-                .map(|r| {
-                    PutRecordsRequestEntry::builder()
-                        .partition_key(r.partition_key)
-                        .data(Blob::new(r.data.to_vec()))
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| StreamError::Backend(format!("building a record: {e}")))?;
-            let out = self
-                .client
-                .put_records()
-                .stream_name(&self.stream_name)
-                .set_records(Some(entries))
-                .send()
-                .await
-                .map_err(|e| self.call_error("PutRecords", e))?;
-            out.records()
-                .iter()
-                .map(
-                    |r| match (r.error_code(), r.shard_id(), r.sequence_number()) {
-                        (None, Some(shard), Some(seq)) => Ok(EntryOutcome::Done(PutResult {
-                            shard_id: ShardId(shard.to_owned()),
-                            sequence_number: parse_sequence_number(seq)?,
-                        })),
-                        (Some(code), _, _) => {
-                            let reason =
-                                format!("{code}: {}", r.error_message().unwrap_or_default());
-                            Ok(if is_retriable_code(code) {
-                                EntryOutcome::Retry(reason)
-                            } else {
-                                EntryOutcome::Reject(reason)
-                            })
-                        }
-                        _ => Ok(EntryOutcome::Reject(
-                            "no error and no sequence number".into(),
-                        )),
-                    },
-                )
-                .collect()
-        })
+        let result = retry_entries(
+            batch,
+            self.retry.clone(),
+            |pending: Vec<PutRecord>| async move {
+                let entries = pending
+                    .into_iter()
+                    .map(|r| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key(r.partition_key)
+                            .data(Blob::new(r.data.to_vec()))
+                            .build()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StreamError::Backend(format!("building a record: {e}")))?;
+                let out = self
+                    .client
+                    .put_records()
+                    .stream_name(&self.stream_name)
+                    .set_records(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| self.call_error("PutRecords", e))?;
+                out.records()
+                    .iter()
+                    .map(
+                        |r| match (r.error_code(), r.shard_id(), r.sequence_number()) {
+                            (None, Some(shard), Some(seq)) => Ok(EntryOutcome::Done(PutResult {
+                                shard_id: ShardId(shard.to_owned()),
+                                sequence_number: parse_sequence_number(seq)?,
+                            })),
+                            (Some(code), _, _) => {
+                                let reason =
+                                    format!("{code}: {}", r.error_message().unwrap_or_default());
+                                Ok(if is_retriable_code(code) {
+                                    EntryOutcome::Retry(reason)
+                                } else {
+                                    EntryOutcome::Reject(reason)
+                                })
+                            }
+                            _ => Ok(EntryOutcome::Reject(
+                                "no error and no sequence number".into(),
+                            )),
+                        },
+                    )
+                    .collect()
+            },
+        )
         .await;
         result.map_err(|e| match e {
             PartialFailure::Call(e) => e,
