@@ -1,0 +1,874 @@
+#!/usr/bin/env python3
+"""A counting, fault-injecting HTTP proxy in front of one AWS-compatible server (moto, kinesalite).
+
+    python3 scripts/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
+        [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--seed N]
+        [--stats-file PATH] [--verbose]
+
+Point the AWS SDK's endpoint at the proxy instead of the server. Every request is forwarded as it
+came (method, path and query, headers, body) and the answer returned as it came, except:
+
+* faults, for the three batch writes shopstream makes (only while a rate is above zero):
+  - Kinesis `PutRecords`: a share `--fail-rate` of the entries is not forwarded and comes back
+    failed (`ProvisionedThroughputExceededException` and `InternalFailure`, alternately), merged
+    in request order with the server's answers for the rest; `FailedRecordCount` recomputed.
+  - DynamoDB `BatchWriteItem`: a share of the write requests is not forwarded and comes back in
+    `UnprocessedItems` (per table), merged with the server's own unprocessed items.
+  - Firehose `PutRecordBatch`: a share of the entries comes back failed with
+    `ServiceUnavailableException`; `RequestResponses` in order, `FailedPutCount` recomputed.
+  - `--throttle-rate`: that share of those calls is answered with a throttling error and not
+    forwarded at all: HTTP 400 `ProvisionedThroughputExceededException` (Kinesis, DynamoDB) or
+    HTTP 500 `ServiceUnavailableException` (Firehose, as AWS answers it), with the code in the
+    `x-amzn-ErrorType` header and `__type` of the body. The AWS SDKs retry both: the code is on
+    their list of throttling errors, and 500 on their list of transient statuses.
+  The local servers do not check SigV4 signatures, which is what lets the proxy rewrite a body.
+
+* counting (always on, thread-safe), the basis of the cost benchmark: calls per `X-Amz-Target`
+  operation; entries, failures, bytes and billing units of the batch writes; records returned by
+  `GetRecords`; S3 requests by kind (path-style addressing, as shopstream's client uses).
+  See `Stats.snapshot` for the exact JSON.
+
+* control endpoints, answered by the proxy itself:
+    GET  /__fault_proxy/stats    the counters as JSON
+    GET  /__fault_proxy/config   the current rates
+    POST /__fault_proxy/config   {"fail_rate": 0.1, "throttle_rate": 0.05} (either key) changes
+                                 the rates at run time; tests set both to 0 to let retries drain
+    POST /__fault_proxy/reset    zeroes the counters
+
+It listens on loopback only (the servers behind it accept any credentials) and prints
+`listening on 127.0.0.1:PORT` once it accepts connections. SIGTERM or SIGINT stops it; the
+counters are then written to `--stats-file` if one is given. An unreachable upstream is answered
+with HTTP 502 and a JSON body saying which upstream and why.
+
+Standard library only, so it runs wherever Python 3.11 does.
+"""
+
+import argparse
+import http.client
+import http.server
+import ipaddress
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import zlib
+
+# Kinesis bills PUT payload units of 25 KB per record, rounded up ("25 KB" on the pricing page);
+# we take 25 KiB = 25,600 bytes, of data blob plus partition key (what Kinesis counts toward a
+# record's size). Firehose bills each record rounded up to 5 KB; we take 5 KiB = 5,120 bytes.
+KINESIS_PUT_UNIT_BYTES = 25 * 1024
+FIREHOSE_BILLING_UNIT_BYTES = 5 * 1024
+# DynamoDB on-demand bills one write request unit per started KB of an item; an estimate, since
+# the size is taken from the JSON the client sent (names plus value texts).
+DYNAMODB_WRITE_UNIT_BYTES = 1024
+
+PUT_RECORDS = "Kinesis_20131202.PutRecords"
+GET_RECORDS = "Kinesis_20131202.GetRecords"
+BATCH_WRITE_ITEM = "DynamoDB_20120810.BatchWriteItem"
+PUT_RECORD_BATCH = "Firehose_20150804.PutRecordBatch"
+
+# The throttling answer of each batch write: (HTTP status, error code, content type).
+THROTTLE = {
+    PUT_RECORDS: (400, "ProvisionedThroughputExceededException", "application/x-amz-json-1.1"),
+    BATCH_WRITE_ITEM: (400, "ProvisionedThroughputExceededException", "application/x-amz-json-1.0"),
+    PUT_RECORD_BATCH: (500, "ServiceUnavailableException", "application/x-amz-json-1.1"),
+}
+KINESIS_ENTRY_ERRORS = ("ProvisionedThroughputExceededException", "InternalFailure")
+INJECTED = "injected by fault_proxy"
+
+# Headers that belong to one connection, not to the message: never forwarded either way.
+# Content-Length is recomputed for every forwarded body.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "content-length",
+    }
+)
+
+CONTROL_PREFIX = "/__fault_proxy/"
+
+
+class UpstreamDown(Exception):
+    """The upstream server could not be reached or dropped the connection."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting
+
+
+def _ceil_div(n, d):
+    return -(-n // d)
+
+
+def _b64_len(s):
+    """Length of what a padded base64 string decodes to, without decoding it."""
+    n = len(s)
+    if n == 0:
+        return 0
+    pad = 2 if s.endswith("==") else 1 if s.endswith("=") else 0
+    return n // 4 * 3 - pad if n % 4 == 0 else n * 3 // 4
+
+
+def _utf8_len(s):
+    return len(s) if s.isascii() else len(s.encode("utf-8"))
+
+
+def kinesis_entry(entry):
+    """(bytes, PUT payload units) of one PutRecords entry: data blob plus partition key."""
+    size = _b64_len(entry.get("Data", "")) + _utf8_len(entry.get("PartitionKey", ""))
+    return size, max(1, _ceil_div(size, KINESIS_PUT_UNIT_BYTES))
+
+
+def firehose_entry(entry):
+    """(bytes, billed 5 KB units) of one PutRecordBatch entry."""
+    size = _b64_len(entry.get("Data", ""))
+    return size, max(1, _ceil_div(size, FIREHOSE_BILLING_UNIT_BYTES))
+
+
+# The batch writes with entries answered one by one: (answers key, failure count key, size and
+# units of an entry, name of the units counter).
+ENTRY_OPS = {
+    PUT_RECORDS: ("Records", "FailedRecordCount", kinesis_entry, "payload_units"),
+    PUT_RECORD_BATCH: ("RequestResponses", "FailedPutCount", firehose_entry, "billed_units_5k"),
+}
+
+
+def _attr_size(value):
+    """Approximate DynamoDB size of one attribute value in the JSON protocol's form."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return len(json.dumps(value))
+    ((kind, v),) = value.items()
+    if kind in ("S", "N"):
+        return _utf8_len(v)
+    if kind == "B":
+        return _b64_len(v)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    if kind in ("SS", "NS"):
+        return sum(_utf8_len(x) for x in v)
+    if kind == "BS":
+        return sum(_b64_len(x) for x in v)
+    if kind == "L":
+        return 3 + sum(1 + _attr_size(x) for x in v)
+    if kind == "M":
+        return 3 + sum(_utf8_len(k) + 1 + _attr_size(x) for k, x in v.items())
+    return len(json.dumps(v))
+
+
+def dynamodb_write_units(write_request):
+    """Estimated write request units of one BatchWriteItem entry (a delete counts its key)."""
+    body = write_request.get("PutRequest", {}).get("Item") or write_request.get(
+        "DeleteRequest", {}
+    ).get("Key", {})
+    size = sum(_utf8_len(k) + _attr_size(v) for k, v in body.items())
+    return max(1, _ceil_div(size, DYNAMODB_WRITE_UNIT_BYTES))
+
+
+def count_entries(target, req, answer, injected):
+    """Counters of one PutRecords or PutRecordBatch call: `req` the client's request, `answer`
+    the parsed answer it got (None for an error answer: then no entry was stored), `injected`
+    how many entries the proxy failed."""
+    result_key, _, measure, units = ENTRY_OPS[target]
+    entries = req.get("Records") or []
+    sizes = [measure(e) for e in entries]
+    results = (answer or {}).get(result_key) or []
+    stored = [u for (_, u), res in zip(sizes, results) if "ErrorCode" not in res]
+    return {
+        "entries": len(entries),
+        "bytes": sum(b for b, _ in sizes),
+        units: sum(u for _, u in sizes),
+        "failed": len(entries) - len(stored),
+        "injected_failed": injected,
+        "ok_" + units: sum(stored),
+    }
+
+
+def count_batch_write(req, answer, injected):
+    """Counters of one BatchWriteItem call (see `count_entries`)."""
+    writes = [w for ws in (req.get("RequestItems") or {}).values() for w in ws]
+    if answer is None:
+        unprocessed = len(writes)
+    else:
+        unprocessed = sum(len(ws) for ws in (answer.get("UnprocessedItems") or {}).values())
+    return {
+        "entries": len(writes),
+        "entries_per_call": len(writes),
+        "unprocessed": unprocessed,
+        "injected_unprocessed": injected,
+        "write_units_estimate": sum(dynamodb_write_units(w) for w in writes),
+    }
+
+
+def count_call(target, req, answer, injected):
+    if target == BATCH_WRITE_ITEM:
+        return count_batch_write(req, answer, injected)
+    return count_entries(target, req, answer, injected)
+
+
+def s3_kind(method, path, query):
+    """The S3 operation of a path-style request, from its method, path and query keys."""
+    _, _, rest = path.lstrip("/").partition("/")
+    has_key = bool(rest)
+    keys = {kv.partition("=")[0] for kv in query.split("&") if kv} if query else set()
+    if method == "PUT":
+        if has_key and "partNumber" in keys and "uploadId" in keys:
+            return "UploadPart"
+        if has_key and not keys:
+            return "PutObject"
+        if not has_key and not keys and path.strip("/"):
+            return "CreateBucket"
+    elif method == "POST":
+        if "uploads" in keys:
+            return "CreateMultipartUpload"
+        if "uploadId" in keys:
+            return "CompleteMultipartUpload"
+        if "delete" in keys:
+            return "DeleteObjects"
+    elif method == "GET":
+        if has_key and not (keys - {"partNumber", "versionId"}):
+            return "GetObject"
+        if not has_key and path.strip("/") and (
+            not keys or keys & {"list-type", "prefix", "continuation-token", "marker"}
+        ):
+            return "ListObjects"
+    elif method == "HEAD":
+        return "HeadObject" if has_key else "HeadBucket"
+    elif method == "DELETE":
+        if "uploadId" in keys:
+            return "AbortMultipartUpload"
+        if has_key:
+            return "DeleteObject"
+    return "other"
+
+
+class Stats:
+    """Every counter of the proxy, behind one lock (one acquisition per request)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self._lock:
+            self._started = time.monotonic()
+            self._requests = 0
+            self._upstream_unreachable = 0
+            self._ops = {}
+            self._s3 = {}
+
+    def op(self, target, **counts):
+        """Adds `counts` to operation `target`; a count named `entries_per_call` is a histogram."""
+        with self._lock:
+            self._requests += 1
+            c = self._ops.setdefault(target, {"calls": 0})
+            c["calls"] += 1
+            for k, v in counts.items():
+                if k == "entries_per_call":
+                    h = c.setdefault(k, {})
+                    h[str(v)] = h.get(str(v), 0) + 1
+                else:
+                    c[k] = c.get(k, 0) + v
+
+    def s3(self, kind, request_bytes, response_bytes, error):
+        with self._lock:
+            self._requests += 1
+            c = self._s3.get(kind)
+            if c is None:
+                c = self._s3[kind] = {
+                    "requests": 0,
+                    "request_bytes": 0,
+                    "response_bytes": 0,
+                    "error_responses": 0,
+                }
+            c["requests"] += 1
+            c["request_bytes"] += request_bytes
+            c["response_bytes"] += response_bytes
+            c["error_responses"] += error
+
+    def unreachable(self):
+        with self._lock:
+            self._upstream_unreachable += 1
+
+    def snapshot(self, faults, upstream):
+        """The counters as JSON-ready data:
+
+        {
+          "uptime_seconds": 12.5,           since start or the last reset
+          "upstream": "http://127.0.0.1:5000",
+          "config": {"fail_rate": 0.1, "throttle_rate": 0.0, "seed": 7},
+          "requests": 1234,                 proxied requests (control endpoints excluded)
+          "upstream_unreachable": 0,        requests answered 502
+          "operations": {                   per X-Amz-Target; a counter appears once it is non-zero
+            "Kinesis_20131202.PutRecords": {
+              "calls", "throttled", "error_responses",
+              "entries", "bytes", "payload_units",       (over entries of calls not throttled)
+              "failed", "injected_failed",               (failed includes injected)
+              "ok_payload_units"},                      (of the entries that were stored)
+            "DynamoDB_20120810.BatchWriteItem": {
+              "calls", "throttled", "error_responses",
+              "entries", "unprocessed", "injected_unprocessed",
+              "write_units_estimate", "entries_per_call": {"25": 40, "3": 1}},
+            "Firehose_20150804.PutRecordBatch": {
+              "calls", "throttled", "error_responses",
+              "entries", "bytes", "billed_units_5k", "failed", "injected_failed",
+              "ok_billed_units_5k"},
+            "Kinesis_20131202.GetRecords": {"calls", "error_responses", "records", "response_bytes"},
+            "<any other target>": {"calls", "error_responses"}
+          },
+          "s3": {                           per kind: PutObject, UploadPart, CreateMultipartUpload,
+            "PutObject": {                  CompleteMultipartUpload, AbortMultipartUpload,
+              "requests", "request_bytes",  GetObject, ListObjects, HeadBucket, HeadObject,
+              "response_bytes",             DeleteObject, DeleteObjects, CreateBucket, other
+              "error_responses"}
+          }
+        }
+        "error_responses" counts answers of HTTP 400 and above from the upstream (not injected).
+        """
+        with self._lock:
+            return {
+                "uptime_seconds": round(time.monotonic() - self._started, 3),
+                "upstream": upstream,
+                "config": faults.config(),
+                "requests": self._requests,
+                "upstream_unreachable": self._upstream_unreachable,
+                "operations": json.loads(json.dumps(self._ops)),
+                "s3": json.loads(json.dumps(self._s3)),
+            }
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault decisions
+
+
+class Faults:
+    """The fault rates and the random source, shared by all connections."""
+
+    def __init__(self, fail_rate, throttle_rate, seed):
+        self._lock = threading.Lock()
+        self.fail_rate = fail_rate
+        self.throttle_rate = throttle_rate
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._kinesis_code = 0
+
+    def config(self):
+        return {"fail_rate": self.fail_rate, "throttle_rate": self.throttle_rate, "seed": self.seed}
+
+    def update(self, changes):
+        """Applies {"fail_rate": F, "throttle_rate": F}; returns an error message or None."""
+        if not isinstance(changes, dict):
+            return 'the body must be a JSON object such as {"fail_rate": 0.1, "throttle_rate": 0}'
+        unknown = set(changes) - {"fail_rate", "throttle_rate"}
+        if unknown:
+            return f"unknown keys {sorted(unknown)}: only fail_rate and throttle_rate can change"
+        for key, value in changes.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                return f"{key} is {value!r}: give a number from 0 to 1"
+        with self._lock:
+            self.fail_rate = float(changes.get("fail_rate", self.fail_rate))
+            self.throttle_rate = float(changes.get("throttle_rate", self.throttle_rate))
+        return None
+
+    def active(self):
+        return self.fail_rate > 0 or self.throttle_rate > 0
+
+    def throttle(self):
+        if self.throttle_rate <= 0:
+            return False
+        with self._lock:
+            return self._rng.random() < self.throttle_rate
+
+    def pick(self, n):
+        """The set of indices, out of `n` entries, to fail."""
+        rate = self.fail_rate
+        if rate <= 0 or n == 0:
+            return frozenset()
+        with self._lock:
+            rnd = self._rng.random
+            return frozenset(i for i in range(n) if rnd() < rate)
+
+    def kinesis_error_code(self):
+        with self._lock:
+            self._kinesis_code ^= 1
+            return KINESIS_ENTRY_ERRORS[self._kinesis_code ^ 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+def answer_of(r):
+    """The parsed JSON of a successful answer, None for an error answer."""
+    return json.loads(r.body) if r.status == 200 and r.body else None
+
+
+def _compact(obj):
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+class Response:
+    """An answer to send to the client: status, header list, body."""
+
+    __slots__ = ("status", "reason", "headers", "body")
+
+    def __init__(self, status, reason, headers, body):
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+
+    def with_body(self, body):
+        """The same answer with a new body; a DynamoDB `x-amz-crc32` is recomputed to match."""
+        headers = [
+            (k, str(zlib.crc32(body) & 0xFFFFFFFF)) if k.lower() == "x-amz-crc32" else (k, v)
+            for k, v in self.headers
+        ]
+        return Response(self.status, self.reason, headers, body)
+
+
+def synthetic(status, content_type, obj, crc=False):
+    """An answer the proxy makes itself, shaped like the service's."""
+    body = _compact(obj)
+    reason = http.client.responses.get(status, "")
+    headers = [("Content-Type", content_type), ("x-amzn-RequestId", str(uuid.uuid4()))]
+    if crc:
+        headers.append(("x-amz-crc32", str(zlib.crc32(body) & 0xFFFFFFFF)))
+    return Response(status, reason, headers, body)
+
+
+class ProxyServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address, upstream, faults, verbose):
+        super().__init__(address, Handler)
+        parsed = urllib.parse.urlsplit(upstream)
+        self.upstream = upstream
+        self.upstream_host = parsed.hostname
+        self.upstream_port = parsed.port or 80
+        self.upstream_netloc = parsed.netloc
+        self.faults = faults
+        self.stats = Stats()
+        self.verbose = verbose
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fault_proxy"
+    disable_nagle_algorithm = True
+    server: ProxyServer
+
+    # One upstream connection per client connection (each runs on its own thread).
+    _upstream = None
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        if self.server.verbose:
+            sys.stderr.write("fault_proxy: %s %s\n" % (self.address_string(), format % args))
+
+    def finish(self):
+        super().finish()
+        if self._upstream is not None:
+            self._upstream.close()
+
+    def log(self, message):
+        if self.server.verbose:
+            sys.stderr.write(f"fault_proxy: {message}\n")
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _connection(self):
+        if self._upstream is None:
+            self._upstream = http.client.HTTPConnection(
+                self.server.upstream_host, self.server.upstream_port, timeout=120
+            )
+        return self._upstream
+
+    def forward(self, body):
+        """Sends the client's request, with `body`, upstream; the answer, read in full."""
+        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+        if "Host" not in self.headers:
+            headers.append(("Host", self.server.upstream_netloc))
+        send_length = bool(body) or self.command in ("POST", "PUT", "PATCH")
+        for attempt in (1, 2):
+            conn = self._connection()
+            reused = conn.sock is not None
+            try:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for k, v in headers:
+                    conn.putheader(k, v)
+                if send_length:
+                    conn.putheader("Content-Length", str(len(body)))
+                conn.endheaders(body if body else None)
+                resp = conn.getresponse()
+                data = resp.read()
+                return Response(resp.status, resp.reason, resp.getheaders(), data)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                conn.close()
+                # An idle keep-alive connection the upstream had closed: nothing reached it, so
+                # one resend on a new connection is safe.
+                if reused and attempt == 1:
+                    continue
+                raise UpstreamDown(f"the connection was closed: {e}") from e
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise UpstreamDown(str(e) or type(e).__name__) from e
+        raise AssertionError("unreachable")
+
+    def send(self, r):
+        if self.server.verbose:
+            self.log_request(r.status)
+        self.send_response_only(r.status, r.reason)
+        length = None
+        for k, v in r.headers:
+            low = k.lower()
+            if low == "content-length":
+                length = v
+            elif low not in HOP_BY_HOP:
+                self.send_header(k, v)
+        if self.command == "HEAD" or r.status in (204, 304) or r.status < 200:
+            if length is not None:
+                self.send_header("Content-Length", length)
+            self.end_headers()
+        else:
+            self.send_header("Content-Length", str(len(r.body)))
+            self.end_headers()
+            self.wfile.write(r.body)
+
+    def send_json(self, status, obj):
+        self.send(synthetic(status, "application/json", obj))
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    def handle_any(self):
+        try:
+            body = self._read_body()
+        except (ValueError, OSError) as e:
+            self.close_connection = True
+            self.send_json(400, {"error": f"fault_proxy could not read the request body: {e}"})
+            return
+        if self.path.startswith(CONTROL_PREFIX):
+            self.control(body)
+            return
+        target = self.headers.get("X-Amz-Target")
+        try:
+            if target is None:
+                self.s3(body)
+            elif target in THROTTLE and self.server.faults.active():
+                self.faulty(target, body)
+            else:
+                self.counted(target, body)
+        except UpstreamDown as e:
+            self.server.stats.unreachable()
+            self.send_json(
+                502,
+                {
+                    "__type": "BadGateway",
+                    "message": f"fault_proxy could not reach its upstream "
+                    f"{self.server.upstream}: {e}; is the server running?",
+                },
+            )
+        except Exception as e:  # a bug of the proxy: say so instead of hanging the client
+            import traceback
+
+            traceback.print_exc()
+            self.close_connection = True
+            self.send_json(500, {"__type": "FaultProxyError", "message": f"fault_proxy: {e!r}"})
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = handle_any
+
+    def control(self, body):
+        srv = self.server
+        name = self.path[len(CONTROL_PREFIX) :].split("?", 1)[0].rstrip("/")
+        if name == "stats" and self.command == "GET":
+            self.send_json(200, srv.stats.snapshot(srv.faults, srv.upstream))
+        elif name == "config" and self.command == "GET":
+            self.send_json(200, srv.faults.config())
+        elif name == "config" and self.command == "POST":
+            try:
+                changes = json.loads(body or b"{}")
+            except ValueError as e:
+                self.send_json(400, {"error": f"the config body is not JSON ({e})"})
+                return
+            error = srv.faults.update(changes)
+            if error:
+                self.send_json(400, {"error": error})
+            else:
+                self.log(f"config now {srv.faults.config()}")
+                self.send_json(200, srv.faults.config())
+        elif name == "reset" and self.command == "POST":
+            srv.stats.reset()
+            self.send_json(200, {"reset": True})
+        else:
+            self.send_json(
+                404,
+                {
+                    "error": f"no control endpoint {self.command} {self.path}; there are "
+                    "GET /__fault_proxy/stats, GET|POST /__fault_proxy/config, "
+                    "POST /__fault_proxy/reset"
+                },
+            )
+
+    def s3(self, body):
+        r = self.forward(body)
+        self.send(r)
+        path, _, query = self.path.partition("?")
+        self.server.stats.s3(
+            s3_kind(self.command, path, query), len(body), len(r.body), r.status >= 400
+        )
+
+    def counted(self, target, body):
+        """Forwards unchanged, counting what the operation's answer or request says."""
+        r = self.forward(body)
+        self.send(r)
+        ok = r.status < 300
+        counts = {"error_responses": int(not ok)}
+        try:
+            if target == GET_RECORDS:
+                counts["response_bytes"] = len(r.body)
+                # Base64 data cannot hold a quote, so each record has exactly one such key.
+                counts["records"] = r.body.count(b'"SequenceNumber"') if ok else 0
+            elif target in THROTTLE:
+                counts.update(count_call(target, json.loads(body), answer_of(r), 0))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            counts["unparsed"] = 1
+        self.server.stats.op(target, **counts)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def faulty(self, target, body):
+        try:
+            req = json.loads(body)
+        except ValueError:
+            self.counted(target, body)  # not JSON (CBOR?): forwarded untouched
+            return
+        faults = self.server.faults
+        if faults.throttle():
+            status, code, content_type = THROTTLE[target]
+            r = synthetic(
+                status,
+                content_type,
+                {"__type": code, "message": "injected throttle"},
+                crc=target == BATCH_WRITE_ITEM,
+            )
+            r.headers.append(("x-amzn-ErrorType", code))
+            self.send(r)
+            self.server.stats.op(target, throttled=1)
+            self.log(f"{target}: throttled the whole call ({code})")
+            return
+        if target == BATCH_WRITE_ITEM:
+            self.fail_batch_write(req, body)
+        else:
+            self.fail_entries(target, req, body)
+
+    def fail_entries(self, target, req, body):
+        """PutRecords, PutRecordBatch: forward the entries not picked to fail, answer for every
+        entry in request order."""
+        result_key, failed_key, _, _ = ENTRY_OPS[target]
+        entries = req.get("Records") or []
+        fail = self.server.faults.pick(len(entries))
+        if not fail:
+            self.counted(target, body)
+            return
+        keep = [e for i, e in enumerate(entries) if i not in fail]
+        sent = self.forward_kept(
+            target, req, "Records", keep, lambda a: len(a.get(result_key) or []) == len(keep)
+        )
+        if sent is None:
+            return
+        r, answer = sent
+        upstream = iter(answer.get(result_key) or [])
+        merged = [
+            self.failed_entry(target) if i in fail else next(upstream) for i in range(len(entries))
+        ]
+        answer[result_key] = merged
+        answer[failed_key] = sum(1 for m in merged if "ErrorCode" in m)
+        if target == PUT_RECORD_BATCH:
+            answer.setdefault("Encrypted", False)
+        self.answer_merged(
+            target, r, answer, req, len(fail), f"failed {len(fail)} of {len(entries)} entries"
+        )
+
+    def failed_entry(self, target):
+        if target == PUT_RECORDS:
+            return {"ErrorCode": self.server.faults.kinesis_error_code(), "ErrorMessage": INJECTED}
+        return {"ErrorCode": "ServiceUnavailableException", "ErrorMessage": INJECTED}
+
+    def fail_batch_write(self, req, body):
+        """BatchWriteItem: forward the write requests not picked; the picked ones join the
+        server's own UnprocessedItems."""
+        items = req.get("RequestItems") or {}
+        flat = [(table, w) for table, ws in items.items() for w in ws]
+        fail = self.server.faults.pick(len(flat))
+        if not fail:
+            self.counted(BATCH_WRITE_ITEM, body)
+            return
+        keep, injected = {}, {}
+        for i, (table, w) in enumerate(flat):
+            (injected if i in fail else keep).setdefault(table, []).append(w)
+        sent = self.forward_kept(BATCH_WRITE_ITEM, req, "RequestItems", keep, lambda a: True)
+        if sent is None:
+            return
+        r, answer = sent
+        unprocessed = answer.get("UnprocessedItems") or {}
+        for table, ws in injected.items():
+            unprocessed.setdefault(table, []).extend(ws)
+        answer["UnprocessedItems"] = unprocessed
+        self.answer_merged(
+            BATCH_WRITE_ITEM, r, answer, req, len(fail),
+            f"left {len(fail)} of {len(flat)} write requests unprocessed",
+        )
+
+    def forward_kept(self, target, req, field, kept, valid):
+        """Forwards `req` with `field` narrowed to `kept`: (response, parsed answer), or
+        (None, {}) when nothing is kept (the server is not called). An error answer of the
+        server, or one `valid` refuses, is relayed to the client as it came: then None."""
+        if not kept:
+            return None, {}
+        r = self.forward(_compact({**req, field: kept}))
+        answer = answer_of(r)
+        if answer is None or not valid(answer):
+            self.send(r)
+            self.server.stats.op(target, error_responses=1, **count_call(target, req, None, 0))
+            return None
+        return r, answer
+
+    def answer_merged(self, target, r, answer, req, injected, what):
+        """Sends `answer` in the server's response `r` (or a made-up one if it was not called)."""
+        if r is None:
+            content_type = THROTTLE[target][2]
+            r = synthetic(200, content_type, answer, crc=target == BATCH_WRITE_ITEM)
+        else:
+            r = r.with_body(_compact(answer))
+        self.send(r)
+        self.server.stats.op(target, **count_call(target, req, answer, injected))
+        self.log(f"{target}: {what}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def loopback_address(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:0)")
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{host!r} is not an IP address: give a loopback one such as 127.0.0.1"
+        ) from None
+    if not ip.is_loopback or ip.version != 4:
+        raise argparse.ArgumentTypeError(
+            f"{host} is not an IPv4 loopback address: the proxy injects faults in front of servers "
+            "that accept any credentials, so it listens on 127.0.0.1 only"
+        )
+    return host, int(port)
+
+
+def upstream_url(text):
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme != "http" or not parsed.hostname or parsed.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an http://HOST:PORT URL (e.g. http://127.0.0.1:5000)"
+        )
+    return f"http://{parsed.netloc}"
+
+
+def rate(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to 1 (e.g. 0.1)")
+    return v
+
+
+def write_atomically(path, text):
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp"
+    )
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description="Counting, fault-injecting HTTP proxy in front of one AWS-compatible server.",
+    )
+    p.add_argument("--listen", type=loopback_address, default=("127.0.0.1", 0),
+                   help="loopback HOST:PORT to listen on (default 127.0.0.1:0, a free port)")
+    p.add_argument("--upstream", type=upstream_url, required=True,
+                   help="the server to forward to, e.g. http://127.0.0.1:5000")
+    p.add_argument("--port-file", help="write the bound port here once listening (atomically)")
+    p.add_argument("--fail-rate", type=rate, default=0.0,
+                   help="share of the entries of each batch write to fail (default 0)")
+    p.add_argument("--throttle-rate", type=rate, default=0.0,
+                   help="share of batch-write calls answered with a throttling error (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fault choices")
+    p.add_argument("--stats-file", help="write the counters here as JSON when stopping")
+    p.add_argument("--verbose", action="store_true",
+                   help="log each request and each injected fault on stderr")
+    args = p.parse_args(argv)
+
+    faults = Faults(args.fail_rate, args.throttle_rate, args.seed)
+    try:
+        server = ProxyServer(args.listen, args.upstream, faults, args.verbose)
+    except OSError as e:
+        sys.exit(f"fault_proxy: cannot listen on {args.listen[0]}:{args.listen[1]}: {e}")
+    port = server.server_address[1]
+
+    def stop(signum, frame):
+        # shutdown() waits for serve_forever to return, so it must run on another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.port_file:
+        write_atomically(args.port_file, f"{port}\n")
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        if args.stats_file:
+            write_atomically(
+                args.stats_file,
+                json.dumps(server.stats.snapshot(faults, args.upstream), indent=2) + "\n",
+            )
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+#!/usr/bin/env python3
+"""Self-test of scripts/fault_proxy.py against a real moto_server on loopback.
+
+    python3 scripts/test_fault_proxy.py [-v]
+
+Starts moto_server (`scripts/aws-local.sh install` puts it on PATH) and the proxy on free
+127.0.0.1 ports, sends the three batch writes shopstream makes through the proxy with boto3 (no
+SDK retries, so the proxy's raw answers are seen), and checks the merged answers against what
+the server really stored, the throttling answers, the counters, the S3 request kinds and the
+control endpoints. Nothing is skipped: without moto_server the test fails. About 10 s.
+"""
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROXY = os.path.join(HERE, "fault_proxy.py")
+CREDENTIALS = dict(region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url, proc, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before answering {url}")
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered {url} within {seconds} s")
+
+
+def start_moto():
+    """moto_server on a free loopback port: (process, endpoint)."""
+    if shutil.which("moto_server") is None:
+        raise RuntimeError("moto_server is not on PATH: run `scripts/aws-local.sh install` first")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_for_http(endpoint + "/moto-api/", proc)
+    return proc, endpoint
+
+
+def start_proxy(upstream, workdir, *args):
+    """The proxy in front of `upstream`: (process, endpoint, stats file)."""
+    port_file = os.path.join(workdir, f"proxy-{time.monotonic_ns()}.port")
+    stats_file = port_file.replace(".port", ".stats.json")
+    proc = subprocess.Popen(
+        [sys.executable, PROXY, "--upstream", upstream, "--port-file", port_file,
+         "--stats-file", stats_file, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    proc.stdout.close()
+    if not line.startswith("listening on 127.0.0.1:"):
+        proc.kill()
+        raise RuntimeError(f"the proxy did not start: {line!r}")
+    port = int(line.rsplit(":", 1)[1])
+    with open(port_file) as f:
+        assert int(f.read()) == port, "the port file and stdout disagree"
+    return proc, f"http://127.0.0.1:{port}", stats_file
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def http_json(method, url, body=None):
+    """(status, parsed JSON body) of a plain HTTP request."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+class FaultProxyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.workdir = tempfile.mkdtemp(prefix="fault-proxy-test-")
+        cls.moto, cls.moto_endpoint = start_moto()
+        cls.proxy, cls.endpoint, cls.stats_file = start_proxy(
+            cls.moto_endpoint, cls.workdir, "--seed", "7"
+        )
+        # total_max_attempts counts the first call; botocore's max_attempts counts only retries.
+        cfg = Config(retries={"total_max_attempts": 1, "mode": "standard"})
+        cls.kinesis = cls.client("kinesis", cfg)
+        cls.dynamodb = cls.client("dynamodb", cfg)
+        cls.firehose = cls.client("firehose", cfg)
+        cls.s3 = cls.client("s3", cfg)
+        # Read-backs go straight to moto, so they are not counted.
+        cls.direct_kinesis = boto3.client("kinesis", endpoint_url=cls.moto_endpoint, **CREDENTIALS)
+        cls.direct_dynamodb = boto3.client(
+            "dynamodb", endpoint_url=cls.moto_endpoint, **CREDENTIALS
+        )
+        cls.direct_s3 = boto3.client("s3", endpoint_url=cls.moto_endpoint, **CREDENTIALS)
+
+    @classmethod
+    def tearDownClass(cls):
+        stop(cls.proxy)
+        stop(cls.moto)
+        shutil.rmtree(cls.workdir, ignore_errors=True)
+
+    @classmethod
+    def client(cls, service, config):
+        return boto3.client(service, endpoint_url=cls.endpoint, config=config, **CREDENTIALS)
+
+    def setUp(self):
+        self.configure(fail_rate=0, throttle_rate=0)
+        status, _ = http_json("POST", self.endpoint + "/__fault_proxy/reset")
+        self.assertEqual(status, 200)
+
+    def configure(self, **rates):
+        status, body = http_json("POST", self.endpoint + "/__fault_proxy/config", rates)
+        self.assertEqual(status, 200, body)
+
+    def stats(self):
+        status, body = http_json("GET", self.endpoint + "/__fault_proxy/stats")
+        self.assertEqual(status, 200)
+        return body
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def stream(self, name, shards=1):
+        self.direct_kinesis.create_stream(StreamName=name, ShardCount=shards)
+        return name
+
+    def stream_data(self, name):
+        """Every record's data in the stream, by shard, from the start."""
+        out = []
+        for shard in self.direct_kinesis.list_shards(StreamName=name)["Shards"]:
+            it = self.direct_kinesis.get_shard_iterator(
+                StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            while it:
+                page = self.direct_kinesis.get_records(ShardIterator=it, Limit=10000)
+                out += [r["Data"] for r in page["Records"]]
+                if not page["Records"]:
+                    break
+                it = page.get("NextShardIterator")
+        return out
+
+    def table(self, name):
+        self.direct_dynamodb.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        return name
+
+    def table_keys(self, name):
+        items = self.direct_dynamodb.scan(TableName=name, ConsistentRead=True)["Items"]
+        return sorted(i["k"]["S"] for i in items)
+
+    def delivery_stream(self, name, bucket):
+        self.direct_s3.create_bucket(Bucket=bucket)
+        firehose = boto3.client("firehose", endpoint_url=self.moto_endpoint, **CREDENTIALS)
+        firehose.create_delivery_stream(
+            DeliveryStreamName=name,
+            DeliveryStreamType="DirectPut",
+            ExtendedS3DestinationConfiguration={
+                "RoleARN": "arn:aws:iam::123456789012:role/firehose-local",
+                "BucketARN": f"arn:aws:s3:::{bucket}",
+                "Prefix": "warehouse/",
+                "CompressionFormat": "UNCOMPRESSED",
+            },
+        )
+
+    def delivered(self, bucket):
+        """The concatenated bodies of every object under warehouse/ (moto delivers at once)."""
+        out = b""
+        listing = self.direct_s3.list_objects_v2(Bucket=bucket, Prefix="warehouse/")
+        for obj in listing.get("Contents", []):
+            out += self.direct_s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        return out
+
+    # -- tests ---------------------------------------------------------------------------------
+
+    def test_put_records_passthrough_counts_bytes_units_and_reads(self):
+        name = self.stream("passthrough")
+        records = [{"Data": b"x" * 100, "PartitionKey": f"k{i}"} for i in range(498)]
+        # 25,590 data bytes + 10 key bytes = 25,600: exactly one 25 KiB unit; one byte more is two.
+        records.append({"Data": b"y" * 25_590, "PartitionKey": "0123456789"})
+        records.append({"Data": b"y" * 25_591, "PartitionKey": "0123456789"})
+        out = self.kinesis.put_records(StreamName=name, Records=records)
+        self.assertEqual(out["FailedRecordCount"], 0)
+        self.assertEqual(len(self.stream_data(name)), 500)
+        shard = self.kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+        it = self.kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        got = self.kinesis.get_records(ShardIterator=it, Limit=10000)["Records"]
+        ops = self.stats()["operations"]
+        put = ops["Kinesis_20131202.PutRecords"]
+        self.assertEqual(put["calls"], 1)
+        self.assertEqual(put["entries"], 500)
+        self.assertEqual(put["failed"], 0)
+        self.assertEqual(put["payload_units"], 498 + 1 + 2)
+        self.assertEqual(put["ok_payload_units"], 501)
+        self.assertEqual(
+            put["bytes"], 498 * 100 + sum(len(f"k{i}") for i in range(498)) + 2 * 25_600 + 1
+        )
+        self.assertEqual(ops["Kinesis_20131202.GetRecords"]["records"], len(got))
+        self.assertEqual(ops["Kinesis_20131202.ListShards"]["calls"], 1)
+
+    def test_put_records_faults_merge_in_order(self):
+        name = self.stream("faulty", shards=2)
+        self.configure(fail_rate=0.4)
+        records = [{"Data": f"r{i}".encode(), "PartitionKey": str(i)} for i in range(300)]
+        out = self.kinesis.put_records(StreamName=name, Records=records)
+        results = out["Records"]
+        self.assertEqual(len(results), 300)
+        failed = [i for i, r in enumerate(results) if "ErrorCode" in r]
+        self.assertEqual(out["FailedRecordCount"], len(failed))
+        self.assertTrue(60 < len(failed) < 180, len(failed))
+        codes = {results[i]["ErrorCode"] for i in failed}
+        self.assertEqual(codes, {"ProvisionedThroughputExceededException", "InternalFailure"})
+        self.assertTrue(all(results[i]["ErrorMessage"] == "injected by fault_proxy" for i in failed))
+        self.assertTrue(all("SequenceNumber" in r for r in results if "ErrorCode" not in r))
+        # What the server stored is exactly the entries answered as stored.
+        stored = sorted(self.stream_data(name))
+        self.assertEqual(stored, sorted(f"r{i}".encode() for i in range(300) if i not in failed))
+        put = self.stats()["operations"]["Kinesis_20131202.PutRecords"]
+        self.assertEqual((put["failed"], put["injected_failed"]), (len(failed), len(failed)))
+
+        # Every entry picked: the server is not called, the answer is still well formed.
+        self.configure(fail_rate=1)
+        out = self.kinesis.put_records(StreamName=name, Records=records[:5])
+        self.assertEqual(out["FailedRecordCount"], 5)
+        self.assertEqual(len(self.stream_data(name)), 300 - len(failed))
+
+    def test_batch_write_item_faults_become_unprocessed_items(self):
+        a, b = self.table("bwi-a"), self.table("bwi-b")
+        self.configure(fail_rate=0.5)
+        requests = {
+            t: [{"PutRequest": {"Item": {"k": {"S": f"{t}-{i}"}, "v": {"N": "1"}}}}
+                for i in range(n)]
+            for t, n in ((a, 15), (b, 10))
+        }
+        out = self.dynamodb.batch_write_item(RequestItems=requests)
+        unprocessed = {
+            t: sorted(w["PutRequest"]["Item"]["k"]["S"] for w in ws)
+            for t, ws in out["UnprocessedItems"].items()
+        }
+        n_unprocessed = sum(len(v) for v in unprocessed.values())
+        self.assertTrue(0 < n_unprocessed < 25, n_unprocessed)
+        for t, n in ((a, 15), (b, 10)):
+            every = sorted(f"{t}-{i}" for i in range(n))
+            stored = self.table_keys(t)
+            self.assertEqual(sorted(stored + unprocessed.get(t, [])), every)
+        bwi = self.stats()["operations"]["DynamoDB_20120810.BatchWriteItem"]
+        self.assertEqual(bwi["entries"], 25)
+        self.assertEqual(bwi["entries_per_call"], {"25": 1})
+        self.assertEqual(bwi["unprocessed"], n_unprocessed)
+        self.assertEqual(bwi["injected_unprocessed"], n_unprocessed)
+
+        # All picked: no server call, every request comes back, with a matching x-amz-crc32
+        # (botocore checks it on DynamoDB answers).
+        self.configure(fail_rate=1)
+        out = self.dynamodb.batch_write_item(RequestItems={a: requests[a][:3]})
+        self.assertEqual(len(out["UnprocessedItems"][a]), 3)
+        self.assertIn("x-amz-crc32", out["ResponseMetadata"]["HTTPHeaders"])
+
+    def test_put_record_batch_faults_merge_in_order(self):
+        self.delivery_stream("prb", "prb-bucket")
+        self.configure(fail_rate=0.5)
+        records = [{"Data": f'{{"n":{i}}}\n'.encode()} for i in range(40)]
+        out = self.firehose.put_record_batch(DeliveryStreamName="prb", Records=records)
+        results = out["RequestResponses"]
+        failed = [i for i, r in enumerate(results) if "ErrorCode" in r]
+        self.assertEqual(out["FailedPutCount"], len(failed))
+        self.assertTrue(0 < len(failed) < 40)
+        self.assertEqual({results[i]["ErrorCode"] for i in failed}, {"ServiceUnavailableException"})
+        self.assertTrue(all("RecordId" in r for r in results if "ErrorCode" not in r))
+        delivered = self.delivered("prb-bucket").decode().splitlines()
+        self.assertEqual(
+            sorted(delivered), sorted(f'{{"n":{i}}}' for i in range(40) if i not in failed)
+        )
+        prb = self.stats()["operations"]["Firehose_20150804.PutRecordBatch"]
+        self.assertEqual((prb["entries"], prb["failed"]), (40, len(failed)))
+        self.assertEqual(prb["billed_units_5k"], 40)
+
+    def test_throttles_are_retried_by_the_sdk(self):
+        name = self.stream("throttled")
+        t = self.table("throttled")
+        self.delivery_stream("throttled", "throttled-bucket")
+        self.configure(throttle_rate=1)
+        calls = [
+            ("Kinesis_20131202.PutRecords", 400, "ProvisionedThroughputExceededException",
+             lambda c: c("kinesis").put_records(
+                 StreamName=name, Records=[{"Data": b"x", "PartitionKey": "k"}])),
+            ("DynamoDB_20120810.BatchWriteItem", 400, "ProvisionedThroughputExceededException",
+             lambda c: c("dynamodb").batch_write_item(
+                 RequestItems={t: [{"PutRequest": {"Item": {"k": {"S": "1"}}}}]})),
+            ("Firehose_20150804.PutRecordBatch", 500, "ServiceUnavailableException",
+             lambda c: c("firehose").put_record_batch(
+                 DeliveryStreamName="throttled", Records=[{"Data": b"x\n"}])),
+        ]
+        retrying = Config(retries={"total_max_attempts": 3, "mode": "standard"})
+        for target, status, code, call in calls:
+            with self.assertRaises(ClientError) as e:
+                call(lambda service: self.client(service, retrying))
+            err = e.exception.response
+            self.assertEqual(err["Error"]["Code"], code)
+            self.assertEqual(err["ResponseMetadata"]["HTTPStatusCode"], status)
+            self.assertEqual(err["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"], code)
+            # Retried: the SDK classes the answer as throttling or transient.
+            self.assertEqual(err["ResponseMetadata"]["RetryAttempts"], 2, target)
+            op = self.stats()["operations"][target]
+            self.assertEqual((op["calls"], op["throttled"]), (3, 3), target)
+            self.assertNotIn("entries", op)
+        self.assertEqual(self.stream_data(name), [])
+        self.assertEqual(self.table_keys(t), [])
+
+    def test_s3_requests_are_counted_by_kind(self):
+        s3 = self.s3
+        s3.create_bucket(Bucket="kinds")
+        s3.head_bucket(Bucket="kinds")
+        s3.put_object(Bucket="kinds", Key="raw/a.ndjson.gz", Body=b"a" * 1000)
+        up = s3.create_multipart_upload(Bucket="kinds", Key="raw/big")
+        part = s3.upload_part(
+            Bucket="kinds", Key="raw/big", UploadId=up["UploadId"], PartNumber=1, Body=b"b" * 10
+        )
+        s3.complete_multipart_upload(
+            Bucket="kinds", Key="raw/big", UploadId=up["UploadId"],
+            MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]},
+        )
+        s3.list_objects_v2(Bucket="kinds", Prefix="raw/")
+        self.assertEqual(s3.get_object(Bucket="kinds", Key="raw/big")["Body"].read(), b"b" * 10)
+        s3.head_object(Bucket="kinds", Key="raw/a.ndjson.gz")
+        s3.delete_object(Bucket="kinds", Key="raw/a.ndjson.gz")
+        kinds = self.stats()["s3"]
+        for kind in ("CreateBucket", "HeadBucket", "PutObject", "CreateMultipartUpload",
+                     "UploadPart", "CompleteMultipartUpload", "ListObjects", "GetObject",
+                     "HeadObject", "DeleteObject"):
+            self.assertEqual(kinds.get(kind, {}).get("requests"), 1, (kind, kinds))
+        self.assertEqual(kinds["PutObject"]["request_bytes"], 1000)
+        self.assertEqual(kinds["GetObject"]["response_bytes"], 10)
+        self.assertNotIn("other", kinds)
+
+    def test_control_endpoints_refuse_bad_input(self):
+        status, body = http_json("POST", self.endpoint + "/__fault_proxy/config", {"fail_rate": 2})
+        self.assertEqual(status, 400)
+        self.assertIn("fail_rate", body["error"])
+        status, body = http_json("POST", self.endpoint + "/__fault_proxy/config", {"fail": 0.1})
+        self.assertEqual(status, 400)
+        self.assertIn("unknown keys", body["error"])
+        status, body = http_json("GET", self.endpoint + "/__fault_proxy/nothing")
+        self.assertEqual(status, 404)
+        self.assertIn("/__fault_proxy/stats", body["error"])
+        self.assertEqual(http_json("GET", self.endpoint + "/__fault_proxy/config")[1]["seed"], 7)
+
+    def test_down_upstream_is_a_502_and_sigterm_writes_the_stats_file(self):
+        proxy, endpoint, stats_file = start_proxy(f"http://127.0.0.1:{free_port()}", self.workdir)
+        try:
+            kinesis = boto3.client(
+                "kinesis", endpoint_url=endpoint,
+                config=Config(retries={"total_max_attempts": 1}), **CREDENTIALS,
+            )
+            with self.assertRaises(ClientError) as e:
+                kinesis.list_streams()
+            self.assertEqual(e.exception.response["ResponseMetadata"]["HTTPStatusCode"], 502)
+            self.assertIn("could not reach its upstream", str(e.exception))
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            self.assertEqual(proxy.wait(10), 0)
+        with open(stats_file) as f:
+            self.assertEqual(json.load(f)["upstream_unreachable"], 1)
+
+    def test_refuses_to_listen_beyond_loopback(self):
+        out = subprocess.run(
+            [sys.executable, PROXY, "--upstream", self.moto_endpoint, "--listen", "0.0.0.0:0"],
+            capture_output=True, text=True, timeout=30,
+        )
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("listens on 127.0.0.1 only", out.stderr)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        unittest.main()
