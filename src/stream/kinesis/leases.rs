@@ -230,17 +230,20 @@ impl LeaseCoordinator {
     /// The lease table cannot be read or written (a lost race is not an error).
     pub async fn sync(&self, shards: &[ShardInfo]) -> Result<Vec<ShardId>, CheckpointError> {
         let me = &self.inner.owner;
-        for shard in shards {
-            self.create_lease(&shard.id).await?;
-        }
         let wanted: HashSet<&str> = shards.iter().map(|s| s.id.0.as_str()).collect();
-        let leases: Vec<Item> = self
-            .inner
-            .scan()
-            .await?
-            .into_iter()
-            .filter(|l| get_str(l, "ShardId").is_some_and(|id| wanted.contains(id)))
+        let mut leases = self.leases_of(&wanted).await?;
+        // Leases are created once per shard (new shards, after a reshard), not on every sync.
+        let known: HashSet<String> = leases
+            .iter()
+            .filter_map(|l| get_str(l, "ShardId").map(str::to_owned))
             .collect();
+        let new: Vec<&ShardInfo> = shards.iter().filter(|s| !known.contains(&s.id.0)).collect();
+        if !new.is_empty() {
+            for shard in new {
+                self.create_lease(&shard.id).await?;
+            }
+            leases = self.leases_of(&wanted).await?;
+        }
         let now = Instant::now();
         let mut mine: Vec<String> = Vec::new();
         // (shard, owner, counter, expired)
@@ -299,6 +302,17 @@ impl LeaseCoordinator {
             .iter()
             .filter(|s| owned.contains(&s.id.0))
             .map(|s| s.id.clone())
+            .collect())
+    }
+
+    /// The lease items of the shards in `wanted` (one Scan).
+    async fn leases_of(&self, wanted: &HashSet<&str>) -> Result<Vec<Item>, CheckpointError> {
+        Ok(self
+            .inner
+            .scan()
+            .await?
+            .into_iter()
+            .filter(|l| get_str(l, "ShardId").is_some_and(|id| wanted.contains(id)))
             .collect())
     }
 
