@@ -22,6 +22,7 @@ import unittest
 import boto3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, HERE)
 import readback  # noqa: E402
 from test_fault_proxy import CREDENTIALS, start_moto, stop  # noqa: E402
