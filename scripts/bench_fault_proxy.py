@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.parse
 
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_fault_proxy import http_json, start_moto, start_proxy, stop  # noqa: E402
 

@@ -3,11 +3,12 @@
 
     python3 scripts/test_fault_proxy.py [-v]
 
-Starts moto_server (`scripts/aws-local.sh install` puts it on PATH) and the proxy on free
-127.0.0.1 ports, sends the three batch writes shopstream makes through the proxy with boto3 (no
+Starts moto_server and kinesalite (`scripts/aws-local.sh install` installs both) and the proxy
+on free 127.0.0.1 ports, sends the three batch writes shopstream makes through the proxy with boto3 (no
 SDK retries, so the proxy's raw answers are seen), and checks the merged answers against what
 the server really stored, the throttling answers, the counters, the S3 request kinds and the
-control endpoints. Nothing is skipped: without moto_server the test fails. About 10 s.
+control endpoints; and the proxy in front of kinesalite, whose SplitShard keeps the parent's
+records. Nothing is skipped: without moto_server or kinesalite the test fails. About 10 s.
 """
 
 import base64
@@ -89,6 +90,22 @@ def start_proxy(upstream, workdir, *args):
     with open(port_file) as f:
         assert int(f.read()) == port, "the port file and stdout disagree"
     return proc, f"http://127.0.0.1:{port}", stats_file
+
+
+def start_kinesalite():
+    """scripts/kinesalite/server.js on a free loopback port: (process, endpoint)."""
+    server = os.path.join(HERE, "kinesalite", "server.js")
+    if shutil.which("node") is None or not os.path.isdir(
+        os.path.join(HERE, "kinesalite", "node_modules", "kinesalite")
+    ):
+        raise RuntimeError("kinesalite is not installed: run `scripts/aws-local.sh install` first")
+    proc = subprocess.Popen(["node", server, "0"], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    proc.stdout.close()
+    if not line.startswith("listening on 127.0.0.1:"):
+        proc.kill()
+        raise RuntimeError(f"kinesalite did not start: {line!r}")
+    return proc, "http://" + line.split()[-1]
 
 
 def stop(proc):
@@ -405,6 +422,40 @@ class FaultProxyTest(unittest.TestCase):
             self.assertEqual(proxy.wait(10), 0)
         with open(stats_file) as f:
             self.assertEqual(json.load(f)["upstream_unreachable"], 1)
+
+    def test_in_front_of_kinesalite_which_splits_shards_as_kinesis_does(self):
+        server, upstream = start_kinesalite()
+        proxy, endpoint, _ = start_proxy(upstream, self.workdir, "--fail-rate", "0.5", "--seed", "3")
+        try:
+            kinesis = boto3.client(
+                "kinesis", endpoint_url=endpoint,
+                config=Config(retries={"total_max_attempts": 1}), **CREDENTIALS,
+            )
+            kinesis.create_stream(StreamName="split", ShardCount=1)
+            records = [{"Data": f"r{i}".encode(), "PartitionKey": str(i)} for i in range(50)]
+            out = kinesis.put_records(StreamName="split", Records=records)
+            ok = [i for i, r in enumerate(out["Records"]) if "SequenceNumber" in r]
+            self.assertEqual(out["FailedRecordCount"], 50 - len(ok))
+            self.assertTrue(0 < len(ok) < 50)
+            parent = kinesis.list_shards(StreamName="split")["Shards"][0]["ShardId"]
+            kinesis.split_shard(
+                StreamName="split", ShardToSplit=parent, NewStartingHashKey=str(2**127)
+            )
+            shards = kinesis.list_shards(StreamName="split")["Shards"]
+            self.assertEqual(len(shards), 3)
+            it = kinesis.get_shard_iterator(
+                StreamName="split", ShardId=parent, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            # The parent keeps its records (moto 5.2.1 would have moved them to the children).
+            got = kinesis.get_records(ShardIterator=it, Limit=1000)["Records"]
+            self.assertEqual(sorted(r["Data"] for r in got), sorted(f"r{i}".encode() for i in ok))
+            self.assertIn("EndingSequenceNumber", shards[0]["SequenceNumberRange"])
+            self.assertEqual({s.get("ParentShardId") for s in shards[1:]}, {parent})
+            stats = http_json("GET", endpoint + "/__fault_proxy/stats")[1]["operations"]
+            self.assertEqual(stats["Kinesis_20131202.GetRecords"]["records"], len(ok))
+        finally:
+            stop(proxy)
+            stop(server)
 
     def test_refuses_to_listen_beyond_loopback(self):
         out = subprocess.run(
