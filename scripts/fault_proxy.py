@@ -226,6 +226,9 @@ def s3_kind(method, path, query):
     _, _, rest = path.lstrip("/").partition("/")
     has_key = bool(rest)
     keys = {kv.partition("=")[0] for kv in query.split("&") if kv} if query else set()
+    # The AWS SDKs name the operation in an `x-id` query key (`?x-id=PutObject`); it says
+    # nothing the method and the other keys do not.
+    keys.discard("x-id")
     if method == "PUT":
         if has_key and "partNumber" in keys and "uploadId" in keys:
             return "UploadPart"

@@ -7,3 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-test-deps.sh
 echo "==> cargo test"
 cargo test --locked "$@"
+echo "==> self-tests of the Python test tools (fault proxy, boto3 read-back)"
+python3 scripts/test_fault_proxy.py
+python3 scripts/test_readback.py

@@ -129,6 +129,21 @@ def http_json(method, url, body=None):
         return e.code, json.load(e)
 
 
+class S3KindTest(unittest.TestCase):
+    def test_the_sdk_operation_key_does_not_hide_the_operation(self):
+        sys.path.insert(0, HERE)
+        sys.dont_write_bytecode = True
+        from fault_proxy import s3_kind
+
+        # The Rust SDK sends PutObject as `PUT /bucket/key?x-id=PutObject`.
+        self.assertEqual(s3_kind("PUT", "/b/raw/k.gz", "x-id=PutObject"), "PutObject")
+        self.assertEqual(s3_kind("GET", "/b/raw/k.gz", "x-id=GetObject"), "GetObject")
+        self.assertEqual(
+            s3_kind("PUT", "/b/k", "partNumber=1&uploadId=u&x-id=UploadPart"), "UploadPart"
+        )
+        self.assertEqual(s3_kind("PUT", "/b/k", "tagging"), "other")
+
+
 class FaultProxyTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
