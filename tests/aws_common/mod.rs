@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use rust_decimal::Decimal;
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -92,6 +94,100 @@ pub const ENV: &[(&str, &str)] = &[
     ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
 ];
 
+/// A helper process of a test (kinesalite, the fault proxy) on a free loopback port, run under
+/// the same watchdog as `moto_server`: it dies with the test process or on drop.
+pub struct Helper {
+    child: Child,
+    pub endpoint: String,
+    pub port: u16,
+}
+
+impl Helper {
+    /// Runs `program args...` with `--port-file FILE` appended and waits (30 s) until the
+    /// program has written its port there.
+    pub fn start(program: &str, args: &[&str], what: &str) -> Helper {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let port_file = dir.join("port");
+        let log = dir.join("log");
+        let script = r#"parent=$1; log=$2; shift 2
+"$@" >"$log" 2>&1 & m=$!
+trap 'kill $m 2>/dev/null' EXIT TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done"#;
+        let child = Command::new("sh")
+            .args(["-c", script, "helper-watchdog"])
+            .arg(std::process::id().to_string())
+            .arg(&log)
+            .arg(program)
+            .args(args)
+            .arg("--port-file")
+            .arg(&port_file)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sh starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+            {
+                return Helper {
+                    child,
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                    port,
+                };
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{what} did not start within 30 s (run `scripts/aws-local.sh install` first); its output:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// kinesalite (pinned in `scripts/kinesalite`), bound to 127.0.0.1: the Kinesis of the tests
+/// that need real shard splits (moto moves a split parent's records into its children).
+pub fn kinesalite() -> &'static Helper {
+    static SERVER: OnceLock<Helper> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        moto(); // sets the client environment
+        Helper::start("node", &["scripts/kinesalite/server.js", "0"], "kinesalite")
+    })
+}
+
+/// `scripts/fault_proxy.py` in front of `upstream`: counts every call, and fails `fail_rate` of
+/// the entries of PutRecords, BatchWriteItem and PutRecordBatch and `throttle_rate` of those
+/// calls as a whole.
+pub fn fault_proxy(upstream: &str, fail_rate: f64, throttle_rate: f64) -> Helper {
+    Helper::start(
+        "python3",
+        &[
+            "scripts/fault_proxy.py",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--fail-rate",
+            &fail_rate.to_string(),
+            "--throttle-rate",
+            &throttle_rate.to_string(),
+            "--seed",
+            "7",
+        ],
+        "fault_proxy.py",
+    )
+}
+
 /// The server of this test binary, started on first use.
 pub fn moto() -> &'static MotoServer {
     static SERVER: OnceLock<MotoServer> = OnceLock::new();
@@ -110,6 +206,10 @@ pub fn aws_config(test: &str) -> AwsConfig {
     AwsConfig {
         region: "us-east-1".into(),
         endpoint_url: moto().endpoint.clone(),
+        kinesis_endpoint_url: String::new(),
+        s3_endpoint_url: String::new(),
+        dynamodb_endpoint_url: String::new(),
+        firehose_endpoint_url: String::new(),
         stream_name: format!("{name}-stream"),
         stream_shards: 4,
         bucket: format!("{name}-bucket"),
@@ -130,6 +230,97 @@ pub fn aws_config(test: &str) -> AwsConfig {
 
 pub async fn clients(cfg: &AwsConfig) -> AwsClients {
     AwsClients::from_config(cfg).await
+}
+
+/// `cfg` with Kinesis on kinesalite.
+pub fn on_kinesalite(mut cfg: AwsConfig) -> AwsConfig {
+    cfg.kinesis_endpoint_url = kinesalite().endpoint.clone();
+    cfg
+}
+
+/// The settings of `shopstream serve` with every stage on the AWS backends of `cfg`, fast timers.
+pub fn serve_toml(cfg: &AwsConfig) -> String {
+    format!(
+        r#"
+[stream]
+backend = "aws"
+[archive]
+backend = "aws"
+flush_age = "200ms"
+[operational]
+backend = "aws"
+[warehouse]
+backend = "aws"
+[dead_letter]
+backend = "aws"
+[sinks]
+poll_interval = "50ms"
+checkpoint_interval = "100ms"
+shard_refresh = "500ms"
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+kinesis_endpoint_url = "{kinesis}"
+s3_endpoint_url = "{s3}"
+dynamodb_endpoint_url = "{dynamodb}"
+firehose_endpoint_url = "{firehose}"
+stream_name = "{stream}"
+bucket = "{bucket}"
+invoices_table = "{invoices}"
+leases_table = "{leases}"
+lease_duration = "{lease}ms"
+delivery_stream = "{sales}"
+firehose_prefix = "{prefix}"
+partial_retry_initial_backoff = "10ms"
+partial_retry_max_backoff = "200ms"
+"#,
+        endpoint = cfg.endpoint_url,
+        kinesis = cfg.kinesis_endpoint_url,
+        s3 = cfg.s3_endpoint_url,
+        dynamodb = cfg.dynamodb_endpoint_url,
+        firehose = cfg.firehose_endpoint_url,
+        stream = cfg.stream_name,
+        bucket = cfg.bucket,
+        invoices = cfg.invoices_table,
+        leases = cfg.leases_table,
+        lease = cfg.lease_duration.as_millis(),
+        sales = cfg.delivery_stream,
+        prefix = cfg.firehose_prefix,
+    )
+}
+
+/// Runs `scripts/readback.py`, the independent boto3 read-back, against what `cfg` names and
+/// the input `files`; panics with its report when a sink does not match the input.
+pub fn readback(cfg: &AwsConfig, files: &[&std::path::Path], allow_duplicates: &[&str]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg("scripts/readback.py")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--endpoint", &cfg.endpoint_url])
+        .args(["--region", &cfg.region])
+        .args(["--bucket", &cfg.bucket])
+        .args(["--invoices-table", &cfg.invoices_table])
+        .args(["--archive-prefix", "raw/"])
+        .args(["--firehose-prefix", &cfg.firehose_prefix]);
+    for f in files {
+        cmd.arg("--input").arg(f);
+    }
+    for sink in allow_duplicates {
+        cmd.args(["--allow-duplicates", sink]);
+    }
+    for (k, v) in ENV {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("python3 runs scripts/readback.py");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "readback.py found a difference:\n{report}"
+    );
+    report
 }
 
 /// Clients for `cfg`, with every resource of `cfg` created by `aws init`'s code.
@@ -171,4 +362,60 @@ pub fn lines(
             ingested_at: chrono::Utc::now(),
         })
         .collect()
+}
+
+/// Every object under `prefix`: its bytes, gunzipped when the key says so.
+pub async fn objects(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for obj in page.unwrap().contents() {
+            let key = obj.key().unwrap();
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap()
+                .body
+                .collect()
+                .await
+                .unwrap()
+                .into_bytes();
+            let mut text = String::new();
+            if key.ends_with(".gz") {
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_string(&mut text)
+                    .unwrap();
+            } else {
+                text = String::from_utf8(body.to_vec()).unwrap();
+            }
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// line id -> times seen, and the exact revenue, over NDJSON texts of lines.
+pub fn count_lines(texts: &[String]) -> (HashMap<String, u32>, Decimal) {
+    let mut ids = HashMap::new();
+    let mut revenue = Decimal::ZERO;
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *ids.entry(v["line_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+        let q = Decimal::from(v["quantity"].as_i64().unwrap());
+        let p: Decimal = v["unit_price"]
+            .as_str()
+            .map(|s| s.parse().unwrap())
+            .unwrap_or_else(|| v["unit_price"].to_string().parse().unwrap());
+        revenue += q * p;
+    }
+    (ids, revenue.normalize())
 }
