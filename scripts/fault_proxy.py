@@ -2,7 +2,7 @@
 """A counting, fault-injecting HTTP proxy in front of one AWS-compatible server (moto, kinesalite).
 
     python3 scripts/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
-        [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--seed N]
+        [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--expire-rate F] [--seed N]
         [--stats-file PATH] [--verbose]
 
 Point the AWS SDK's endpoint at the proxy instead of the server. Every request is forwarded as it
@@ -21,6 +21,9 @@ came (method, path and query, headers, body) and the answer returned as it came,
     HTTP 500 `ServiceUnavailableException` (Firehose, as AWS answers it), with the code in the
     `x-amzn-ErrorType` header and `__type` of the body. The AWS SDKs retry both: the code is on
     their list of throttling errors, and 500 on their list of transient statuses.
+  - `--expire-rate`: that share of Kinesis `GetRecords` calls is answered HTTP 400
+    `ExpiredIteratorException` without forwarding, as Kinesis answers an iterator older than five
+    minutes (what a reader sees after a long sink outage), so a test need not wait five minutes.
   The local servers do not check SigV4 signatures, which is what lets the proxy rewrite a body.
 
 * counting (always on, thread-safe), the basis of the cost benchmark: calls per `X-Amz-Target`
@@ -331,7 +334,8 @@ class Stats:
               "calls", "throttled", "error_responses",
               "entries", "bytes", "billed_units_5k", "failed", "injected_failed",
               "ok_billed_units_5k"},
-            "Kinesis_20131202.GetRecords": {"calls", "error_responses", "records", "response_bytes"},
+            "Kinesis_20131202.GetRecords": {"calls", "error_responses", "records", "response_bytes",
+              "injected_expired"},
             "<any other target>": {"calls", "error_responses"}
           },
           "s3": {                           per kind: PutObject, UploadPart, CreateMultipartUpload,
@@ -362,40 +366,56 @@ class Stats:
 class Faults:
     """The fault rates and the random source, shared by all connections."""
 
-    def __init__(self, fail_rate, throttle_rate, seed):
+    def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0):
         self._lock = threading.Lock()
         self.fail_rate = fail_rate
         self.throttle_rate = throttle_rate
+        self.expire_rate = expire_rate
         self.seed = seed
         self._rng = random.Random(seed)
         self._kinesis_code = 0
 
     def config(self):
-        return {"fail_rate": self.fail_rate, "throttle_rate": self.throttle_rate, "seed": self.seed}
+        return {
+            "fail_rate": self.fail_rate,
+            "throttle_rate": self.throttle_rate,
+            "expire_rate": self.expire_rate,
+            "seed": self.seed,
+        }
 
     def update(self, changes):
         """Applies {"fail_rate": F, "throttle_rate": F}; returns an error message or None."""
         if not isinstance(changes, dict):
             return 'the body must be a JSON object such as {"fail_rate": 0.1, "throttle_rate": 0}'
-        unknown = set(changes) - {"fail_rate", "throttle_rate"}
+        unknown = set(changes) - {"fail_rate", "throttle_rate", "expire_rate"}
         if unknown:
-            return f"unknown keys {sorted(unknown)}: only fail_rate and throttle_rate can change"
+            return (
+                f"unknown keys {sorted(unknown)}: only fail_rate, throttle_rate and expire_rate "
+                "can change"
+            )
         for key, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 return f"{key} is {value!r}: give a number from 0 to 1"
         with self._lock:
             self.fail_rate = float(changes.get("fail_rate", self.fail_rate))
             self.throttle_rate = float(changes.get("throttle_rate", self.throttle_rate))
+            self.expire_rate = float(changes.get("expire_rate", self.expire_rate))
         return None
 
     def active(self):
         return self.fail_rate > 0 or self.throttle_rate > 0
 
     def throttle(self):
-        if self.throttle_rate <= 0:
+        return self._draw(self.throttle_rate)
+
+    def expire(self):
+        return self._draw(self.expire_rate)
+
+    def _draw(self, rate):
+        if rate <= 0:
             return False
         with self._lock:
-            return self._rng.random() < self.throttle_rate
+            return self._rng.random() < rate
 
     def pick(self, n):
         """The set of indices, out of `n` entries, to fail."""
@@ -585,6 +605,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.s3(body)
             elif target in THROTTLE and self.server.faults.active():
                 self.faulty(target, body)
+            elif target == GET_RECORDS and self.server.faults.expire():
+                r = synthetic(
+                    400,
+                    "application/x-amz-json-1.1",
+                    {"__type": "ExpiredIteratorException", "message": "Iterator expired (injected)"},
+                    crc=False,
+                )
+                r.headers.append(("x-amzn-ErrorType", "ExpiredIteratorException"))
+                self.send(r)
+                self.server.stats.op(target, injected_expired=1)
+                self.log(f"{target}: answered ExpiredIteratorException")
             else:
                 self.counted(target, body)
         except UpstreamDown as e:
@@ -840,13 +871,15 @@ def main(argv=None):
                    help="share of the entries of each batch write to fail (default 0)")
     p.add_argument("--throttle-rate", type=rate, default=0.0,
                    help="share of batch-write calls answered with a throttling error (default 0)")
+    p.add_argument("--expire-rate", type=rate, default=0.0,
+                   help="share of GetRecords calls answered ExpiredIteratorException (default 0)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault choices")
     p.add_argument("--stats-file", help="write the counters here as JSON when stopping")
     p.add_argument("--verbose", action="store_true",
                    help="log each request and each injected fault on stderr")
     args = p.parse_args(argv)
 
-    faults = Faults(args.fail_rate, args.throttle_rate, args.seed)
+    faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate)
     try:
         server = ProxyServer(args.listen, args.upstream, faults, args.verbose)
     except OSError as e:

@@ -176,7 +176,7 @@ class FaultProxyTest(unittest.TestCase):
         return boto3.client(service, endpoint_url=cls.endpoint, config=config, **CREDENTIALS)
 
     def setUp(self):
-        self.configure(fail_rate=0, throttle_rate=0)
+        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0)
         status, _ = http_json("POST", self.endpoint + "/__fault_proxy/reset")
         self.assertEqual(status, 200)
 
@@ -246,6 +246,21 @@ class FaultProxyTest(unittest.TestCase):
         return out
 
     # -- tests ---------------------------------------------------------------------------------
+
+    def test_get_records_can_be_answered_with_an_expired_iterator(self):
+        name = self.stream("expire")
+        shard = self.kinesis.list_shards(StreamName=name)["Shards"][0]["ShardId"]
+        it = self.kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        self.configure(expire_rate=1)
+        with self.assertRaises(ClientError) as e:
+            self.kinesis.get_records(ShardIterator=it)
+        self.assertEqual(e.exception.response["Error"]["Code"], "ExpiredIteratorException")
+        self.configure(expire_rate=0)
+        self.assertEqual(self.kinesis.get_records(ShardIterator=it)["Records"], [])
+        ops = self.stats()["operations"]["Kinesis_20131202.GetRecords"]
+        self.assertEqual((ops["calls"], ops["injected_expired"]), (2, 1))
 
     def test_put_records_passthrough_counts_bytes_units_and_reads(self):
         name = self.stream("passthrough")
@@ -447,6 +462,9 @@ class FaultProxyTest(unittest.TestCase):
                 config=Config(retries={"total_max_attempts": 1}), **CREDENTIALS,
             )
             kinesis.create_stream(StreamName="split", ShardCount=1)
+            kinesis.get_waiter("stream_exists").wait(
+                StreamName="split", WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
+            )
             records = [{"Data": f"r{i}".encode(), "PartitionKey": str(i)} for i in range(50)]
             out = kinesis.put_records(StreamName="split", Records=records)
             ok = [i for i, r in enumerate(out["Records"]) if "SequenceNumber" in r]
@@ -456,7 +474,14 @@ class FaultProxyTest(unittest.TestCase):
             kinesis.split_shard(
                 StreamName="split", ShardToSplit=parent, NewStartingHashKey=str(2**127)
             )
-            shards = kinesis.list_shards(StreamName="split")["Shards"]
+            # kinesalite applies the split a moment later (a timer of 0 ms), as Kinesis does
+            # after UPDATING: wait for the children.
+            deadline = time.monotonic() + 10
+            while True:
+                shards = kinesis.list_shards(StreamName="split")["Shards"]
+                if len(shards) == 3 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             self.assertEqual(len(shards), 3)
             it = kinesis.get_shard_iterator(
                 StreamName="split", ShardId=parent, ShardIteratorType="TRIM_HORIZON"

@@ -6,8 +6,8 @@
 //!   killed once its leases expire, and no line is lost.
 //! - A shard split mid-stream: every line arrives once, and each sink starts on a child only
 //!   after it has finished the parent.
-//! - With a proxy failing entries of PutRecords, BatchWriteItem and PutRecordBatch and throttling
-//!   whole calls, every line still lands exactly once.
+//! - With a proxy failing entries of PutRecords, BatchWriteItem and PutRecordBatch, throttling
+//!   whole calls and expiring shard iterators, every line still lands exactly once.
 
 mod aws_common;
 mod common;
@@ -385,11 +385,15 @@ fn proxy_stats(proxy: &aws_common::Helper) -> serde_json::Value {
 }
 
 #[test]
-fn failed_entries_and_throttled_calls_are_retried_until_every_line_lands_once() {
+fn failed_entries_throttled_calls_and_expired_iterators_still_land_every_line_once() {
     let rt = runtime();
     let base = aws_common::on_kinesalite(aws_common::aws_config("faults"));
-    let kinesis_proxy = aws_common::fault_proxy(&base.kinesis_endpoint_url, 0.25, 0.05);
-    let moto_proxy = aws_common::fault_proxy(&base.endpoint_url, 0.25, 0.05);
+    let faults = ["--fail-rate", "0.25", "--throttle-rate", "0.05"];
+    // A fifth of the reads also find their iterator expired, as after a sink outage of more
+    // than five minutes.
+    let kinesis_faults = [&faults[..], &["--expire-rate", "0.2"]].concat();
+    let kinesis_proxy = aws_common::fault_proxy(&base.kinesis_endpoint_url, &kinesis_faults);
+    let moto_proxy = aws_common::fault_proxy(&base.endpoint_url, &faults);
     // Resources are created directly; the pipeline goes through the proxies.
     let clients = rt.block_on(aws_common::init(&base));
     let mut cfg = base.clone();
@@ -432,5 +436,9 @@ fn failed_entries_and_throttled_calls_are_retried_until_every_line_lands_once() 
             "no {op} call was throttled: {stats:#}"
         );
     }
+    assert!(
+        counter(&k, "Kinesis_20131202.GetRecords", "injected_expired") > 0,
+        "no read found its iterator expired: {k:#}"
+    );
     drop(server);
 }

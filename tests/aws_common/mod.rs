@@ -165,27 +165,22 @@ pub fn kinesalite() -> &'static Helper {
     })
 }
 
-/// `scripts/fault_proxy.py` in front of `upstream`: counts every call, and fails `fail_rate` of
-/// the entries of PutRecords, BatchWriteItem and PutRecordBatch and `throttle_rate` of those
-/// calls as a whole.
-pub fn fault_proxy(upstream: &str, fail_rate: f64, throttle_rate: f64) -> Helper {
-    Helper::start(
-        "python3",
-        &[
-            "scripts/fault_proxy.py",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--fail-rate",
-            &fail_rate.to_string(),
-            "--throttle-rate",
-            &throttle_rate.to_string(),
-            "--seed",
-            "7",
-        ],
-        "fault_proxy.py",
-    )
+/// `scripts/fault_proxy.py` in front of `upstream`: counts every call, and injects the faults
+/// `faults` asks for, e.g. `["--fail-rate", "0.25", "--throttle-rate", "0.05"]` (failed entries
+/// of PutRecords, BatchWriteItem and PutRecordBatch, and whole calls of them throttled) or
+/// `["--expire-rate", "0.2"]` (GetRecords answered ExpiredIteratorException).
+pub fn fault_proxy(upstream: &str, faults: &[&str]) -> Helper {
+    let mut args = vec![
+        "scripts/fault_proxy.py",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--seed",
+        "7",
+    ];
+    args.extend_from_slice(faults);
+    Helper::start("python3", &args, "fault_proxy.py")
 }
 
 /// The server of this test binary, started on first use.
