@@ -257,6 +257,57 @@ fn two_instances_split_the_shards_and_the_survivor_takes_over() {
     aws_common::readback(&cfg, &[&file], &["firehose"]);
 }
 
+#[test]
+fn a_stopped_instance_hands_its_shards_over_at_once() {
+    let Setup { rt, mut cfg, .. } = setup("handover", 4, 100);
+    // Leases far longer than the test: only a release on shutdown moves them in time.
+    cfg.lease_duration = Duration::from_secs(120);
+    let clients = rt.block_on(aws_common::clients(&cfg));
+    let toml = aws_common::serve_toml(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(&dir.path().join("a"), 0, &toml);
+    let name_a = status(&a)["instance"].as_str().unwrap().to_owned();
+    wait_for(Duration::from_secs(30), "A to own every shard", || {
+        let owners = lease_owners(&rt, &clients, &cfg.leases_table);
+        (owners.len() == 4
+            && owners
+                .values()
+                .all(|o| o.as_deref() == Some(name_a.as_str())))
+        .then_some(())
+    });
+    // A newcomer takes its share from A without waiting for anything to expire...
+    let mut b = Server::start(&dir.path().join("b"), 0, &toml);
+    let name_b = status(&b)["instance"].as_str().unwrap().to_owned();
+    wait_for(Duration::from_secs(30), "B to take two shards", || {
+        let owners = lease_owners(&rt, &clients, &cfg.leases_table);
+        let of_b = owners
+            .values()
+            .filter(|o| o.as_deref() == Some(name_b.as_str()))
+            .count();
+        (of_b == 2).then_some(())
+    });
+    // ...and on SIGTERM checkpoints, releases its leases and exits 0, so A has every shard
+    // back long before the leases would have expired.
+    let (exit, took) = b.terminate();
+    assert!(exit.success(), "B exited with {exit}");
+    let waited = Instant::now();
+    wait_for(
+        Duration::from_secs(20),
+        "A to take the released shards",
+        || {
+            let owners = lease_owners(&rt, &clients, &cfg.leases_table);
+            owners
+                .values()
+                .all(|o| o.as_deref() == Some(name_a.as_str()))
+                .then_some(())
+        },
+    );
+    println!(
+        "B stopped in {took:?}; A had every shard {:?} later",
+        waited.elapsed()
+    );
+}
+
 /// The log lines (JSON) of `server` as values, in order.
 fn json_log(server: &Server) -> Vec<serde_json::Value> {
     server

@@ -68,6 +68,22 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
             .unwrap();
     assert_eq!(invoice["invoice_no"], "536365");
     assert!(!invoice["lines"].as_array().unwrap().is_empty());
+
+    // Every reader exports Kinesis' MillisBehindLatest, per sink and shard.
+    let url = server.url("/metrics");
+    let metrics = tokio::task::spawn_blocking(move || client().get(url).send().unwrap().text())
+        .await
+        .unwrap()
+        .unwrap();
+    for sink in ["archive", "operational", "warehouse"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("shopstream_stream_millis_behind_latest{")
+                    && l.contains(&format!("sink=\"{sink}\""))),
+            "no MillisBehindLatest gauge for {sink}:\n{metrics}"
+        );
+    }
     drop(server);
 
     // An independent client (boto3) reads all three sinks back and compares them with the file.
