@@ -41,6 +41,8 @@ pub struct SinkShardStatus {
 pub struct Progress {
     sinks: Mutex<BTreeMap<(SinkKind, ShardId), Entry>>,
     latest: Mutex<BTreeMap<ShardId, SequenceNumber>>,
+    /// The last [`Progress::max_backlog`] and when it was taken, for callers on hot paths.
+    recent_max_backlog: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Progress {
@@ -118,6 +120,19 @@ impl Progress {
             .map(|s| s.backlog_records)
             .max()
             .unwrap_or(0)
+    }
+
+    /// [`Progress::max_backlog`] as of at most `max_age` ago: ingest asks on every request, and a
+    /// backlog worth refusing lines for does not appear within a fraction of a second.
+    pub fn max_backlog_recent(&self, max_age: std::time::Duration) -> u64 {
+        if let Some((at, backlog)) = *self.recent_max_backlog.lock().expect("progress lock") {
+            if at.elapsed() <= max_age {
+                return backlog;
+            }
+        }
+        let backlog = self.max_backlog();
+        *self.recent_max_backlog.lock().expect("progress lock") = Some((Instant::now(), backlog));
+        backlog
     }
 
     /// True when every sink has checkpointed every shard up to the newest record seen.
@@ -214,5 +229,21 @@ mod tests {
         p.record_checkpoint(SinkKind::Operational, &s, &SequenceNumber::shard_end(), 0);
         assert_eq!(p.max_backlog(), 0);
         assert_eq!(p.snapshot()[0].checkpoint.as_deref(), Some("end"));
+    }
+
+    #[test]
+    fn the_recent_backlog_is_reused_within_its_age_and_forgotten_shards_leave() {
+        use std::time::Duration;
+        let p = Progress::default();
+        let s = ShardId("shard-0002".into());
+        let n = SequenceNumber::from;
+        p.register(SinkKind::Archive, &s);
+        p.record_latest(&s, &n(5));
+        assert_eq!(p.max_backlog_recent(Duration::from_secs(3600)), 5);
+        p.record_latest(&s, &n(9));
+        assert_eq!(p.max_backlog_recent(Duration::from_secs(3600)), 5);
+        assert_eq!(p.max_backlog_recent(Duration::ZERO), 9);
+        p.forget(SinkKind::Archive, &s);
+        assert!(p.snapshot().is_empty());
     }
 }

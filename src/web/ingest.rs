@@ -12,7 +12,7 @@ use std::time::Instant;
 use super::error::ApiError;
 use super::AppState;
 use crate::model::{
-    parse_body, DateOrder, InvoiceLine, LineBatch, LineError, LinePosition, ParseOptions,
+    parse_body, DateOrder, InvoiceLine, LineBatchRef, LineError, LinePosition, ParseOptions,
 };
 use crate::stream::{PutRecord, StreamError, MAX_RECORD_BYTES};
 
@@ -223,10 +223,10 @@ fn push_records(
     lines: &[&InvoiceLine],
     out: &mut Vec<PutRecord>,
 ) -> Result<(), serde_json::Error> {
-    let batch = LineBatch {
-        store_id: store_id.to_owned(),
+    let batch = LineBatchRef {
+        store_id,
         ingested_at,
-        lines: lines.iter().map(|l| (*l).clone()).collect(),
+        lines,
     };
     let data = serde_json::to_vec(&batch)?;
     if data.len() + invoice.len() <= MAX_RECORD_BYTES || lines.len() == 1 {

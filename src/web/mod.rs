@@ -101,7 +101,9 @@ impl AppState {
     /// Refuses new lines while a sink is too far behind: the stream is durable, but a backlog
     /// that only grows means a sink is down or too slow, and stores should hold their lines.
     pub fn check_backpressure(&self) -> Result<(), ApiError> {
-        let backlog = self.progress.max_backlog();
+        let backlog = self
+            .progress
+            .max_backlog_recent(std::time::Duration::from_millis(100));
         if backlog > self.limits.backlog_high_water_records {
             return Err(ApiError::Busy {
                 reason: format!(
