@@ -92,3 +92,89 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
         .unwrap();
     println!("{report}");
 }
+
+/// Readiness names each AWS backend that cannot be used and why; a stream that does not exist
+/// stops `serve` at start with a message that says what to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_missing_aws_resource() {
+    let mut cfg = aws_common::on_kinesalite(aws_common::aws_config("ready"));
+    cfg.lease_duration = Duration::from_secs(10);
+    let toml = aws_common::serve_toml(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Nothing created yet: serve refuses to start and says how to fix it.
+    let config = dir.path().join("ready.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let data = dir.path().join("none");
+        move || {
+            std::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--port")
+                .arg("0")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&cfg.stream_name) && stderr.contains("aws init"),
+        "{stderr}"
+    );
+
+    // Created, then the invoices table and the delivery stream go away.
+    let clients = aws_common::init(&cfg).await;
+    let server = tokio::task::spawn_blocking({
+        let data = dir.path().join("data");
+        move || Server::start(&data, 0, &toml)
+    })
+    .await
+    .unwrap();
+    let ready = |server: &Server| {
+        let url = server.url("/health/ready");
+        move || {
+            let r = client().get(url).send().unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
+        }
+    };
+    let (code, body) = tokio::task::spawn_blocking(ready(&server)).await.unwrap();
+    assert_eq!(code, 200, "{body:#}");
+    clients
+        .dynamodb
+        .delete_table()
+        .table_name(&cfg.invoices_table)
+        .send()
+        .await
+        .unwrap();
+    clients
+        .firehose
+        .delete_delivery_stream()
+        .delivery_stream_name(&cfg.delivery_stream)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = tokio::task::spawn_blocking(ready(&server)).await.unwrap();
+    assert_eq!(code, 503, "{body:#}");
+    let checks = &body["checks"];
+    assert_eq!(checks["stream"], "ok", "{body:#}");
+    assert_eq!(checks["archive"], "ok", "{body:#}");
+    for (sink, name) in [
+        ("operational", &cfg.invoices_table),
+        ("warehouse", &cfg.delivery_stream),
+    ] {
+        let why = checks[sink].as_str().unwrap();
+        assert!(
+            why.contains(name.as_str()) && why.contains("does not exist"),
+            "{sink}: {why}"
+        );
+    }
+    drop(server);
+}

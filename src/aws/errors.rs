@@ -1,6 +1,5 @@
 //! Which SDK failures are worth retrying, and how to print them.
 
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// The same type in every SDK crate (each re-exports the smithy runtime's `SdkError`).
@@ -62,9 +61,20 @@ where
     )
 }
 
-/// The whole error chain in one line (the SDK's own `Display` says only "service error").
+/// The whole error chain in one line: the SDK's own `Display` says only "service error", and
+/// its `DisplayErrorContext` appends the `Debug` form of the raw response, which buries the
+/// reason in a screenful of headers. Each level of the chain is shown once.
 pub fn describe<E: std::error::Error + 'static>(e: &E) -> String {
-    DisplayErrorContext(e).to_string()
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
 }
 
 #[cfg(test)]
@@ -84,5 +94,23 @@ mod tests {
         assert!(!is_retriable_code("ResourceNotFoundException"));
         assert!(!is_retriable_code("ConditionalCheckFailedException"));
         assert!(!is_retriable_code("AccessDeniedException"));
+    }
+
+    #[test]
+    fn describe_shows_each_level_once_and_no_debug_dump() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("service error")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("Stream s not found."));
+        assert_eq!(describe(&e), "service error: Stream s not found.");
     }
 }

@@ -94,6 +94,14 @@ impl KinesisStream {
         }
     }
 
+    fn missing_stream(&self) -> StreamError {
+        StreamError::Backend(format!(
+            "stream {} does not exist: run `shopstream aws init`, or check aws.stream_name, \
+             aws.region and the Kinesis endpoint",
+            self.stream_name
+        ))
+    }
+
     /// Waits for this shard's next GetRecords slot (one per 200 ms) and reserves it.
     async fn pace(&self, shard: &ShardId) {
         let interval = Duration::from_secs(1) / MAX_GET_RECORDS_PER_SECOND;
@@ -247,10 +255,13 @@ impl Stream for KinesisStream {
                 None => self.client.list_shards().stream_name(&self.stream_name),
                 Some(t) => self.client.list_shards().next_token(t),
             };
-            let out = req
-                .send()
-                .await
-                .map_err(|e| self.call_error("ListShards", e))?;
+            let out = req.send().await.map_err(|e| {
+                if error_code(&e) == Some("ResourceNotFoundException") {
+                    self.missing_stream()
+                } else {
+                    self.call_error("ListShards", e)
+                }
+            })?;
             for s in out.shards() {
                 shards.push(ShardInfo {
                     id: ShardId(s.shard_id().to_owned()),
@@ -371,10 +382,7 @@ impl Stream for KinesisStream {
             .await
             .map_err(|e| {
                 if error_code(&e) == Some("ResourceNotFoundException") {
-                    StreamError::Backend(format!(
-                        "stream {} does not exist (run `shopstream aws init`)",
-                        self.stream_name
-                    ))
+                    self.missing_stream()
                 } else {
                     self.call_error("DescribeStreamSummary", e)
                 }
