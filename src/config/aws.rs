@@ -154,7 +154,9 @@ impl AwsConfig {
             ("aws.dynamodb_endpoint_url", &self.dynamodb_endpoint_url),
             ("aws.firehose_endpoint_url", &self.firehose_endpoint_url),
         ] {
-            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            let plausible =
+                url.is_empty() || url.starts_with("http://") || url.starts_with("https://");
+            if !plausible {
                 return Err(bad(
                     key,
                     "must be a URL starting with http:// or https:// (or empty for AWS itself)",

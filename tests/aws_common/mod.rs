@@ -125,17 +125,21 @@ while kill -0 "$parent" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; don
             .stdin(Stdio::null())
             .spawn()
             .expect("sh starts");
+        // Owned by a `Helper` at once, so a failed start below still stops it (on drop).
+        let mut helper = Helper {
+            child,
+            endpoint: String::new(),
+            port: 0,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(port) = std::fs::read_to_string(&port_file)
                 .ok()
                 .and_then(|p| p.trim().parse::<u16>().ok())
             {
-                return Helper {
-                    child,
-                    endpoint: format!("http://127.0.0.1:{port}"),
-                    port,
-                };
+                helper.port = port;
+                helper.endpoint = format!("http://127.0.0.1:{port}");
+                return helper;
             }
             if Instant::now() > deadline {
                 panic!(
