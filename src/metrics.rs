@@ -45,6 +45,39 @@ fn size_buckets() -> Vec<f64> {
     exponential_buckets(1.0, 4.0, 11).expect("valid buckets")
 }
 
+// --- AWS ------------------------------------------------------------------------------------
+
+pub static AWS_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "aws_calls_total",
+        "AWS API calls the backends made, by service and operation (resends of failed entries \
+         included; the SDK's own retries of a throttled call are not).",
+        &["service", "operation"],
+    )
+});
+
+pub static AWS_BILLED_UNITS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "aws_billed_units_total",
+        "What the batch writes are billed by: kinesis_put_payload_units (25 KiB steps of each \
+         record, partition key included), firehose_5kib_units (5 KiB steps of each record), \
+         dynamodb_items_written (BatchWriteItem puts).",
+        &["unit"],
+    )
+});
+
+/// Counts one AWS API call.
+pub fn aws_call(service: &str, operation: &str) {
+    AWS_CALLS.with_label_values(&[service, operation]).inc();
+}
+
+/// Counts `n` billing units of kind `unit` (see [`AWS_BILLED_UNITS`]).
+pub fn aws_billed(unit: &str, n: usize) {
+    AWS_BILLED_UNITS
+        .with_label_values(&[unit])
+        .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+}
+
 // --- HTTP -----------------------------------------------------------------------------------
 
 pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -214,6 +247,8 @@ pub static IMPORT_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 /// Touches every series so that `/metrics` lists them all from the start (a dashboard can tell
 /// "zero" from "not exported").
 pub fn init() {
+    LazyLock::force(&AWS_CALLS);
+    LazyLock::force(&AWS_BILLED_UNITS);
     LazyLock::force(&HTTP_REQUESTS);
     LazyLock::force(&HTTP_REQUEST_DURATION);
     LazyLock::force(&LINES_ACCEPTED);

@@ -18,7 +18,14 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
     let mut cfg = aws_common::on_kinesalite(aws_common::aws_config("pipeline"));
     cfg.lease_duration = Duration::from_secs(10);
     let clients = aws_common::init(&cfg).await;
-    let toml = aws_common::serve_toml(&cfg);
+    // The server talks to AWS through counting proxies (no faults): an independent meter for the
+    // cost counters it exports.
+    let kinesis_meter = aws_common::fault_proxy(&cfg.kinesis_endpoint_url, &[]);
+    let moto_meter = aws_common::fault_proxy(&cfg.endpoint_url, &[]);
+    let mut metered = cfg.clone();
+    metered.endpoint_url = moto_meter.endpoint.clone();
+    metered.kinesis_endpoint_url = kinesis_meter.endpoint.clone();
+    let toml = aws_common::serve_toml(&metered);
     let dir = tempfile::tempdir().unwrap();
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/online-retail-sample-873-iso.csv");
@@ -75,6 +82,90 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
         .await
         .unwrap()
         .unwrap();
+    // The calls and billing units shopstream counts are the ones the meters saw.
+    let meter = |proxy: &aws_common::Helper| {
+        let url = format!("{}/__fault_proxy/stats", proxy.endpoint);
+        move || {
+            client()
+                .get(url)
+                .send()
+                .unwrap()
+                .json::<serde_json::Value>()
+                .unwrap()
+        }
+    };
+    let k = tokio::task::spawn_blocking(meter(&kinesis_meter))
+        .await
+        .unwrap();
+    let m = tokio::task::spawn_blocking(meter(&moto_meter))
+        .await
+        .unwrap();
+    let ops = |stats: &serde_json::Value, op: &str, what: &str| {
+        stats["operations"][op][what].as_u64().unwrap_or(0)
+    };
+    let exported = |name: &str, labels: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("shopstream_{name}{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let calls = |service: &str, op: &str| {
+        exported(
+            "aws_calls_total",
+            &format!("operation=\"{op}\",service=\"{service}\""),
+        )
+    };
+    let units = |unit: &str| exported("aws_billed_units_total", &format!("unit=\"{unit}\""));
+    let (put_records, batch_write, put_record_batch) = (
+        "Kinesis_20131202.PutRecords",
+        "DynamoDB_20120810.BatchWriteItem",
+        "Firehose_20150804.PutRecordBatch",
+    );
+    let pairs = [
+        (
+            "PutRecords calls",
+            calls("kinesis", "PutRecords"),
+            ops(&k, put_records, "calls"),
+        ),
+        (
+            "Kinesis payload units",
+            units("kinesis_put_payload_units"),
+            ops(&k, put_records, "payload_units"),
+        ),
+        (
+            "BatchWriteItem calls",
+            calls("dynamodb", "BatchWriteItem"),
+            ops(&m, batch_write, "calls"),
+        ),
+        (
+            "DynamoDB items",
+            units("dynamodb_items_written"),
+            ops(&m, batch_write, "entries"),
+        ),
+        (
+            "PutRecordBatch calls",
+            calls("firehose", "PutRecordBatch"),
+            ops(&m, put_record_batch, "calls"),
+        ),
+        (
+            "Firehose 5 KiB units",
+            units("firehose_5kib_units"),
+            ops(&m, put_record_batch, "billed_units_5k"),
+        ),
+        (
+            "S3 PutObject",
+            calls("s3", "PutObject"),
+            m["s3"]["PutObject"]["requests"].as_u64().unwrap_or(0),
+        ),
+    ];
+    for (what, ours, metered) in pairs {
+        assert!(ours > 0, "{what}: nothing counted");
+        assert_eq!(
+            ours, metered,
+            "{what}: exported {ours}, the meter saw {metered}"
+        );
+    }
     for sink in ["archive", "operational", "warehouse"] {
         assert!(
             metrics

@@ -60,6 +60,7 @@ impl S3ObjectStore {
     }
 
     async fn put_multipart(&self, key: &str, body: Bytes) -> Result<(), ObjectStoreError> {
+        crate::metrics::aws_call("s3", "CreateMultipartUpload");
         let created = self
             .client
             .create_multipart_upload()
@@ -104,6 +105,7 @@ impl S3ObjectStore {
         let mut number = 1;
         while offset < body.len() {
             let end = (offset + self.part_size).min(body.len());
+            crate::metrics::aws_call("s3", "UploadPart");
             let out = self
                 .client
                 .upload_part()
@@ -125,6 +127,7 @@ impl S3ObjectStore {
             number += 1;
         }
         let part_count = parts.len();
+        crate::metrics::aws_call("s3", "CompleteMultipartUpload");
         let completed = self
             .client
             .complete_multipart_upload()
@@ -184,6 +187,7 @@ impl ObjectStore for S3ObjectStore {
         if body.len() >= self.multipart_threshold {
             return self.put_multipart(key, body).await;
         }
+        crate::metrics::aws_call("s3", "PutObject");
         self.client
             .put_object()
             .bucket(&self.bucket)

@@ -80,6 +80,8 @@ impl DynamoOperationalStore {
             batch,
             self.retry.clone(),
             |pending: Vec<(String, Item)>| async move {
+                crate::metrics::aws_call("dynamodb", "BatchWriteItem");
+                crate::metrics::aws_billed("dynamodb_items_written", pending.len());
                 let requests = pending
                     .iter()
                     .map(|(_, item)| {

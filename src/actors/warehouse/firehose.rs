@@ -177,6 +177,14 @@ impl FirehoseWarehouse {
             batch,
             self.retry.clone(),
             |pending: Vec<Vec<u8>>| async move {
+                crate::metrics::aws_call("firehose", "PutRecordBatch");
+                crate::metrics::aws_billed(
+                    "firehose_5kib_units",
+                    pending
+                        .iter()
+                        .map(|d| d.len().div_ceil(5 * 1024).max(1))
+                        .sum(),
+                );
                 let records = pending
                     .into_iter()
                     .map(|data| Record::builder().data(Blob::new(data)).build())

@@ -150,6 +150,14 @@ impl KinesisStream {
             batch,
             self.retry.clone(),
             |pending: Vec<PutRecord>| async move {
+                crate::metrics::aws_call("kinesis", "PutRecords");
+                crate::metrics::aws_billed(
+                    "kinesis_put_payload_units",
+                    pending
+                        .iter()
+                        .map(|r| payload_units(r.data.len() + r.partition_key.len()))
+                        .sum(),
+                );
                 let entries = pending
                     .into_iter()
                     .map(|r| {
@@ -204,6 +212,12 @@ impl KinesisStream {
             }
         })
     }
+}
+
+/// Kinesis bills writes in PUT payload units: each record in 25 KiB steps, its partition key
+/// included.
+fn payload_units(record_bytes: usize) -> usize {
+    record_bytes.div_ceil(25 * 1024).max(1)
 }
 
 /// Splits records into PutRecords requests within the count and byte limits, in order.
@@ -307,6 +321,7 @@ impl Stream for KinesisStream {
         let mut refreshed = false;
         let out = loop {
             self.pace(shard).await;
+            crate::metrics::aws_call("kinesis", "GetRecords");
             match self
                 .client
                 .get_records()
