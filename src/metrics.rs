@@ -71,6 +71,12 @@ pub fn aws_call(service: &str, operation: &str) {
     AWS_CALLS.with_label_values(&[service, operation]).inc();
 }
 
+/// Counts the billing units of records of `sizes` bytes billed in steps of `step` bytes (every
+/// record at least one step): Kinesis PUT payload units, Firehose 5 KiB units.
+pub fn aws_billed_steps(unit: &str, sizes: impl Iterator<Item = usize>, step: usize) {
+    aws_billed(unit, sizes.map(|n| n.div_ceil(step).max(1)).sum());
+}
+
 /// Counts `n` billing units of kind `unit` (see [`AWS_BILLED_UNITS`]).
 pub fn aws_billed(unit: &str, n: usize) {
     AWS_BILLED_UNITS

@@ -3,7 +3,6 @@
 
 use std::io::{self, Read};
 
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use bytes::Buf;
@@ -85,7 +84,7 @@ impl Source for S3Source {
                 let page = page.map_err(|e| {
                     self.fail(format!(
                         "cannot be listed: {}; check the bucket name, aws.region, aws.endpoint_url and the credentials",
-                        DisplayErrorContext(&e)
+                        crate::aws::describe(&e)
                     ))
                 })?;
                 for object in page.contents() {
@@ -116,7 +115,7 @@ impl Source for S3Source {
         let object = self.runtime.block_on(request.send()).map_err(|e| {
             self.fail(format!(
                 "cannot read {key}: {} (a failed precondition means it changed since it was listed; import again)",
-                DisplayErrorContext(&e)
+                crate::aws::describe(&e)
             ))
         })?;
         Ok(Box::new(ObjectReader {

@@ -29,6 +29,8 @@ use crate::model::{money_to_micros, IngestedLine};
 pub const MAX_BATCH_RECORDS: usize = 500;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_RECORD_BYTES: usize = 1000 * 1024;
+/// Firehose bills ingestion per record in steps of this size.
+const BILLING_STEP_BYTES: usize = 5 * 1024;
 
 /// One row of the `sales` table, as Redshift's JSON 'auto' COPY reads it.
 #[derive(Debug, Serialize)]
@@ -178,12 +180,10 @@ impl FirehoseWarehouse {
             self.retry.clone(),
             |pending: Vec<Vec<u8>>| async move {
                 crate::metrics::aws_call("firehose", "PutRecordBatch");
-                crate::metrics::aws_billed(
+                crate::metrics::aws_billed_steps(
                     "firehose_5kib_units",
-                    pending
-                        .iter()
-                        .map(|d| d.len().div_ceil(5 * 1024).max(1))
-                        .sum(),
+                    pending.iter().map(Vec::len),
+                    BILLING_STEP_BYTES,
                 );
                 let records = pending
                     .into_iter()
@@ -206,7 +206,7 @@ impl FirehoseWarehouse {
                         Some(code) => {
                             let reason =
                                 format!("{code}: {}", r.error_message().unwrap_or_default());
-                            if is_retriable_code(code) || code.starts_with("ServiceUnavailable") {
+                            if is_retriable_code(code) {
                                 EntryOutcome::Retry(reason)
                             } else {
                                 EntryOutcome::Reject(reason)

@@ -22,6 +22,9 @@ use crate::stream::{
 /// PutRecords limits: records and bytes (data plus partition keys) per request.
 pub const MAX_PUT_RECORDS: usize = 500;
 pub const MAX_PUT_BYTES: usize = 5 * 1024 * 1024;
+/// Kinesis bills writes in PUT payload units: each record in steps of this size, its partition
+/// key included.
+const PUT_PAYLOAD_UNIT_BYTES: usize = 25 * 1024;
 /// GetRecords calls a shard allows per second.
 pub const MAX_GET_RECORDS_PER_SECOND: u32 = 5;
 /// Most records one GetRecords returns.
@@ -89,6 +92,7 @@ impl KinesisStream {
             Some("ProvisionedThroughputExceededException" | "LimitExceededException") => {
                 StreamError::Saturated(msg)
             }
+            Some("ResourceNotFoundException") => self.missing_stream(),
             // Backend errors are retriable by the caller (`StreamError::is_retriable`).
             _ => StreamError::Backend(msg),
         }
@@ -151,12 +155,10 @@ impl KinesisStream {
             self.retry.clone(),
             |pending: Vec<PutRecord>| async move {
                 crate::metrics::aws_call("kinesis", "PutRecords");
-                crate::metrics::aws_billed(
+                crate::metrics::aws_billed_steps(
                     "kinesis_put_payload_units",
-                    pending
-                        .iter()
-                        .map(|r| payload_units(r.data.len() + r.partition_key.len()))
-                        .sum(),
+                    pending.iter().map(|r| r.data.len() + r.partition_key.len()),
+                    PUT_PAYLOAD_UNIT_BYTES,
                 );
                 let entries = pending
                     .into_iter()
@@ -214,12 +216,6 @@ impl KinesisStream {
     }
 }
 
-/// Kinesis bills writes in PUT payload units: each record in 25 KiB steps, its partition key
-/// included.
-fn payload_units(record_bytes: usize) -> usize {
-    record_bytes.div_ceil(25 * 1024).max(1)
-}
-
 /// Splits records into PutRecords requests within the count and byte limits, in order.
 fn batches(records: Vec<PutRecord>) -> Result<Vec<Vec<PutRecord>>, StreamError> {
     let mut out: Vec<Vec<PutRecord>> = Vec::new();
@@ -269,13 +265,10 @@ impl Stream for KinesisStream {
                 None => self.client.list_shards().stream_name(&self.stream_name),
                 Some(t) => self.client.list_shards().next_token(t),
             };
-            let out = req.send().await.map_err(|e| {
-                if error_code(&e) == Some("ResourceNotFoundException") {
-                    self.missing_stream()
-                } else {
-                    self.call_error("ListShards", e)
-                }
-            })?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| self.call_error("ListShards", e))?;
             for s in out.shards() {
                 shards.push(ShardInfo {
                     id: ShardId(s.shard_id().to_owned()),
@@ -395,13 +388,7 @@ impl Stream for KinesisStream {
             .stream_name(&self.stream_name)
             .send()
             .await
-            .map_err(|e| {
-                if error_code(&e) == Some("ResourceNotFoundException") {
-                    self.missing_stream()
-                } else {
-                    self.call_error("DescribeStreamSummary", e)
-                }
-            })?;
+            .map_err(|e| self.call_error("DescribeStreamSummary", e))?;
         match out.stream_description_summary().map(|s| s.stream_status()) {
             Some(StreamStatus::Active | StreamStatus::Updating) => Ok(()),
             other => Err(StreamError::Backend(format!(
