@@ -8,6 +8,19 @@
 //! It also holds the one encoding of an invoice line into SQL values ([`LineRow`]) and the
 //! classification of SQLite errors ([`is_transient`], [`is_line_specific`]) that both stores map to
 //! their own error types.
+//!
+//! # How the stores key a line
+//!
+//! Both stores keep a line once by `(invoice_no, line_id)`, not by its line id alone. A line id
+//! is a hash over the line's invoice number and more (its content, or the client's line number:
+//! [`LineId`](crate::model::LineId)), so it determines the invoice: the pair is unique exactly
+//! when the id is, and the stores stay idempotent by line id. What the pair changes is where a
+//! write lands. In an index ordered by a random hash every line of a batch goes to a different
+//! B-tree page, and each commit rewrites, checksums into the WAL and fsyncs about one 4 KiB page
+//! per line. Ordered by invoice number first, the lines of a batch sit together (invoice numbers
+//! grow with time) and a commit writes a few pages per invoice: `cargo bench --bench stores`
+//! measured 3.2x the operational store's and 2.3x the warehouse's insert rate
+//! (`docs/benchmarks.md`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};

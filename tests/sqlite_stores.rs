@@ -400,3 +400,67 @@ async fn the_importer_writes_lines_and_its_ledger_in_one_transaction() {
     assert!(result.is_err());
     assert_eq!(wh.summary().await.unwrap().unwrap().lines, 0);
 }
+
+/// Files written before the stores keyed lines by `(invoice_no, line_id)` had `line_id TEXT
+/// PRIMARY KEY` (and the indexes below). They open, gain the new key's index, and keep taking
+/// upserts and inserts with each line stored once and the newest content kept.
+#[tokio::test]
+async fn files_keyed_by_line_id_alone_open_and_keep_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let columns = "
+        invoice_no TEXT NOT NULL, stock_code TEXT NOT NULL, description TEXT,
+        quantity INTEGER NOT NULL, invoice_date TEXT NOT NULL, unit_price TEXT NOT NULL";
+    rusqlite::Connection::open(dir.path().join("data/operational.sqlite"))
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TABLE invoice_lines (line_id TEXT PRIMARY KEY, {columns},
+                unit_price_micros INTEGER NOT NULL, line_total TEXT NOT NULL,
+                line_total_micros INTEGER NOT NULL, customer_id INTEGER, country TEXT NOT NULL,
+                is_cancellation INTEGER NOT NULL, store_id TEXT NOT NULL, ingested_at TEXT NOT NULL);
+             CREATE INDEX invoice_lines_by_invoice ON invoice_lines (invoice_no, invoice_date);"
+        ))
+        .unwrap();
+    rusqlite::Connection::open(dir.path().join("data/warehouse.sqlite"))
+        .unwrap()
+        .execute_batch(&format!(
+            "CREATE TABLE sales (line_id TEXT PRIMARY KEY, {columns}, line_total TEXT NOT NULL,
+                line_total_micros INTEGER NOT NULL, customer_id INTEGER, country TEXT NOT NULL,
+                is_cancellation INTEGER NOT NULL, store_id TEXT NOT NULL,
+                ingested_at TEXT NOT NULL, source TEXT NOT NULL);
+             CREATE INDEX sales_invoice_no ON sales (invoice_no);"
+        ))
+        .unwrap();
+
+    let (ops, wh) = stores(&dir);
+    let lines = invoice_lines("536365", 3);
+    for _ in 0..2 {
+        ops.upsert(&lines).await.unwrap();
+        wh.insert(&lines).await.unwrap();
+    }
+    let mut corrected = lines[2].clone();
+    corrected.line.quantity = 10;
+    ops.upsert(&[corrected.clone()]).await.unwrap();
+    assert_eq!(ops.totals().await.unwrap(), (3, money("17.50")));
+    assert_eq!(
+        ops.invoice("536365").await.unwrap().unwrap().lines[2],
+        corrected
+    );
+    let summary = wh.summary().await.unwrap().unwrap();
+    assert_eq!((summary.lines, summary.revenue), (3, money("7.5")));
+    for (file, index) in [
+        ("operational", "invoice_lines_key"),
+        ("warehouse", "sales_key"),
+    ] {
+        let conn =
+            rusqlite::Connection::open(dir.path().join(format!("data/{file}.sqlite"))).unwrap();
+        let found: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [index],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 1, "{file} has the index {index}");
+    }
+}

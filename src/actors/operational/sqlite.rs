@@ -16,12 +16,16 @@ use crate::sqlite::{
     StoreErrorKind, TaskFailed,
 };
 
-/// One row per line, keyed by line id. The implicit rowid is the insertion order, which an upsert
+/// One row per line, keyed by `(invoice_no, line_id)` (why that key and not the line id alone: the
+/// `crate::sqlite` module docs). The implicit rowid is the insertion order, which an upsert
 /// of a known line keeps (`ON CONFLICT DO UPDATE`, not `INSERT OR REPLACE`), so an invoice's lines
-/// read back in the order they first arrived.
+/// read back in the order they first arrived. The key's index also serves the invoice look-up.
+///
+/// Files written before this key have `line_id TEXT PRIMARY KEY` and an `(invoice_no,
+/// invoice_date)` index; opening one adds the key index, and both layouts take the same SQL.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS invoice_lines (
-    line_id            TEXT PRIMARY KEY,
+    line_id            TEXT NOT NULL,
     invoice_no         TEXT NOT NULL,
     stock_code         TEXT NOT NULL,
     description        TEXT,
@@ -37,7 +41,7 @@ CREATE TABLE IF NOT EXISTS invoice_lines (
     store_id           TEXT NOT NULL,
     ingested_at        TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS invoice_lines_by_invoice ON invoice_lines (invoice_no, invoice_date);
+CREATE UNIQUE INDEX IF NOT EXISTS invoice_lines_key ON invoice_lines (invoice_no, line_id);
 -- A quarter of the lines have no customer; leaving them out keeps this index smaller.
 CREATE INDEX IF NOT EXISTS invoice_lines_by_customer ON invoice_lines (customer_id, invoice_date)
     WHERE customer_id IS NOT NULL;
@@ -50,8 +54,8 @@ INSERT INTO invoice_lines (line_id, invoice_no, stock_code, description, quantit
 VALUES (:line_id, :invoice_no, :stock_code, :description, :quantity, :invoice_date,
     :unit_price, :unit_price_micros, :line_total, :line_total_micros, :customer_id, :country,
     :is_cancellation, :store_id, :ingested_at)
-ON CONFLICT (line_id) DO UPDATE SET
-    invoice_no = excluded.invoice_no, stock_code = excluded.stock_code,
+ON CONFLICT (invoice_no, line_id) DO UPDATE SET
+    stock_code = excluded.stock_code,
     description = excluded.description, quantity = excluded.quantity,
     invoice_date = excluded.invoice_date, unit_price = excluded.unit_price,
     unit_price_micros = excluded.unit_price_micros, line_total = excluded.line_total,

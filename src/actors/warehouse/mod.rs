@@ -12,9 +12,14 @@ use crate::model::{IngestedLine, Money};
 
 /// The `sales` fact table of the embedded warehouse (the Redshift table has the same columns).
 /// Shared by the warehouse forwarder and the bulk importer, which write the same rows.
+///
+/// A line is stored once by `(invoice_no, line_id)` (why not by the line id alone: the
+/// `crate::sqlite` module docs); the key's index also serves look-ups by invoice. Files
+/// written before it have `line_id TEXT PRIMARY KEY` and an `invoice_no` index; opening one adds
+/// the key index, and `INSERT OR IGNORE` keeps a line once under either layout.
 pub const SALES_DDL: &str = "
 CREATE TABLE IF NOT EXISTS sales (
-    line_id            TEXT PRIMARY KEY,
+    line_id            TEXT NOT NULL,
     invoice_no         TEXT NOT NULL,
     stock_code         TEXT NOT NULL,
     description        TEXT,
@@ -31,7 +36,7 @@ CREATE TABLE IF NOT EXISTS sales (
     source             TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sales_invoice_date ON sales (invoice_date);
-CREATE INDEX IF NOT EXISTS sales_invoice_no ON sales (invoice_no);
+CREATE UNIQUE INDEX IF NOT EXISTS sales_key ON sales (invoice_no, line_id);
 ";
 
 #[derive(Debug, thiserror::Error)]
