@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, Timelike, Utc};
 use rusqlite::{ffi::ErrorCode, Connection, OpenFlags};
 use tokio::sync::{Mutex, Semaphore};
 
@@ -435,34 +435,74 @@ impl LineRow {
     }
 }
 
+/// The named parameters a store's SQL may take from a [`LineRow`]: its field names.
+const LINE_PARAMS: [&str; 15] = [
+    ":line_id",
+    ":invoice_no",
+    ":stock_code",
+    ":description",
+    ":quantity",
+    ":invoice_date",
+    ":unit_price",
+    ":unit_price_micros",
+    ":line_total",
+    ":line_total_micros",
+    ":customer_id",
+    ":country",
+    ":is_cancellation",
+    ":store_id",
+    ":ingested_at",
+];
+
+/// Where one statement takes each of [`LINE_PARAMS`] (`None`: it does not), looked up once per
+/// batch rather than by name for every line.
+pub struct LineParams([Option<usize>; 15]);
+
+impl LineParams {
+    /// # Errors
+    /// The SQLite error of looking a parameter up.
+    pub fn of(stmt: &rusqlite::Statement<'_>) -> rusqlite::Result<Self> {
+        let mut at = [None; 15];
+        for (slot, name) in at.iter_mut().zip(LINE_PARAMS) {
+            *slot = stmt.parameter_index(name)?;
+        }
+        Ok(LineParams(at))
+    }
+}
+
 impl LineRow {
     /// Binds the row to the named parameters `:line_id`, `:invoice_no`, ... (the field names) that
-    /// `stmt` has, so each store's SQL lists just the columns it keeps, and executes it.
-    /// Returns the number of rows changed (0 when `INSERT OR IGNORE` found the line id).
+    /// `stmt` has (found by [`LineParams::of`] on the same statement), so each store's SQL lists
+    /// just the columns it keeps, and executes it. Returns the number of rows changed (0 when
+    /// `INSERT OR IGNORE` found the line).
     ///
     /// # Errors
     /// The SQLite error of binding or executing.
-    pub fn execute(&self, stmt: &mut rusqlite::Statement<'_>) -> rusqlite::Result<usize> {
+    pub fn execute(
+        &self,
+        stmt: &mut rusqlite::Statement<'_>,
+        params: &LineParams,
+    ) -> rusqlite::Result<usize> {
         use rusqlite::ToSql;
-        let values: [(&str, &dyn ToSql); 15] = [
-            (":line_id", &self.line_id),
-            (":invoice_no", &self.invoice_no),
-            (":stock_code", &self.stock_code),
-            (":description", &self.description),
-            (":quantity", &self.quantity),
-            (":invoice_date", &self.invoice_date),
-            (":unit_price", &self.unit_price),
-            (":unit_price_micros", &self.unit_price_micros),
-            (":line_total", &self.line_total),
-            (":line_total_micros", &self.line_total_micros),
-            (":customer_id", &self.customer_id),
-            (":country", &self.country),
-            (":is_cancellation", &self.is_cancellation),
-            (":store_id", &self.store_id),
-            (":ingested_at", &self.ingested_at),
+        let values: [&dyn ToSql; 15] = [
+            &self.line_id,
+            &self.invoice_no,
+            &self.stock_code,
+            &self.description,
+            &self.quantity,
+            &self.invoice_date,
+            &self.unit_price,
+            &self.unit_price_micros,
+            &self.line_total,
+            &self.line_total_micros,
+            &self.customer_id,
+            &self.country,
+            &self.is_cancellation,
+            &self.store_id,
+            &self.ingested_at,
         ];
-        for (name, value) in values {
-            if let Some(i) = stmt.parameter_index(name)? {
+        for (at, value) in params.0.iter().zip(values) {
+            if let Some(i) = *at {
                 stmt.raw_bind_parameter(i, value)?;
             }
         }
@@ -473,7 +513,18 @@ impl LineRow {
 /// `YYYY-MM-DD HH:MM:SS`, plus a fraction only when there is one: sorts as the dates do, and the
 /// first ten characters are the day.
 pub fn date_text(d: NaiveDateTime) -> String {
-    if d.nanosecond() == 0 {
+    if d.nanosecond() == 0 && (0..=9999).contains(&d.year()) {
+        // The common case, without parsing a format string for every line.
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        )
+    } else if d.nanosecond() == 0 {
         d.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
         d.format("%Y-%m-%d %H:%M:%S%.f").to_string()
@@ -499,6 +550,38 @@ pub fn parse_instant_text(s: &str) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn date_text_matches_its_format_and_reads_back() {
+        for (d, text) in [
+            (
+                NaiveDate::from_ymd_opt(2010, 12, 1)
+                    .unwrap()
+                    .and_hms_opt(8, 26, 0),
+                "2010-12-01 08:26:00",
+            ),
+            (
+                NaiveDate::from_ymd_opt(2011, 1, 9)
+                    .unwrap()
+                    .and_hms_milli_opt(23, 5, 7, 250),
+                "2011-01-09 23:05:07.250",
+            ),
+            (
+                NaiveDate::from_ymd_opt(12, 3, 4)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0),
+                "0012-03-04 00:00:00",
+            ),
+        ] {
+            let d = d.unwrap();
+            assert_eq!(date_text(d), text);
+            assert_eq!(parse_date_text(text), Some(d));
+        }
+        let far = NaiveDate::from_ymd_opt(12_345, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        assert_eq!(date_text(far), far.format("%Y-%m-%d %H:%M:%S").to_string());
+    }
     use super::*;
     use chrono::NaiveDate;
 

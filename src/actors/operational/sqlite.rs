@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use super::{Invoice, InvoiceSummary, OperationalStore, StoreError};
 use crate::model::{micros_to_money, IngestedLine, InvoiceLine, LineId, Money};
 use crate::sqlite::{
-    date_text, encode_lines, parse_date_text, parse_instant_text, Database, SqliteOptions,
-    StoreErrorKind, TaskFailed,
+    date_text, encode_lines, parse_date_text, parse_instant_text, Database, LineParams, LineRow,
+    SqliteOptions, StoreErrorKind, TaskFailed,
 };
 
 /// One row per line, keyed by `(invoice_no, line_id)` (why that key and not the line id alone: the
@@ -138,19 +138,15 @@ fn store_error(path: &Path, e: &rusqlite::Error) -> StoreError {
     StoreError::from_sqlite(path, e)
 }
 
-/// Writes `lines` in one transaction: all or none.
-fn upsert_blocking(
-    conn: &mut Connection,
-    path: &Path,
-    lines: &[IngestedLine],
-) -> Result<(), StoreError> {
-    let rows = encode_lines::<StoreError>(lines)?;
+/// Writes `rows` in one transaction: all or none.
+fn upsert_blocking(conn: &mut Connection, path: &Path, rows: &[LineRow]) -> Result<(), StoreError> {
     let fail = |e: rusqlite::Error| store_error(path, &e);
     let tx = conn.transaction().map_err(fail)?;
     {
         let mut stmt = tx.prepare_cached(UPSERT).map_err(fail)?;
-        for row in &rows {
-            row.execute(&mut stmt)
+        let params = LineParams::of(&stmt).map_err(fail)?;
+        for row in rows {
+            row.execute(&mut stmt, &params)
                 .map_err(|e| StoreError::from_line(path, &row.line_id, &e))?;
         }
     }
@@ -250,10 +246,12 @@ impl OperationalStore for SqliteOperationalStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let lines = lines.to_vec();
+        // Encoded here: a line that cannot be stored is refused before the write, and the
+        // blocking task takes the encoded rows rather than a copy of the lines.
+        let rows = encode_lines::<StoreError>(lines)?;
         let path = self.db.path().to_owned();
         self.db
-            .write(move |conn| upsert_blocking(conn, &path, &lines))
+            .write(move |conn| upsert_blocking(conn, &path, &rows))
             .await
     }
 

@@ -15,7 +15,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::{ProductRevenue, SalesSummary, Warehouse, WarehouseError, SALES_DDL};
 use crate::model::{micros_to_money, IngestedLine};
-use crate::sqlite::{encode_lines, Database, LineRow, SqliteOptions, StoreErrorKind, TaskFailed};
+use crate::sqlite::{
+    encode_lines, Database, LineParams, LineRow, SqliteOptions, StoreErrorKind, TaskFailed,
+};
 
 /// `source` of the lines the warehouse forwarder writes from the stream.
 pub const SOURCE_STREAM: &str = "stream";
@@ -164,9 +166,11 @@ impl SqliteWarehouse {
         if lines.is_empty() {
             return Ok(0);
         }
-        let lines = lines.to_vec();
+        // Encoded here: a line that cannot be stored is refused before the write, and the
+        // blocking task takes the encoded rows rather than a copy of the lines.
+        let rows = encode_lines::<WarehouseError>(lines)?;
         let source = source.to_owned();
-        self.transaction(move |tx| insert_tx(tx, &lines, &source))
+        self.transaction(move |tx| insert_rows_tx(tx, &rows, &source))
             .await
     }
 
@@ -235,9 +239,17 @@ pub fn insert_tx(
     lines: &[IngestedLine],
     source: &str,
 ) -> Result<u64, WarehouseError> {
+    insert_rows_tx(tx, &encode_lines::<WarehouseError>(lines)?, source)
+}
+
+/// [`insert_tx`] of lines already encoded.
+fn insert_rows_tx(
+    tx: &Transaction<'_>,
+    rows: &[LineRow],
+    source: &str,
+) -> Result<u64, WarehouseError> {
     let path = Path::new(tx.path().unwrap_or("warehouse"));
     let fail = |e: rusqlite::Error| WarehouseError::from_sqlite(path, &e);
-    let rows = encode_lines::<WarehouseError>(lines)?;
 
     let mut daily: HashMap<(&str, &str), Sums> = HashMap::new();
     let mut products: HashMap<&str, (Option<&str>, Sums)> = HashMap::new();
@@ -251,9 +263,10 @@ pub fn insert_tx(
             .expect("INSERT_SALE has a :source parameter");
         stmt.raw_bind_parameter(source_index, source)
             .map_err(fail)?;
-        for row in &rows {
+        let params = LineParams::of(&stmt).map_err(fail)?;
+        for row in rows {
             let changed = row
-                .execute(&mut stmt)
+                .execute(&mut stmt, &params)
                 .map_err(|e| WarehouseError::from_line(path, &row.line_id, &e))?;
             if changed == 0 {
                 continue;
