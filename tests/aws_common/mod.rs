@@ -153,7 +153,20 @@ while kill -0 "$parent" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; don
 }
 
 impl Drop for Helper {
+    /// Stops the watchdog with SIGTERM, so that its trap stops the program too (a SIGKILL would
+    /// end the watchdog alone and leave the program running); SIGKILL only if it does not end.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a child this Helper owns and has not waited for yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
