@@ -61,13 +61,21 @@ pub enum PartialFailure<E> {
 /// entries still pending (in input order) and must answer one outcome per entry, in that order.
 /// Returns one result per input entry, in input order.
 ///
+/// A call that fails as a whole before any entry is written is the caller's to handle (nothing
+/// landed, so the caller may answer backpressure and its client resend safely; the SDK has already
+/// retried transient failures). Once some entries are written, a call failure that `transient`
+/// accepts is retried here like a failed entry: handing back a half-written batch as failed would
+/// make the client resend the whole of it, and Kinesis and Firehose would store the written part
+/// twice.
+///
 /// # Errors
 /// [`PartialFailure::Rejected`] when an entry is refused for good, [`PartialFailure::Exhausted`]
 /// when one still fails after `retry.max_attempts`, [`PartialFailure::Call`] when a call fails
-/// as a whole (the caller decides; the SDK has already retried transient call failures).
+/// as a whole and is not retried (as above).
 pub async fn retry_entries<T, R, E, F, Fut>(
     entries: Vec<T>,
     retry: EntryRetry,
+    transient: impl Fn(&E) -> bool,
     mut send: F,
 ) -> Result<Vec<R>, PartialFailure<E>>
 where
@@ -81,9 +89,22 @@ where
     let mut backoff = retry.backoff;
     while !pending.is_empty() {
         attempt += 1;
-        let outcomes = send(pending.iter().map(|(_, t)| t.clone()).collect())
-            .await
-            .map_err(PartialFailure::Call)?;
+        let outcomes = match send(pending.iter().map(|(_, t)| t.clone()).collect()).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                let some_written = results.iter().any(Option::is_some);
+                if !(some_written && transient(&e) && attempt < retry.max_attempts) {
+                    return Err(PartialFailure::Call(e));
+                }
+                tracing::debug!(
+                    pending = pending.len(),
+                    attempt,
+                    "a batch call failed after part of the batch was written; sending the rest again"
+                );
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
         debug_assert_eq!(outcomes.len(), pending.len(), "one outcome per entry");
         let mut still = Vec::new();
         let mut last_reason = String::new();
@@ -135,24 +156,29 @@ mod tests {
     #[tokio::test]
     async fn failed_entries_alone_are_resent_and_results_keep_input_order() {
         let mut calls: Vec<Vec<u32>> = Vec::new();
-        let out = retry_entries(vec![1u32, 2, 3, 4], quick(5), |batch: Vec<u32>| {
-            calls.push(batch.clone());
-            let first_call = calls.len() == 1;
-            async move {
-                Ok::<_, ()>(
-                    batch
-                        .into_iter()
-                        .map(|n| {
-                            if first_call && n % 2 == 0 {
-                                EntryOutcome::Retry("throttled".into())
-                            } else {
-                                EntryOutcome::Done(n * 10)
-                            }
-                        })
-                        .collect(),
-                )
-            }
-        })
+        let out = retry_entries(
+            vec![1u32, 2, 3, 4],
+            quick(5),
+            |_: &()| true,
+            |batch: Vec<u32>| {
+                calls.push(batch.clone());
+                let first_call = calls.len() == 1;
+                async move {
+                    Ok::<_, ()>(
+                        batch
+                            .into_iter()
+                            .map(|n| {
+                                if first_call && n % 2 == 0 {
+                                    EntryOutcome::Retry("throttled".into())
+                                } else {
+                                    EntryOutcome::Done(n * 10)
+                                }
+                            })
+                            .collect(),
+                    )
+                }
+            },
+        )
         .await
         .unwrap();
         assert_eq!(out, vec![10, 20, 30, 40]);
@@ -161,13 +187,18 @@ mod tests {
 
     #[tokio::test]
     async fn gives_up_after_max_attempts_and_on_rejection() {
-        let err = retry_entries(vec![1u32], quick(3), |b: Vec<u32>| async move {
-            Ok::<Vec<EntryOutcome<()>>, ()>(
-                b.iter()
-                    .map(|_| EntryOutcome::Retry("busy".into()))
-                    .collect(),
-            )
-        })
+        let err = retry_entries(
+            vec![1u32],
+            quick(3),
+            |_: &()| true,
+            |b: Vec<u32>| async move {
+                Ok::<Vec<EntryOutcome<()>>, ()>(
+                    b.iter()
+                        .map(|_| EntryOutcome::Retry("busy".into()))
+                        .collect(),
+                )
+            },
+        )
         .await
         .unwrap_err();
         assert!(
@@ -175,21 +206,99 @@ mod tests {
             "{err:?}"
         );
 
-        let err = retry_entries(vec![1u32, 2], quick(3), |b: Vec<u32>| async move {
-            Ok::<Vec<EntryOutcome<()>>, ()>(
-                b.iter()
-                    .map(|n| match n {
-                        2 => EntryOutcome::Reject("too large".into()),
-                        _ => EntryOutcome::Done(()),
-                    })
-                    .collect(),
-            )
-        })
+        let err = retry_entries(
+            vec![1u32, 2],
+            quick(3),
+            |_: &()| true,
+            |b: Vec<u32>| async move {
+                Ok::<Vec<EntryOutcome<()>>, ()>(
+                    b.iter()
+                        .map(|n| match n {
+                            2 => EntryOutcome::Reject("too large".into()),
+                            _ => EntryOutcome::Done(()),
+                        })
+                        .collect(),
+                )
+            },
+        )
         .await
         .unwrap_err();
         assert!(
             matches!(err, PartialFailure::Rejected { index: 1, .. }),
             "{err:?}"
         );
+    }
+
+    /// A throttled call after part of a batch landed is retried (the client must not resend the
+    /// written part); one before anything landed goes back to the caller, as does a call error
+    /// that is not transient.
+    #[tokio::test]
+    async fn a_failed_call_is_retried_only_once_part_of_the_batch_is_written() {
+        let mut calls = 0;
+        let out = retry_entries(
+            vec![1u32, 2],
+            quick(5),
+            |e: &&str| *e == "throttled",
+            |b: Vec<u32>| {
+                calls += 1;
+                let call = calls;
+                async move {
+                    match call {
+                        1 => Ok(b
+                            .iter()
+                            .map(|&n| match n {
+                                1 => EntryOutcome::Done(n),
+                                _ => EntryOutcome::Retry("internal".into()),
+                            })
+                            .collect()),
+                        2 => Err("throttled"),
+                        _ => Ok(b.iter().map(|&n| EntryOutcome::Done(n)).collect()),
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((out, calls), (vec![1, 2], 3));
+
+        let first_fails = retry_entries(
+            vec![1u32],
+            quick(5),
+            |_: &&str| true,
+            |_b: Vec<u32>| async move { Err::<Vec<EntryOutcome<u32>>, _>("throttled") },
+        )
+        .await;
+        assert!(matches!(
+            first_fails,
+            Err(PartialFailure::Call("throttled"))
+        ));
+
+        let mut calls = 0;
+        let not_transient = retry_entries(
+            vec![1u32, 2],
+            quick(5),
+            |e: &&str| *e == "throttled",
+            |b: Vec<u32>| {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Ok(b.iter()
+                            .map(|&n| match n {
+                                1 => EntryOutcome::Done(n),
+                                _ => EntryOutcome::Retry("internal".into()),
+                            })
+                            .collect())
+                    } else {
+                        Err("access denied")
+                    }
+                }
+            },
+        )
+        .await;
+        assert!(matches!(
+            not_transient,
+            Err(PartialFailure::Call("access denied"))
+        ));
     }
 }

@@ -79,6 +79,7 @@ impl DynamoOperationalStore {
         let result = retry_entries(
             batch,
             self.retry.clone(),
+            StoreError::is_retriable,
             |pending: Vec<(String, Item)>| async move {
                 crate::metrics::aws_call("dynamodb", "BatchWriteItem");
                 crate::metrics::aws_billed("dynamodb_items_written", pending.len());

@@ -178,6 +178,7 @@ impl FirehoseWarehouse {
         let result = retry_entries(
             batch,
             self.retry.clone(),
+            WarehouseError::is_retriable,
             |pending: Vec<Vec<u8>>| async move {
                 crate::metrics::aws_call("firehose", "PutRecordBatch");
                 crate::metrics::aws_billed_steps(

@@ -153,6 +153,7 @@ impl KinesisStream {
         let result = retry_entries(
             batch,
             self.retry.clone(),
+            StreamError::is_retriable,
             |pending: Vec<PutRecord>| async move {
                 crate::metrics::aws_call("kinesis", "PutRecords");
                 crate::metrics::aws_billed_steps(
