@@ -294,8 +294,10 @@ async fn run(shared: &Shared) -> Result<(), RunError> {
             last_saved = Instant::now();
         }
         if batch.shard_ended && caught_up && unit.is_empty() && written.is_none() {
-            save_checkpoint(shared, SequenceNumber::shard_end(), 0).await?;
+            // Logged before the shard-end checkpoint, which is what lets the pipeline start the
+            // children: every child's "Started a shard actor." then comes after this line.
             tracing::info!(sink = %kind, shard = %p.shard, "The shard is closed and fully written.");
+            save_checkpoint(shared, SequenceNumber::shard_end(), 0).await?;
             return Ok(());
         }
         if got == 0 {

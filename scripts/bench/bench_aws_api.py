@@ -3,7 +3,7 @@
 
 Runs the real release binary with every stage on AWS against local servers on 127.0.0.1
 (Kinesis on kinesalite, DynamoDB, S3 and Firehose on moto_server), each behind
-scripts/fault_proxy.py with faults off, which counts every call as it passes: Kinesis PutRecords
+scripts/testing/fault_proxy.py with faults off, which counts every call as it passes: Kinesis PutRecords
 calls, records and PUT payload units (25 KiB steps, partition key included), DynamoDB
 BatchWriteItem calls and items per call, Firehose PutRecordBatch calls and billed 5 KiB units,
 S3 PUT-class requests. The store simulator sends the generated file as stores do (whole invoices
@@ -14,8 +14,8 @@ The same table shows the per-line design of the original Lambda pipeline, comput
 same lines: one PutRecord per line (one payload unit each: every line is far below 25 KiB) and
 two UpdateItem calls per line (the invoice and the customer look-up).
 
-Usage: python3 scripts/bench_aws_api.py [--lines 1000000] [--stores 4] [--batch 500]
-Needs `scripts/aws-local.sh install` (moto, kinesalite). Builds the release binary. Writes
+Usage: python3 scripts/bench/bench_aws_api.py [--lines 1000000] [--stores 4] [--batch 500]
+Needs `scripts/local/aws-local.sh install` (moto, kinesalite). Builds the release binary. Writes
 bench-out/aws-api.json and prints a Markdown table. Figures are counts, not timings: they do not
 depend on the machine's speed, only on the data and the batching settings.
 """
@@ -34,7 +34,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "bench-out")
 BIN = os.path.join(ROOT, "target", "release", "shopstream")
 KEY = "demo-key-change-me"
@@ -109,14 +109,14 @@ def start_moto(work):
 
 def start_kinesalite(work):
     port_file = os.path.join(work, "kinesalite.port")
-    p = Proc("kinesalite", ["node", "scripts/kinesalite/server.js", "0", "--port-file", port_file],
+    p = Proc("kinesalite", ["node", "scripts/local/kinesalite/server.js", "0", "--port-file", port_file],
              work)
     return p, f"http://127.0.0.1:{wait_port_file(port_file, 'kinesalite', p)}"
 
 
 def start_proxy(work, name, upstream):
     port_file = os.path.join(work, name + ".port")
-    p = Proc(name, [sys.executable, "scripts/fault_proxy.py", "--listen", "127.0.0.1:0",
+    p = Proc(name, [sys.executable, "scripts/testing/fault_proxy.py", "--listen", "127.0.0.1:0",
                     "--upstream", upstream, "--port-file", port_file], work)
     return p, f"http://127.0.0.1:{wait_port_file(port_file, name, p)}"
 

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Local AWS-compatible servers for shopstream's AWS backends (tests and laptops).
 #
-#   scripts/aws-local.sh install           install the pinned moto[server] with pip and the pinned
-#                                          kinesalite with `npm ci` (scripts/kinesalite)
-#   scripts/aws-local.sh start             start moto_server on 127.0.0.1:$PORT (default 5000)
-#   scripts/aws-local.sh start-kinesalite  start kinesalite on 127.0.0.1:$KINESALITE_PORT (default 4567)
-#   scripts/aws-local.sh stop              stop every server started by `start` or `start-kinesalite`
-#   scripts/aws-local.sh stop-kinesalite   stop only the kinesalite started by `start-kinesalite`
-#   scripts/aws-local.sh env               print the environment the AWS SDK needs to talk to them
+#   scripts/local/aws-local.sh install           install the pinned moto[server] with pip and the pinned
+#                                          kinesalite with `npm ci` (scripts/local/kinesalite)
+#   scripts/local/aws-local.sh start             start moto_server on 127.0.0.1:$PORT (default 5000)
+#   scripts/local/aws-local.sh start-kinesalite  start kinesalite on 127.0.0.1:$KINESALITE_PORT (default 4567)
+#   scripts/local/aws-local.sh stop              stop every server started by `start` or `start-kinesalite`
+#   scripts/local/aws-local.sh stop-kinesalite   stop only the kinesalite started by `start-kinesalite`
+#   scripts/local/aws-local.sh env               print the environment the AWS SDK needs to talk to them
 #
 # The Rust tests start their own servers per test binary on free loopback ports; `start` is for
 # running shopstream by hand with config/aws-local.toml:
-#   eval "$(scripts/aws-local.sh env)"; scripts/aws-local.sh start
+#   eval "$(scripts/local/aws-local.sh env)"; scripts/local/aws-local.sh start
 #   shopstream --config config/aws-local.toml aws init
 # moto serves every service; kinesalite serves only Kinesis, and models SplitShard as AWS does
 # (moto 5.2.1 moves a split parent's records into its children), so resharding runs against it.
@@ -38,7 +38,7 @@ install() {
         echo "npm not found: install Node.js 18 or newer (kinesalite runs on it)" >&2
         exit 1
     }
-    # The exact versions of scripts/kinesalite/package-lock.json.
+    # The exact versions of scripts/local/kinesalite/package-lock.json.
     npm ci --prefix "$KINESALITE_DIR" --silent --no-audit --no-fund
     echo "kinesalite $(node -p "require('$KINESALITE_DIR/node_modules/kinesalite/package.json').version") installed in $KINESALITE_DIR"
 }
@@ -50,7 +50,7 @@ start() {
         return
     fi
     command -v moto_server >/dev/null || {
-        echo "moto_server not found: run scripts/aws-local.sh install" >&2
+        echo "moto_server not found: run scripts/local/aws-local.sh install" >&2
         exit 1
     }
     # Loopback only: the local servers accept any credentials.
@@ -74,7 +74,7 @@ start_kinesalite() {
         return
     fi
     [[ -d "$KINESALITE_DIR/node_modules/kinesalite" ]] || {
-        echo "kinesalite not installed in $KINESALITE_DIR: run scripts/aws-local.sh install" >&2
+        echo "kinesalite not installed in $KINESALITE_DIR: run scripts/local/aws-local.sh install" >&2
         exit 1
     }
     local port_file="$STATE_DIR/kinesalite.port"

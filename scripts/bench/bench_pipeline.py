@@ -7,7 +7,7 @@
   (d) ack latency p50/p99 at half the rate of (b)
   (e) peak RSS of the server in (b), and under 3x overload (three times the clients, no rate limit)
 
-Usage: python3 scripts/bench_pipeline.py [--lines 541909] [--runs 3]
+Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3]
 It builds the release binary, generates the dataset into bench-out/, and prints a table.
 The client (replay) runs on the same 2 cores as the server: figures are for the pair.
 """
@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OUT = os.path.join(ROOT, "bench-out")
 BIN = os.path.join(ROOT, "target", "release", "shopstream")
 KEY = "demo-key-change-me"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent read-back of shopstream's AWS sinks, compared with the input file(s).
 
-    python3 scripts/readback.py --endpoint http://127.0.0.1:5000 --bucket B --invoices-table T \\
+    python3 scripts/ops/readback.py --endpoint http://127.0.0.1:5000 --bucket B --invoices-table T \\
         --input tests/fixtures/online-retail-sample-873-iso.csv [--input MORE.csv.gz ...] \\
         [--archive-prefix raw/] [--firehose-prefix warehouse/] [--region us-east-1] \\
         [--s3-endpoint URL] [--dynamodb-endpoint URL] [--allow-duplicates firehose] \\

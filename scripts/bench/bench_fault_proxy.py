@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Throughput of scripts/fault_proxy.py: PutRecords calls per second, straight to moto and
+"""Throughput of scripts/testing/fault_proxy.py: PutRecords calls per second, straight to moto and
 through the proxy (faults off, then with a fail rate).
 
-    python3 scripts/bench_fault_proxy.py [--seconds 10] [--clients 4] [--records 500]
+    python3 scripts/bench/bench_fault_proxy.py [--seconds 10] [--clients 4] [--records 500]
         [--record-bytes 100] [--fail-rate 0.1] [--upstream http://127.0.0.1:PORT]
 
 Starts moto_server (or uses --upstream, e.g. a kinesalite) and the proxy on free loopback ports,
@@ -26,7 +26,7 @@ import time
 import urllib.parse
 
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "testing"))
 from test_fault_proxy import http_json, start_moto, start_proxy, stop  # noqa: E402
 
 AUTH = (

@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 // kinesalite (a local Kinesis, pinned in package.json) on 127.0.0.1 only, for shopstream's tests.
 //
-//   node scripts/kinesalite/server.js [PORT] [--port-file PATH] [--path DIR]
+//   node scripts/local/kinesalite/server.js [PORT] [--port-file PATH] [--path DIR]
 //
 //   PORT          port to listen on; 0 (the default) picks a free one
 //   --port-file   write the bound port to PATH (atomically: temp file + rename) once listening
 //   --path        keep the streams in a LevelDB folder instead of in memory
 //
 // Prints `listening on 127.0.0.1:PORT` on stdout when it accepts connections; SIGTERM or SIGINT
-// closes it. Install the dependency first: `npm ci --prefix scripts/kinesalite` (or
-// `scripts/aws-local.sh install`).
+// closes it. Install the dependency first: `npm ci --prefix scripts/local/kinesalite` (or
+// `scripts/local/aws-local.sh install`).
 //
 // Why a wrapper: kinesalite's own CLI listens on every interface, and the local servers accept any
 // credentials, so they must stay on loopback. The wrapper also makes stream changes immediate
@@ -29,7 +29,7 @@ const HOST = '127.0.0.1'
 
 function usage(message) {
   if (message) console.error(`kinesalite server: ${message}`)
-  console.error('usage: node scripts/kinesalite/server.js [PORT] [--port-file PATH] [--path DIR]')
+  console.error('usage: node scripts/local/kinesalite/server.js [PORT] [--port-file PATH] [--path DIR]')
   process.exit(2)
 }
 
@@ -68,7 +68,7 @@ try {
   kinesalite = require('kinesalite')
 } catch (e) {
   console.error('kinesalite server: the kinesalite package is not installed; run ' +
-    '`npm ci --prefix scripts/kinesalite` or `scripts/aws-local.sh install`')
+    '`npm ci --prefix scripts/local/kinesalite` or `scripts/local/aws-local.sh install`')
   process.exit(1)
 }
 

@@ -21,7 +21,7 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheu
   systemctl stop prometheus || true
 fi
 
-if [ -f scripts/aws-local.sh ]; then
-  bash scripts/aws-local.sh install
+if [ -f scripts/local/aws-local.sh ]; then
+  bash scripts/local/aws-local.sh install
 fi
 echo "==> test dependencies ready"

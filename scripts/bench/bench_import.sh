@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Batch import throughput and peak memory on the embedded warehouse.
 #
-#   scripts/bench_import.sh [--10x]
+#   scripts/bench/bench_import.sh [--10x]
 #
 # Builds the release binary, generates the full-size export (541,909 lines, Latin-1, as the Kaggle
 # copy) and, with --10x, a ten times larger one; then for each file measures:
@@ -11,7 +11,7 @@
 # Prints the figures; nothing is asserted (speed is measured, not tested).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/shopstream"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Self-test of scripts/fault_proxy.py against a real moto_server on loopback.
+"""Self-test of scripts/testing/fault_proxy.py against a real moto_server on loopback.
 
-    python3 scripts/test_fault_proxy.py [-v]
+    python3 scripts/testing/test_fault_proxy.py [-v]
 
-Starts moto_server and kinesalite (`scripts/aws-local.sh install` installs both) and the proxy
+Starts moto_server and kinesalite (`scripts/local/aws-local.sh install` installs both) and the proxy
 on free 127.0.0.1 ports, sends the three batch writes shopstream makes through the proxy with boto3 (no
 SDK retries, so the proxy's raw answers are seen), and checks the merged answers against what
 the server really stored, the throttling answers, the counters, the S3 request kinds and the
@@ -59,7 +59,7 @@ def wait_for_http(url, proc, seconds=30):
 def start_moto():
     """moto_server on a free loopback port: (process, endpoint)."""
     if shutil.which("moto_server") is None:
-        raise RuntimeError("moto_server is not on PATH: run `scripts/aws-local.sh install` first")
+        raise RuntimeError("moto_server is not on PATH: run `scripts/local/aws-local.sh install` first")
     port = free_port()
     proc = subprocess.Popen(
         ["moto_server", "-H", "127.0.0.1", "-p", str(port)],
@@ -93,12 +93,12 @@ def start_proxy(upstream, workdir, *args):
 
 
 def start_kinesalite():
-    """scripts/kinesalite/server.js on a free loopback port: (process, endpoint)."""
-    server = os.path.join(HERE, "kinesalite", "server.js")
+    """scripts/local/kinesalite/server.js on a free loopback port: (process, endpoint)."""
+    server = os.path.join(os.path.dirname(HERE), "local", "kinesalite", "server.js")
     if shutil.which("node") is None or not os.path.isdir(
-        os.path.join(HERE, "kinesalite", "node_modules", "kinesalite")
+        os.path.join(os.path.dirname(HERE), "local", "kinesalite", "node_modules", "kinesalite")
     ):
-        raise RuntimeError("kinesalite is not installed: run `scripts/aws-local.sh install` first")
+        raise RuntimeError("kinesalite is not installed: run `scripts/local/aws-local.sh install` first")
     proc = subprocess.Popen(["node", server, "0"], stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     proc.stdout.close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A counting, fault-injecting HTTP proxy in front of one AWS-compatible server (moto, kinesalite).
 
-    python3 scripts/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
+    python3 scripts/testing/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
         [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--expire-rate F] [--seed N]
         [--stats-file PATH] [--verbose]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Self-test of scripts/readback.py against a real moto_server on loopback.
+"""Self-test of scripts/ops/readback.py against a real moto_server on loopback.
 
-    python3 scripts/test_readback.py [-v]
+    python3 scripts/testing/test_readback.py [-v]
 
 Writes, with boto3, what shopstream would store for a small hand-made CSV (a Latin-1 row, an
 exact duplicate row, a line without customer, a cancellation, a ragged row) into a DynamoDB table,
@@ -24,10 +24,11 @@ import boto3
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "ops"))
 import readback  # noqa: E402
 from test_fault_proxy import CREDENTIALS, start_moto, stop  # noqa: E402
 
-FIXTURES = os.path.join(os.path.dirname(HERE), "tests", "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "fixtures")
 
 HEADER = b"InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 ROWS = [
@@ -109,7 +110,7 @@ class ReadbackTest(unittest.TestCase):
 
     def readback(self, *extra):
         out = subprocess.run(
-            [sys.executable, os.path.join(HERE, "readback.py"), "--endpoint", self.endpoint,
+            [sys.executable, os.path.join(os.path.dirname(HERE), "ops", "readback.py"), "--endpoint", self.endpoint,
              "--bucket", self.bucket, "--invoices-table", self.table, "--input", self.csv, *extra],
             capture_output=True, text=True, timeout=60,
             env={**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
