@@ -220,7 +220,7 @@ fn metrics_pass_promtool_and_count_what_happened() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool is installed (bash scripts/setup-test-deps.sh installs it)");
+        .expect("promtool is installed (bash scripts/testing/setup-test-deps.sh installs it)");
     use std::io::Write;
     promtool
         .stdin

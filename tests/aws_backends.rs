@@ -1,7 +1,8 @@
 //! The AWS backends against a real AWS-compatible server (moto) on 127.0.0.1, started by
-//! `aws_common`. Run `scripts/aws-local.sh install` once to get `moto_server`.
+//! `aws_common`. Run `scripts/local/aws-local.sh install` once to get `moto_server`.
 
 mod aws_common;
+mod common;
 
 use aws_common::{aws_config, clients};
 use bytes::Bytes;
@@ -437,11 +438,16 @@ mod leases {
             .await
             .is_err());
 
-        // A stops renewing: once its leases expire, B takes all four shards.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // A stops renewing: once its leases expire, B takes all four shards (waited on as long as
+        // B's share keeps growing; 60 s without a change fails).
+        let mut moved = Instant::now();
+        let mut last = owned_b.len();
         loop {
             owned_b = b.sync(&shards).await.unwrap();
-            if owned_b.len() == 4 || Instant::now() > deadline {
+            if owned_b.len() != last {
+                (last, moved) = (owned_b.len(), Instant::now());
+            }
+            if owned_b.len() == 4 || moved.elapsed() > Duration::from_secs(60) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -28,20 +28,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Calls `f` every 200 ms until it gives `Some`, for at most `timeout`.
-fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long the figures a wait watches may stand still before the wait fails: the local
+/// emulators are slow under load, so this is generous; a real stall still fails.
+const STALL: Duration = Duration::from_secs(120);
 
 /// Shard id -> lease owner, read from the lease table.
 fn lease_owners(
@@ -68,6 +57,58 @@ fn lease_owners(
         .collect()
 }
 
+/// Waits until the lease table's owners satisfy `done`; fails once they have not changed for
+/// [`STALL`], with the servers' log tails and the emulators' errors.
+fn wait_owners(
+    rt: &tokio::runtime::Runtime,
+    clients: &shopstream::aws::AwsClients,
+    table: &str,
+    what: &str,
+    servers: &[&Server],
+    done: impl Fn(&BTreeMap<String, Option<String>>) -> bool,
+) {
+    wait_progress_or(
+        what,
+        STALL,
+        || {
+            let owners = lease_owners(rt, clients, table);
+            if done(&owners) {
+                Ok(())
+            } else {
+                Err(owners)
+            }
+        },
+        || {
+            let mut out = String::new();
+            for (i, server) in servers.iter().enumerate() {
+                out.push_str(&format!(
+                    "server {i} log tail:\n{}\n",
+                    tail(&server.log(), 30)
+                ));
+            }
+            out + &aws_common::emulator_errors()
+        },
+    )
+}
+
+/// Whether `instance` holds the lease of each of the four shards.
+fn owns_every_shard(instance: &str) -> impl Fn(&BTreeMap<String, Option<String>>) -> bool + '_ {
+    move |owners| owners.len() == 4 && owners.values().all(|o| o.as_deref() == Some(instance))
+}
+
+/// Lines written by `server`, over every sink and shard.
+fn lines_written(server: &Server) -> u64 {
+    status(server)["shards"]
+        .as_array()
+        .map(|shards| {
+            shards
+                .iter()
+                .filter_map(|s| s["lines_written"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn status(server: &Server) -> serde_json::Value {
     client()
         .get(server.url("/v1/status"))
@@ -76,22 +117,74 @@ fn status(server: &Server) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// Lines in DynamoDB, and line ids in the archive and the Firehose destination, as counted now:
+/// what a failed wait reports beside the servers' own figures.
+fn sink_counts(
+    rt: &tokio::runtime::Runtime,
+    clients: &shopstream::aws::AwsClients,
+    cfg: &AwsConfig,
+) -> String {
+    let store = DynamoOperationalStore::from_config(clients, cfg);
+    let dynamodb = rt.block_on(store.totals()).map(|(n, _)| n);
+    let count = |prefix: &str| {
+        let texts = rt.block_on(aws_common::objects(&clients.s3, &cfg.bucket, prefix));
+        aws_common::count_lines(&texts).0.len()
+    };
+    format!(
+        "DynamoDB lines {dynamodb:?}, archived line ids {}, delivered line ids {}",
+        count("raw/"),
+        count(&cfg.firehose_prefix)
+    )
+}
+
+/// What a failed wait of a fleet test prints: every sink's count, each server's figures and log
+/// tail, the emulators' error lines.
+fn diagnose(
+    rt: &tokio::runtime::Runtime,
+    clients: &shopstream::aws::AwsClients,
+    cfg: &AwsConfig,
+    servers: &[&Server],
+) -> String {
+    let mut out = format!("sinks: {}\n", sink_counts(rt, clients, cfg));
+    for (i, server) in servers.iter().enumerate() {
+        out.push_str(&format!(
+            "server {i}: per sink (lines written, backlog) {}\nlog tail:\n{}\n",
+            server.sink_figures(),
+            tail(&server.log(), 30)
+        ));
+    }
+    out.push_str(&aws_common::emulator_errors());
+    out
+}
+
 /// Waits until DynamoDB holds `expected` lines, then checks every sink: DynamoDB and the archive
 /// exactly once with exact revenue; the Firehose destination every line at least once (exactly
 /// once unless `firehose_may_repeat`: Firehose has no idempotent put, so lines a killed instance
 /// sent but had not checkpointed are sent again; Redshift's merge by line_id absorbs them).
+/// Each wait lasts as long as its count grows.
 fn assert_all_sinks(
     rt: &tokio::runtime::Runtime,
     clients: &shopstream::aws::AwsClients,
     cfg: &AwsConfig,
     expected: &Expected,
     firehose_may_repeat: bool,
+    servers: &[&Server],
 ) {
     let store = DynamoOperationalStore::from_config(clients, cfg);
-    wait_for(Duration::from_secs(180), "every line in DynamoDB", || {
-        let (n, _) = rt.block_on(store.totals()).unwrap();
-        (n >= expected.rows).then_some(())
-    });
+    let why = || diagnose(rt, clients, cfg, servers);
+    wait_progress_or(
+        "every line in DynamoDB",
+        STALL,
+        || {
+            let (n, _) = rt.block_on(store.totals()).unwrap();
+            if n >= expected.rows {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+        why,
+    );
     let (n, revenue) = rt.block_on(store.totals()).unwrap();
     assert_eq!(
         (n, revenue.normalize()),
@@ -99,25 +192,27 @@ fn assert_all_sinks(
         "DynamoDB"
     );
 
-    let (ids, revenue) = wait_for(Duration::from_secs(60), "every line archived", || {
-        let texts = rt.block_on(aws_common::objects(&clients.s3, &cfg.bucket, "raw/"));
+    let read = |prefix: &str| {
+        let texts = rt.block_on(aws_common::objects(&clients.s3, &cfg.bucket, prefix));
         let (ids, revenue) = aws_common::count_lines(&texts);
-        (ids.len() as u64 >= expected.rows).then_some((ids, revenue))
-    });
+        if ids.len() as u64 >= expected.rows {
+            Ok((ids, revenue))
+        } else {
+            Err(ids.len())
+        }
+    };
+    let (ids, revenue) = wait_progress_or("every line archived", STALL, || read("raw/"), why);
     assert_eq!(ids.len() as u64, expected.rows, "archive");
     let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "lines archived more than once: {twice:?}");
     assert_eq!(revenue, expected.revenue.normalize(), "archive revenue");
 
-    let (ids, _) = wait_for(Duration::from_secs(60), "every line delivered", || {
-        let texts = rt.block_on(aws_common::objects(
-            &clients.s3,
-            &cfg.bucket,
-            &cfg.firehose_prefix,
-        ));
-        let (ids, revenue) = aws_common::count_lines(&texts);
-        (ids.len() as u64 >= expected.rows).then_some((ids, revenue))
-    });
+    let (ids, _) = wait_progress_or(
+        "every line delivered",
+        STALL,
+        || read(&cfg.firehose_prefix),
+        why,
+    );
     assert_eq!(ids.len() as u64, expected.rows, "Firehose destination");
     if !firehose_may_repeat {
         let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
@@ -184,6 +279,7 @@ fn setup(test: &str, shards: u32, lines: u64) -> Setup {
 
 #[test]
 fn two_instances_split_the_shards_and_the_survivor_takes_over() {
+    let _heavy = heavy_test();
     let Setup {
         rt,
         cfg,
@@ -203,11 +299,18 @@ fn two_instances_split_the_shards_and_the_survivor_takes_over() {
     assert_ne!(name_a, name_b);
 
     // The four shards are split two and two.
-    wait_for(Duration::from_secs(30), "the shards split 2/2", || {
-        let owners = lease_owners(&rt, &clients, &cfg.leases_table);
-        let count = |n: &str| owners.values().filter(|o| o.as_deref() == Some(n)).count();
-        (owners.len() == 4 && count(&name_a) == 2 && count(&name_b) == 2).then_some(())
-    });
+    let (table, servers) = (&cfg.leases_table, [&a, &b]);
+    wait_owners(
+        &rt,
+        &clients,
+        table,
+        "the shards split 2/2",
+        &servers,
+        |owners| {
+            let count = |n: &str| owners.values().filter(|o| o.as_deref() == Some(n)).count();
+            owners.len() == 4 && count(&name_a) == 2 && count(&name_b) == 2
+        },
+    );
 
     // The stores send through A (paced, so B dies mid-stream); B reads its shards until killed.
     let replay_thread = std::thread::spawn({
@@ -221,28 +324,20 @@ fn two_instances_split_the_shards_and_the_survivor_takes_over() {
             )
         }
     });
-    wait_for(Duration::from_secs(60), "B to write lines", || {
-        let s = status(&b);
-        let written: u64 = s["shards"]
-            .as_array()?
-            .iter()
-            .filter_map(|s| s["lines_written"].as_u64())
-            .sum();
-        (written > 0).then_some(())
+    // While B has written nothing, the wait goes on as long as A writes.
+    wait_progress("B to write lines", STALL, || match lines_written(&b) {
+        0 => Err(lines_written(&a)),
+        _ => Ok(()),
     });
     b.kill9();
     let summary = replay_thread.join().unwrap();
     assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
 
     // A takes B's shards once their leases expire, and every line arrives.
-    wait_for(Duration::from_secs(60), "A to own every shard", || {
-        let owners = lease_owners(&rt, &clients, &cfg.leases_table);
-        owners
-            .values()
-            .all(|o| o.as_deref() == Some(name_a.as_str()))
-            .then_some(())
-    });
-    assert_all_sinks(&rt, &clients, &cfg, &expected, true);
+    let owns_all = owns_every_shard(&name_a);
+    let all_to_a = "A to own every shard";
+    wait_owners(&rt, &clients, table, all_to_a, &[&a], &owns_all);
+    assert_all_sinks(&rt, &clients, &cfg, &expected, true, &[&a]);
     let shards_of_a: std::collections::BTreeSet<String> = status(&a)["shards"]
         .as_array()
         .unwrap()
@@ -259,49 +354,44 @@ fn two_instances_split_the_shards_and_the_survivor_takes_over() {
 
 #[test]
 fn a_stopped_instance_hands_its_shards_over_at_once() {
+    let _heavy = heavy_test();
     let Setup { rt, mut cfg, .. } = setup("handover", 4, 100);
-    // Leases far longer than the test: only a release on shutdown moves them in time.
-    cfg.lease_duration = Duration::from_secs(120);
+    // Leases far longer than the test can wait (ten minutes, against waits that fail after
+    // STALL without a change): only a release on shutdown moves them in time.
+    cfg.lease_duration = Duration::from_secs(600);
     let clients = rt.block_on(aws_common::clients(&cfg));
     let toml = aws_common::serve_toml(&cfg);
     let dir = tempfile::tempdir().unwrap();
     let a = Server::start(&dir.path().join("a"), 0, &toml);
     let name_a = status(&a)["instance"].as_str().unwrap().to_owned();
-    wait_for(Duration::from_secs(30), "A to own every shard", || {
-        let owners = lease_owners(&rt, &clients, &cfg.leases_table);
-        (owners.len() == 4
-            && owners
-                .values()
-                .all(|o| o.as_deref() == Some(name_a.as_str())))
-        .then_some(())
-    });
+    let table = &cfg.leases_table;
+    let owns_all = owns_every_shard(&name_a);
+    let all_to_a = "A to own every shard";
+    wait_owners(&rt, &clients, table, all_to_a, &[&a], &owns_all);
     // A newcomer takes its share from A without waiting for anything to expire...
     let mut b = Server::start(&dir.path().join("b"), 0, &toml);
     let name_b = status(&b)["instance"].as_str().unwrap().to_owned();
-    wait_for(Duration::from_secs(30), "B to take two shards", || {
-        let owners = lease_owners(&rt, &clients, &cfg.leases_table);
-        let of_b = owners
-            .values()
-            .filter(|o| o.as_deref() == Some(name_b.as_str()))
-            .count();
-        (of_b == 2).then_some(())
-    });
+    wait_owners(
+        &rt,
+        &clients,
+        table,
+        "B to take two shards",
+        &[&a, &b],
+        |owners| {
+            let of_b = owners
+                .values()
+                .filter(|o| o.as_deref() == Some(name_b.as_str()))
+                .count();
+            of_b == 2
+        },
+    );
     // ...and on SIGTERM checkpoints, releases its leases and exits 0, so A has every shard
     // back long before the leases would have expired.
     let (exit, took) = b.terminate();
     assert!(exit.success(), "B exited with {exit}");
     let waited = Instant::now();
-    wait_for(
-        Duration::from_secs(20),
-        "A to take the released shards",
-        || {
-            let owners = lease_owners(&rt, &clients, &cfg.leases_table);
-            owners
-                .values()
-                .all(|o| o.as_deref() == Some(name_a.as_str()))
-                .then_some(())
-        },
-    );
+    let what = "A to take the released shards";
+    wait_owners(&rt, &clients, table, what, &[&a], &owns_all);
     println!(
         "B stopped in {took:?}; A had every shard {:?} later",
         waited.elapsed()
@@ -326,6 +416,7 @@ fn log_index(log: &[serde_json::Value], message: &str, sink: &str, shard: &str) 
 
 #[test]
 fn a_shard_split_mid_stream_is_read_parent_first_and_loses_nothing() {
+    let _heavy = heavy_test();
     let Setup {
         rt,
         cfg,
@@ -367,23 +458,28 @@ fn a_shard_split_mid_stream_is_read_parent_first_and_loses_nothing() {
             .send(),
     )
     .unwrap();
-    let children: Vec<String> = wait_for(Duration::from_secs(30), "the children", || {
-        let out = rt
-            .block_on(
-                clients
-                    .kinesis
-                    .list_shards()
-                    .stream_name(&cfg.stream_name)
-                    .send(),
-            )
-            .ok()?;
+    let children: Vec<String> = wait_progress("the children", STALL, || {
+        let out = rt.block_on(
+            clients
+                .kinesis
+                .list_shards()
+                .stream_name(&cfg.stream_name)
+                .send(),
+        );
+        let Ok(out) = out else {
+            return Err(format!("{out:?}"));
+        };
         let kids: Vec<String> = out
             .shards()
             .iter()
             .filter(|s| s.parent_shard_id() == Some(parent.shard_id()))
             .map(|s| s.shard_id().to_owned())
             .collect();
-        (kids.len() == 2).then_some(kids)
+        if kids.len() == 2 {
+            Ok(kids)
+        } else {
+            Err(format!("{} shards, children {kids:?}", out.shards().len()))
+        }
     });
     let sent_after = replay(&server.base, &second, &["--stores", "2", "--batch", "200"]);
     assert_eq!(
@@ -391,19 +487,24 @@ fn a_shard_split_mid_stream_is_read_parent_first_and_loses_nothing() {
         expected.rows
     );
 
-    assert_all_sinks(&rt, &clients, &cfg, &expected, false);
+    assert_all_sinks(&rt, &clients, &cfg, &expected, false, &[&server]);
 
     // Each sink started on a child only after it had written the whole parent, and the children
     // carried lines.
-    let children_written = wait_for(Duration::from_secs(30), "the children's lines", || {
+    let children_written = wait_progress("the children's lines", STALL, || {
         let s = status(&server);
         let n: u64 = s["shards"]
-            .as_array()?
-            .iter()
+            .as_array()
+            .into_iter()
+            .flatten()
             .filter(|e| children.iter().any(|c| e["shard"] == c.as_str()))
             .filter_map(|e| e["lines_written"].as_u64())
             .sum();
-        (n > 0).then_some(n)
+        if n > 0 {
+            Ok(n)
+        } else {
+            Err(lines_written(&server))
+        }
     });
     assert!(children_written > 0);
     let log = json_log(&server);
@@ -437,6 +538,7 @@ fn proxy_stats(proxy: &aws_common::Helper) -> serde_json::Value {
 
 #[test]
 fn failed_entries_throttled_calls_and_expired_iterators_still_land_every_line_once() {
+    let _heavy = heavy_test();
     let rt = runtime();
     let base = aws_common::on_kinesalite(aws_common::aws_config("faults"));
     let faults = ["--fail-rate", "0.25", "--throttle-rate", "0.05"];
@@ -461,7 +563,7 @@ fn failed_entries_throttled_calls_and_expired_iterators_still_land_every_line_on
     let server = Server::start(&dir.path().join("a"), 0, &toml);
     let summary = replay(&server.base, &file, &["--stores", "2", "--batch", "100"]);
     assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
-    assert_all_sinks(&rt, &clients, &base, &expected, false);
+    assert_all_sinks(&rt, &clients, &base, &expected, false, &[&server]);
 
     let k = proxy_stats(&kinesis_proxy);
     let m = proxy_stats(&moto_proxy);

@@ -1,6 +1,8 @@
 //! The S3 source against a real S3-compatible server: `moto_server` (PyPI `moto[server]`) started
-//! on 127.0.0.1 on a free port, driven through the real `shopstream import` binary.
+//! on 127.0.0.1 on a free port by `aws_common`, driven through the real `shopstream import` binary.
 
+mod aws_common;
+mod common;
 mod import_support;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -8,38 +10,19 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use import_support::{expected, fixture, sales};
 use serde_json::Value;
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-/// A moto server for this test only, stopped when dropped.
+/// The moto server of this test binary, with an S3 client of it and `shopstream import` run
+/// against it.
 struct Moto {
-    child: Child,
     endpoint: String,
 }
 
 impl Moto {
     fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server is installed (pip install 'moto[server]')");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: aws_common::moto().endpoint.clone(),
         }
     }
 
@@ -66,10 +49,7 @@ impl Moto {
             .env_remove("SHOPSTREAM_CONFIG")
             .env("SHOPSTREAM__AWS__ENDPOINT_URL", &self.endpoint)
             .env("SHOPSTREAM__AWS__REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(aws_common::ENV.iter().copied())
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();
@@ -77,13 +57,6 @@ impl Moto {
             panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
         });
         (out.status.success(), summary)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

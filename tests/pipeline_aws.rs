@@ -14,6 +14,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_on_aws_stores_every_line_exactly_once() {
+    let _heavy = heavy_test();
     // Kinesis on kinesalite: moto's Kinesis can lose records written by concurrent requests.
     let mut cfg = aws_common::on_kinesalite(aws_common::aws_config("pipeline"));
     cfg.lease_duration = Duration::from_secs(10);
@@ -37,7 +38,7 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
         move || {
             let server = Server::start(&data, 0, &toml);
             let summary = replay(&server.base, &file, &["--stores", "3", "--batch", "100"]);
-            server.wait_caught_up(Duration::from_secs(120));
+            server.wait_caught_up_or(Duration::from_secs(120), aws_common::emulator_errors);
             (server, summary)
         }
     })
@@ -188,6 +189,7 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
 /// stops `serve` at start with a message that says what to run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_names_the_missing_aws_resource() {
+    let _heavy = heavy_test();
     let mut cfg = aws_common::on_kinesalite(aws_common::aws_config("ready"));
     cfg.lease_duration = Duration::from_secs(10);
     let toml = aws_common::serve_toml(&cfg);
@@ -201,6 +203,7 @@ async fn readiness_names_the_missing_aws_resource() {
         let data = dir.path().join("none");
         move || {
             std::process::Command::new(BIN)
+                .envs(AWS_TEST_ENV.iter().copied())
                 .arg("--config")
                 .arg(&config)
                 .arg("serve")

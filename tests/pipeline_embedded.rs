@@ -223,8 +223,7 @@ fn a_failing_sink_does_not_hold_up_the_others_and_catches_up() {
 
     // The operational store gets everything while the other two are down.
     let client = client();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let look = || {
         let status: serde_json::Value = client
             .get(server.url("/v1/status"))
             .send()
@@ -249,22 +248,37 @@ fn a_failing_sink_does_not_hold_up_the_others_and_catches_up() {
         let operational_done =
             backlog("operational") == 0 && shards.iter().any(|s| s["sink"] == "operational");
         if operational_done && says_why("warehouse") && says_why("archive") {
-            assert!(
-                backlog("warehouse") > 0,
-                "the warehouse was locked: {status:#}"
-            );
-            assert!(
-                backlog("archive") > 0,
-                "the archive was unusable: {status:#}"
-            );
-            break;
+            return Ok(status);
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the operational store did not catch up, or the failing sinks did not say why, while the others were down: {status:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err((
+            backlog("operational"),
+            says_why("warehouse"),
+            says_why("archive"),
+        ))
+    };
+    let status = wait_progress_or(
+        "the operational store to catch up and the failing sinks to say why (operational backlog, warehouse failing, archive failing)",
+        Duration::from_secs(60),
+        look,
+        || tail(&server.log(), 30),
+    );
+    let backlog = |sink: &str| -> u64 {
+        status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["sink"] == sink)
+            .map(|s| s["backlog_records"].as_u64().unwrap())
+            .sum()
+    };
+    assert!(
+        backlog("warehouse") > 0,
+        "the warehouse was locked: {status:#}"
+    );
+    assert!(
+        backlog("archive") > 0,
+        "the archive was unusable: {status:#}"
+    );
     let ready = client.get(server.url("/health/ready")).send().unwrap();
     assert_eq!(ready.status(), 503, "readiness shows the broken archive");
 
@@ -321,16 +335,15 @@ fn serve_watches_a_folder_and_loads_each_bulk_file_once() {
             .json()
             .unwrap()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while summary()["lines"] != expected.rows {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the watcher did not load the file: {}\n{}",
-            summary(),
-            tail(&server.log(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_progress_or(
+        "the watcher to load the file (lines in the warehouse)",
+        Duration::from_secs(60),
+        || match summary()["lines"].as_u64() {
+            Some(n) if n == expected.rows => Ok(()),
+            lines => Err(lines),
+        },
+        || tail(&server.log(), 30),
+    );
     // Later rounds find the file in the ledger and load nothing again.
     std::thread::sleep(Duration::from_millis(2_500));
     let s = summary();

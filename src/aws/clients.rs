@@ -24,10 +24,15 @@ impl AwsClients {
         if !cfg.region.is_empty() {
             loader = loader.region(Region::new(cfg.region.clone()));
         }
-        let shared = loader.load().await;
+        Self::from_shared(&loader.load().await, cfg)
+    }
+
+    /// The clients of `shared` (credentials, region, retry already chosen, e.g. by a test with
+    /// static credentials) with each service's endpoint override of `cfg` applied.
+    pub fn from_shared(shared: &aws_config::SdkConfig, cfg: &AwsConfig) -> Self {
         let endpoint = |service| Some(cfg.endpoint(service)).filter(|e| !e.is_empty());
 
-        let mut s3 = aws_sdk_s3::config::Builder::from(&shared);
+        let mut s3 = aws_sdk_s3::config::Builder::from(shared);
         if let Some(url) = endpoint(AwsService::S3) {
             // Local servers answer on one host name (no per-bucket DNS) and do not all check the
             // newer default checksums.
@@ -41,15 +46,15 @@ impl AwsClients {
                     aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
                 );
         }
-        let mut kinesis = aws_sdk_kinesis::config::Builder::from(&shared);
+        let mut kinesis = aws_sdk_kinesis::config::Builder::from(shared);
         if let Some(url) = endpoint(AwsService::Kinesis) {
             kinesis = kinesis.endpoint_url(url);
         }
-        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&shared);
+        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(shared);
         if let Some(url) = endpoint(AwsService::DynamoDb) {
             dynamodb = dynamodb.endpoint_url(url);
         }
-        let mut firehose = aws_sdk_firehose::config::Builder::from(&shared);
+        let mut firehose = aws_sdk_firehose::config::Builder::from(shared);
         if let Some(url) = endpoint(AwsService::Firehose) {
             firehose = firehose.endpoint_url(url);
         }

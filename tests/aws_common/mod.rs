@@ -1,13 +1,14 @@
 //! Test support for the AWS backends: one `moto_server` on 127.0.0.1 per test binary, and
 //! settings and clients pointed at it. Each test names its own bucket, tables and streams, so
-//! tests share the server and run in parallel.
+//! tests share the server. Test files that use this module also declare `mod common;`.
 
 #![allow(dead_code)] // each test binary uses a different part
 
 use rust_decimal::Decimal;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,123 +16,60 @@ use std::time::{Duration, Instant};
 use shopstream::aws::AwsClients;
 use shopstream::config::AwsConfig;
 
-/// A `moto_server` child process on a free loopback port, killed on drop. The server is spawned
-/// under a small shell watchdog that also kills it when the test process exits, because a
-/// server kept in a `static` is never dropped.
-pub struct MotoServer {
-    child: Child,
-    pub endpoint: String,
-}
+pub use crate::common::AWS_TEST_ENV as ENV;
 
-impl MotoServer {
-    pub fn start() -> MotoServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port on 127.0.0.1")
-            .port();
-        if Command::new("moto_server")
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            panic!("moto_server is not on PATH: run `scripts/aws-local.sh install` first");
-        }
-        let script = r#"moto_server -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & m=$!
+/// Runs `program args...` with its output in `log`, and stops it when the test process exits
+/// (a server kept in a `static` is never dropped) or when the watchdog gets SIGTERM (its trap).
+const WATCHDOG: &str = r#"parent=$1; log=$2; shift 2
+"$@" >"$log" 2>&1 & m=$!
 trap 'kill $m 2>/dev/null' EXIT TERM INT
-while kill -0 "$2" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done"#;
-        let child = Command::new("sh")
-            .args(["-c", script, "moto-watchdog"])
-            .arg(port.to_string())
-            .arg(std::process::id().to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("sh can start moto_server");
-        let server = MotoServer {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        server.wait_until_ready(port);
-        server
-    }
+while kill -0 "$parent" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done"#;
 
-    fn wait_until_ready(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::Write;
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-                let mut buf = [0u8; 12];
-                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("moto_server did not answer on 127.0.0.1:{port} within 30 s");
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        // The watchdog's trap kills moto_server.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The environment every client of the local server needs: dummy credentials, a region, no
-/// instance-metadata look-ups, and S3 checksums only where required.
-pub const ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "test"),
-    ("AWS_SECRET_ACCESS_KEY", "test"),
-    ("AWS_SESSION_TOKEN", "test"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-    ("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
-    ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
-];
-
-/// A helper process of a test (kinesalite, the fault proxy) on a free loopback port, run under
-/// the same watchdog as `moto_server`: it dies with the test process or on drop.
+/// A helper process of a test (moto_server, kinesalite, the fault proxy) on a free loopback
+/// port, run under [`WATCHDOG`]: it dies with the test process or on drop, and its output is kept
+/// for failure reports ([`Helper::error_lines`]).
 pub struct Helper {
     child: Child,
     pub endpoint: String,
     pub port: u16,
+    what: String,
+    log: PathBuf,
 }
 
 impl Helper {
-    /// Runs `program args...` with `--port-file FILE` appended and waits (30 s) until the
-    /// program has written its port there.
-    pub fn start(program: &str, args: &[&str], what: &str) -> Helper {
-        let dir = tempfile::tempdir().unwrap().keep();
-        let port_file = dir.join("port");
+    /// Starts `program args...` under the watchdog, its output in `dir/log`.
+    fn spawn(program: &str, args: &[&str], what: &str, dir: &std::path::Path) -> Helper {
         let log = dir.join("log");
-        let script = r#"parent=$1; log=$2; shift 2
-"$@" >"$log" 2>&1 & m=$!
-trap 'kill $m 2>/dev/null' EXIT TERM INT
-while kill -0 "$parent" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; done"#;
         let child = Command::new("sh")
-            .args(["-c", script, "helper-watchdog"])
+            .args(["-c", WATCHDOG, "helper-watchdog"])
             .arg(std::process::id().to_string())
             .arg(&log)
             .arg(program)
             .args(args)
-            .arg("--port-file")
-            .arg(&port_file)
+            .envs(ENV.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdin(Stdio::null())
             .spawn()
             .expect("sh starts");
-        // Owned by a `Helper` at once, so a failed start below still stops it (on drop).
-        let mut helper = Helper {
+        // Owned by a `Helper` at once, so a failed start still stops it (on drop).
+        Helper {
             child,
             endpoint: String::new(),
             port: 0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
+            what: what.to_owned(),
+            log,
+        }
+    }
+
+    /// Runs `program args...` with `--port-file FILE` appended and waits (60 s) until the
+    /// program has written its port there.
+    pub fn start(program: &str, args: &[&str], what: &str) -> Helper {
+        let dir = tempfile::tempdir().unwrap().keep();
+        let port_file = dir.join("port");
+        let port_file_arg = port_file.to_str().unwrap();
+        let args = [args, &["--port-file", port_file_arg]].concat();
+        let mut helper = Helper::spawn(program, &args, what, &dir);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(port) = std::fs::read_to_string(&port_file)
                 .ok()
@@ -141,14 +79,90 @@ while kill -0 "$parent" 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.5; don
                 helper.endpoint = format!("http://127.0.0.1:{port}");
                 return helper;
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{what} did not start within 30 s (run `scripts/aws-local.sh install` first); its output:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
+            helper.assert_alive_until(deadline);
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `moto_server` on a free loopback port, once it answers HTTP.
+    pub fn moto_server() -> Helper {
+        if Command::new("moto_server")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            panic!("moto_server is not on PATH: run `scripts/local/aws-local.sh install` first");
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port on 127.0.0.1")
+            .port();
+        let dir = tempfile::tempdir().unwrap().keep();
+        let mut helper = Helper::spawn(
+            "moto_server",
+            &["-H", "127.0.0.1", "-p", &port.to_string()],
+            "moto_server",
+            &dir,
+        );
+        helper.port = port;
+        helper.endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.") {
+                    return helper;
+                }
+            }
+            helper.assert_alive_until(deadline);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn assert_alive_until(&mut self, deadline: Instant) {
+        let exited = matches!(self.child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() > deadline {
+            panic!(
+                "{} did not start ({}; run `scripts/local/aws-local.sh install` first); its output:\n{}",
+                self.what,
+                if exited { "it exited" } else { "60 s" },
+                self.output()
+            );
+        }
+    }
+
+    /// Everything the program wrote.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last `n` lines of its output that report an error (a traceback, an exception, an
+    /// answer of 4xx or 5xx), and how many such lines there were: what a failed test prints so
+    /// that an emulator's limit can be told from a product bug.
+    pub fn error_lines(&self, n: usize) -> String {
+        let output = self.output();
+        let errors: Vec<&str> = output
+            .lines()
+            .filter(|l| {
+                l.contains("Error")
+                    || l.contains("Exception")
+                    || l.contains("Traceback")
+                    || l.contains("\" 4")
+                    || l.contains("\" 5")
+            })
+            .collect();
+        format!(
+            "{} ({} lines of output, {} error lines; the last {}):\n{}",
+            self.what,
+            output.lines().count(),
+            errors.len(),
+            n.min(errors.len()),
+            errors[errors.len().saturating_sub(n)..].join("\n")
+        )
     }
 }
 
@@ -172,23 +186,28 @@ impl Drop for Helper {
     }
 }
 
-/// kinesalite (pinned in `scripts/kinesalite`), bound to 127.0.0.1: the Kinesis of the tests
+/// kinesalite (pinned in `scripts/local/kinesalite`), bound to 127.0.0.1: the Kinesis of the tests
 /// that need real shard splits (moto moves a split parent's records into its children).
+static KINESALITE: OnceLock<Helper> = OnceLock::new();
+static MOTO: OnceLock<Helper> = OnceLock::new();
+
 pub fn kinesalite() -> &'static Helper {
-    static SERVER: OnceLock<Helper> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        moto(); // sets the client environment
-        Helper::start("node", &["scripts/kinesalite/server.js", "0"], "kinesalite")
+    KINESALITE.get_or_init(|| {
+        Helper::start(
+            "node",
+            &["scripts/local/kinesalite/server.js", "0"],
+            "kinesalite",
+        )
     })
 }
 
-/// `scripts/fault_proxy.py` in front of `upstream`: counts every call, and injects the faults
+/// `scripts/testing/fault_proxy.py` in front of `upstream`: counts every call, and injects the faults
 /// `faults` asks for, e.g. `["--fail-rate", "0.25", "--throttle-rate", "0.05"]` (failed entries
 /// of PutRecords, BatchWriteItem and PutRecordBatch, and whole calls of them throttled) or
 /// `["--expire-rate", "0.2"]` (GetRecords answered ExpiredIteratorException).
 pub fn fault_proxy(upstream: &str, faults: &[&str]) -> Helper {
     let mut args = vec![
-        "scripts/fault_proxy.py",
+        "scripts/testing/fault_proxy.py",
         "--listen",
         "127.0.0.1:0",
         "--upstream",
@@ -200,15 +219,20 @@ pub fn fault_proxy(upstream: &str, faults: &[&str]) -> Helper {
     Helper::start("python3", &args, "fault_proxy.py")
 }
 
-/// The server of this test binary, started on first use.
-pub fn moto() -> &'static MotoServer {
-    static SERVER: OnceLock<MotoServer> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        for (k, v) in ENV {
-            std::env::set_var(k, v);
-        }
-        MotoServer::start()
-    })
+/// The moto server of this test binary, started on first use.
+pub fn moto() -> &'static Helper {
+    MOTO.get_or_init(Helper::moto_server)
+}
+
+/// What a failed heavy test prints beside its own figures: the error lines of the emulators
+/// this test binary started.
+pub fn emulator_errors() -> String {
+    let mut out = String::new();
+    for server in [MOTO.get(), KINESALITE.get()].into_iter().flatten() {
+        out.push_str(&server.error_lines(20));
+        out.push('\n');
+    }
+    out
 }
 
 /// Settings of the AWS backends pointed at the local server, with resource names unique to
@@ -240,8 +264,16 @@ pub fn aws_config(test: &str) -> AwsConfig {
     }
 }
 
+/// Clients of `cfg` with the test credentials given directly: the test process's environment
+/// is never changed (other test threads read it).
 pub async fn clients(cfg: &AwsConfig) -> AwsClients {
-    AwsClients::from_config(cfg).await
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(cfg.region.clone()))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await;
+    AwsClients::from_shared(&shared, cfg)
 }
 
 /// `cfg` with Kinesis on kinesalite.
@@ -301,11 +333,11 @@ partial_retry_max_backoff = "200ms"
     )
 }
 
-/// Runs `scripts/readback.py`, the independent boto3 read-back, against what `cfg` names and
+/// Runs `scripts/ops/readback.py`, the independent boto3 read-back, against what `cfg` names and
 /// the input `files`; panics with its report when a sink does not match the input.
 pub fn readback(cfg: &AwsConfig, files: &[&std::path::Path], allow_duplicates: &[&str]) -> String {
     let mut cmd = Command::new("python3");
-    cmd.arg("scripts/readback.py")
+    cmd.arg("scripts/ops/readback.py")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["--endpoint", &cfg.endpoint_url])
         .args(["--region", &cfg.region])
@@ -322,7 +354,7 @@ pub fn readback(cfg: &AwsConfig, files: &[&std::path::Path], allow_duplicates: &
     for (k, v) in ENV {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("python3 runs scripts/readback.py");
+    let out = cmd.output().expect("python3 runs scripts/ops/readback.py");
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

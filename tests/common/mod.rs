@@ -56,6 +56,7 @@ impl Server {
             .open(&log)
             .unwrap();
         let mut child = Command::new(BIN)
+            .envs(AWS_TEST_ENV.iter().copied())
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -127,29 +128,141 @@ impl Server {
         (status, started.elapsed())
     }
 
-    /// Waits until every sink has checkpointed every shard up to the newest record.
-    pub fn wait_caught_up(&self, timeout: Duration) {
-        let started = Instant::now();
-        let client = client();
-        loop {
-            let status: serde_json::Value = client
-                .get(self.url("/v1/status"))
-                .send()
-                .and_then(|r| r.json())
-                .unwrap_or_default();
-            let shards = status["shards"].as_array().map_or(0, Vec::len);
-            if status["caught_up"] == true && shards > 0 {
-                return;
-            }
-            if started.elapsed() > timeout {
-                panic!(
-                    "the sinks did not catch up within {timeout:?}: {status:#}\nlog tail:\n{}",
-                    tail(&self.log(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Waits until every sink has checkpointed every shard up to the newest record. Fails only
+    /// when the sinks' figures (lines written, backlog) have not moved for `stall`, with the last
+    /// status and the log tail.
+    pub fn wait_caught_up(&self, stall: Duration) {
+        self.wait_caught_up_or(stall, String::new)
     }
+
+    /// [`Server::wait_caught_up`], with `diagnose` adding to a failure's report (the emulators'
+    /// error lines).
+    pub fn wait_caught_up_or(&self, stall: Duration, diagnose: impl FnOnce() -> String) {
+        let client = client();
+        wait_progress_or(
+            "every sink to catch up",
+            stall,
+            || {
+                let status: serde_json::Value = client
+                    .get(self.url("/v1/status"))
+                    .send()
+                    .and_then(|r| r.json())
+                    .unwrap_or_default();
+                let shards = status["shards"].as_array().cloned().unwrap_or_default();
+                if status["caught_up"] == true && !shards.is_empty() {
+                    return Ok(());
+                }
+                Err(sink_figures(&shards))
+            },
+            || format!("log tail:\n{}\n{}", tail(&self.log(), 40), diagnose()),
+        )
+    }
+
+    /// Lines written and backlog per sink, from `/v1/status`: what a failed wait reports.
+    pub fn sink_figures(&self) -> String {
+        let status: serde_json::Value = client()
+            .get(self.url("/v1/status"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default();
+        let shards = status["shards"].as_array().cloned().unwrap_or_default();
+        format!("{:?}", sink_figures(&shards))
+    }
+}
+
+/// Per sink: (lines written, backlog in records), summed over the shards of a `/v1/status`.
+fn sink_figures(shards: &[serde_json::Value]) -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut figures = std::collections::BTreeMap::new();
+    for s in shards {
+        let sink = s["sink"].as_str().unwrap_or("?").to_owned();
+        let entry: &mut (u64, u64) = figures.entry(sink).or_default();
+        entry.0 += s["lines_written"].as_u64().unwrap_or(0);
+        entry.1 += s["backlog_records"].as_u64().unwrap_or(0);
+    }
+    figures
+}
+
+/// Waits on progress, not on a clock: calls `look` until it answers `Ok`. While it answers
+/// `Err(figures)` the wait goes on as long as the figures keep changing, and fails only once
+/// they have stood still for `stall`, naming the last figures. A slow machine is slower but
+/// passes; a real stall still fails.
+pub fn wait_progress<T, P: PartialEq + std::fmt::Debug>(
+    what: &str,
+    stall: Duration,
+    look: impl FnMut() -> Result<T, P>,
+) -> T {
+    wait_progress_or(what, stall, look, String::new)
+}
+
+/// [`wait_progress`], with `diagnose` adding what else a failure should show (logs, the other
+/// sinks' counts).
+pub fn wait_progress_or<T, P: PartialEq + std::fmt::Debug>(
+    what: &str,
+    stall: Duration,
+    mut look: impl FnMut() -> Result<T, P>,
+    diagnose: impl FnOnce() -> String,
+) -> T {
+    let started = Instant::now();
+    let mut last: Option<P> = None;
+    let mut moved = Instant::now();
+    loop {
+        let looked = Instant::now();
+        match look() {
+            Ok(done) => return done,
+            Err(figures) => {
+                if last.as_ref() != Some(&figures) {
+                    last = Some(figures);
+                    moved = Instant::now();
+                } else if moved.elapsed() > stall {
+                    panic!(
+                        "waited {:?} for {what}: nothing moved for {stall:?}; last seen: {:?}\n{}",
+                        started.elapsed(),
+                        last.unwrap(),
+                        diagnose()
+                    );
+                }
+            }
+        }
+        // An expensive look (listing a bucket) is not repeated faster than it runs, so the wait
+        // does not itself load the server it waits on.
+        std::thread::sleep(looked.elapsed().max(Duration::from_millis(100)));
+    }
+}
+
+/// The environment of every process a test starts: dummy AWS credentials and region, no
+/// instance-metadata look-ups, S3 checksums only where required. Set on the children only, never
+/// on the test process (other test threads run while it would change).
+pub const AWS_TEST_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_SESSION_TOKEN", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
+    ("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required"),
+];
+
+/// Held by a heavy test (one that starts emulators and several shopstream processes) for as long
+/// as it runs: heavy tests run one at a time, whether the runner puts them on threads of one
+/// process (`cargo test`) or in processes of their own (nextest), so the 2-core machine and the
+/// emulators keep up. An exclusive `flock` on a file in cargo's temporary folder.
+pub struct HeavyTest {
+    _lock: std::fs::File,
+}
+
+pub fn heavy_test() -> HeavyTest {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("shopstream-heavy-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor this function owns; the lock ends when it is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", path.display());
+    HeavyTest { _lock: file }
 }
 
 impl Drop for Server {
