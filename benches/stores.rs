@@ -13,11 +13,10 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
-use shopstream::actors::operational::sqlite::SqliteOperationalStore;
-use shopstream::actors::operational::OperationalStore;
-use shopstream::actors::warehouse::sqlite::SqliteWarehouse;
-use shopstream::actors::warehouse::Warehouse;
 use shopstream::model::{IngestedLine, InvoiceLine};
+use shopstream::store::operational::sqlite::SqliteOperationalStore;
+use shopstream::store::warehouse::sqlite::SqliteWarehouse;
+use shopstream::store::{OperationalStore, Warehouse};
 
 const LINES_PER_INVOICE: usize = 21;
 const BATCH: usize = 1_000;

@@ -7,16 +7,15 @@ use std::sync::Arc;
 
 use crate::actors::archive::Archiver;
 use crate::actors::dead_letter::DeadLetters;
-use crate::actors::operational::writer::OperationalWriter;
-use crate::actors::operational::OperationalStore;
+use crate::actors::operational::OperationalWriter;
 use crate::actors::pipeline::{Pipeline, PipelineParts};
 use crate::actors::progress::Progress;
 use crate::actors::shard::ShardSinkSettings;
 use crate::actors::sink::SinkWriter;
-use crate::actors::warehouse::forwarder::WarehouseForwarder;
-use crate::actors::warehouse::Warehouse;
+use crate::actors::warehouse::WarehouseForwarder;
 use crate::config::{Backend, Settings};
 use crate::object_store::ObjectStore;
+use crate::store::{OperationalStore, Warehouse};
 use crate::stream::{CheckpointStore, Stream};
 
 /// The backend of every stage.
@@ -49,12 +48,12 @@ impl Backends {
     /// # Errors
     /// A backend that cannot be opened, named with the setting that chose it.
     pub async fn open(settings: &Settings) -> anyhow::Result<Backends> {
-        use crate::actors::operational::dynamodb::DynamoOperationalStore;
-        use crate::actors::operational::sqlite::SqliteOperationalStore;
-        use crate::actors::warehouse::firehose::FirehoseWarehouse;
-        use crate::actors::warehouse::sqlite::SqliteWarehouse;
         use crate::object_store::local::LocalObjectStore;
         use crate::object_store::s3::S3ObjectStore;
+        use crate::store::operational::dynamodb::DynamoOperationalStore;
+        use crate::store::operational::sqlite::SqliteOperationalStore;
+        use crate::store::warehouse::firehose::FirehoseWarehouse;
+        use crate::store::warehouse::sqlite::SqliteWarehouse;
         use crate::stream::embedded::EmbeddedStream;
         use crate::stream::kinesis::{KinesisStream, LeaseCoordinator};
 

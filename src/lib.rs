@@ -23,14 +23,18 @@
 //! - [`stream`]: the durable, sharded log between ingest and sinks ([`Stream`](stream::Stream)),
 //!   and the checkpoints of the sinks.
 //! - [`object_store`]: objects in a folder or S3, for the archive, dead letters and bulk sources.
-//! - [`actors`]: supervised actix actors: shard readers and the three sinks, with retry,
-//!   backpressure and dead letters.
-//! - [`batch`]: bulk CSV import with a ledger of what was loaded.
+//! - [`store`]: the operational store ([`OperationalStore`](store::OperationalStore): SQLite or
+//!   DynamoDB) and the warehouse ([`Warehouse`](store::Warehouse): SQLite or Firehose, with bulk
+//!   loads and their ledger), with one error type ([`StoreError`](store::StoreError)).
+//! - [`actors`]: supervised actix actors: shard readers and thin sink adapters onto the object
+//!   store and the stores, with retry, backpressure and dead letters.
+//! - [`batch`]: bulk CSV import through the store traits.
 //! - [`app`]: assembles the backends, the actors and the API from the settings.
 //! - [`replay`]: the store simulator that sends a CSV export as stores would.
 //! - [`metrics`]: every Prometheus series, declared once.
 //! - [`sqlite`]: how the embedded backends open SQLite files and run SQLite off the async runtime.
 //! - [`aws`]: SDK clients and the retry of partial batch failures shared by the AWS backends.
+//! - [`retry`]: the one jittered exponential backoff, for the sink actors and the AWS backends.
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
@@ -43,6 +47,8 @@ pub mod metrics;
 pub mod model;
 pub mod object_store;
 pub mod replay;
+pub mod retry;
 pub mod sqlite;
+pub mod store;
 pub mod stream;
 pub mod web;

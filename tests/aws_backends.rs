@@ -80,9 +80,9 @@ async fn s3_put_get_list_delete_and_multipart() {
 
 mod dynamodb {
     use super::aws_common::{aws_config, init, lines};
-    use shopstream::actors::operational::dynamodb::DynamoOperationalStore;
-    use shopstream::actors::operational::{OperationalStore, StoreError};
     use shopstream::model::Money;
+    use shopstream::store::operational::dynamodb::DynamoOperationalStore;
+    use shopstream::store::{OperationalStore, StoreError};
 
     #[tokio::test]
     async fn upsert_is_idempotent_and_dedupes_within_a_call() {
@@ -226,10 +226,10 @@ mod cli {
 
 mod firehose {
     use super::aws_common::{aws_config, init, lines};
-    use shopstream::actors::warehouse::firehose::FirehoseWarehouse;
-    use shopstream::actors::warehouse::Warehouse;
     use shopstream::object_store::s3::S3ObjectStore;
     use shopstream::object_store::ObjectStore;
+    use shopstream::store::warehouse::firehose::FirehoseWarehouse;
+    use shopstream::store::Warehouse;
     use std::collections::HashMap;
 
     #[tokio::test]

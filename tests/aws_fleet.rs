@@ -13,9 +13,9 @@ mod aws_common;
 mod common;
 
 use common::*;
-use shopstream::actors::operational::dynamodb::DynamoOperationalStore;
-use shopstream::actors::operational::OperationalStore;
 use shopstream::config::AwsConfig;
+use shopstream::store::operational::dynamodb::DynamoOperationalStore;
+use shopstream::store::OperationalStore;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

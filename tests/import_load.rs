@@ -5,13 +5,12 @@ mod import_support;
 use import_support::{expected, fixture, gzip, ledger_rows, sales};
 use indicatif::ProgressBar;
 use rust_decimal::Decimal;
-use shopstream::actors::operational::sqlite::SqliteOperationalStore;
-use shopstream::actors::operational::OperationalStore;
-use shopstream::actors::warehouse::sqlite::SqliteWarehouse;
-use shopstream::actors::warehouse::Warehouse;
 use shopstream::batch::{FileOutcome, ImportOptions, Importer, RunSummary, Target};
 use shopstream::model::csv::parse_csv;
 use shopstream::model::{IngestedLine, ParseOptions};
+use shopstream::store::operational::sqlite::SqliteOperationalStore;
+use shopstream::store::warehouse::sqlite::SqliteWarehouse;
+use shopstream::store::{OperationalStore, Warehouse};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,8 +47,8 @@ impl Setup {
 
     async fn run_with(&self, options: ImportOptions, sources: &[&Path]) -> RunSummary {
         let importer = Importer::new(
-            Arc::clone(&self.warehouse),
-            Some(Arc::clone(&self.operational)),
+            self.warehouse.clone(),
+            Some(self.operational.clone()),
             options,
         )
         .unwrap();
@@ -358,8 +357,8 @@ async fn the_watcher_imports_new_drops_until_shutdown() {
     let folder = s.folder("watched", &[]);
     let importer = Arc::new(
         Importer::new(
-            Arc::clone(&s.warehouse),
-            Some(Arc::clone(&s.operational)),
+            s.warehouse.clone(),
+            Some(s.operational.clone()),
             s.options(),
         )
         .unwrap(),

@@ -7,8 +7,8 @@ mod aws_common;
 mod common;
 
 use common::*;
-use shopstream::actors::operational::dynamodb::DynamoOperationalStore;
-use shopstream::actors::operational::OperationalStore;
+use shopstream::store::operational::dynamodb::DynamoOperationalStore;
+use shopstream::store::OperationalStore;
 use std::path::Path;
 use std::time::Duration;
 

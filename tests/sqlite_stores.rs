@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
-use shopstream::actors::operational::sqlite::SqliteOperationalStore;
-use shopstream::actors::operational::{OperationalStore, StoreError};
-use shopstream::actors::warehouse::sqlite::{SqliteWarehouse, SOURCE_IMPORT};
-use shopstream::actors::warehouse::{Warehouse, WarehouseError};
 use shopstream::model::{IngestedLine, InvoiceLine, Money};
 use shopstream::sqlite::SqliteOptions;
+use shopstream::store::operational::sqlite::SqliteOperationalStore;
+use shopstream::store::warehouse::sqlite::{SqliteWarehouse, SOURCE_IMPORT};
+use shopstream::store::warehouse::{BulkFile, FileLoadStart};
+use shopstream::store::{OperationalStore, StoreError, Warehouse};
 
 fn date(day: u32, hour: u32) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2010, 12, day)
@@ -203,7 +203,7 @@ async fn amounts_that_cannot_be_summed_exactly_reject_the_line_and_write_nothing
         other => panic!("expected Rejected, got {other:?}"),
     }
     match wh.insert(&lines).await {
-        Err(e @ WarehouseError::Rejected { .. }) => assert!(!e.is_retriable()),
+        Err(e @ StoreError::Rejected { .. }) => assert!(!e.is_retriable()),
         other => panic!("expected Rejected, got {other:?}"),
     }
     assert_eq!(ops.totals().await.unwrap().0, 0);
@@ -331,7 +331,7 @@ async fn a_locked_file_gives_the_retriable_error() {
     assert!(e.to_string().contains("operational.sqlite"), "{e}");
     let e = wh.insert(&lines).await.unwrap_err();
     assert!(
-        matches!(e, WarehouseError::Unavailable(_)) && e.is_retriable(),
+        matches!(e, StoreError::Unavailable(_)) && e.is_retriable(),
         "{e}"
     );
 
@@ -388,16 +388,19 @@ async fn the_importer_writes_lines_and_its_ledger_in_one_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let (_, wh) = stores(&dir);
     let lines = invoice_lines("536365", 5);
-    let result = wh
-        .transaction(move |tx| {
-            let added =
-                shopstream::actors::warehouse::sqlite::insert_tx(tx, &lines, SOURCE_IMPORT)?;
-            assert_eq!(added, 5);
-            // A failing ledger write rolls the lines back too.
-            Err::<(), _>(WarehouseError::Backend("ledger write failed".into()))
-        })
-        .await;
-    assert!(result.is_err());
+    let file = BulkFile {
+        key: "/drop/sales.csv".into(),
+        size: 100,
+        change_token: "v1".into(),
+    };
+    let FileLoadStart::Loading(mut load) = wh.load_file(&file, false).await.unwrap() else {
+        panic!("a file the ledger does not know is loaded");
+    };
+    let added = load.insert(&lines).await.unwrap();
+    assert_eq!(added, 5);
+    // A load that stops before its ledger row commits (a failing ledger write, too many rejected
+    // rows) rolls the lines back too.
+    drop(load);
     assert_eq!(wh.summary().await.unwrap().unwrap().lines, 0);
 }
 

@@ -14,10 +14,10 @@ use tokio::sync::watch;
 
 use super::dead_letter::{DeadLetter, DeadLetters};
 use super::progress::Progress;
-use super::retry::Backoff;
 use super::sink::{FlushPolicy, SinkFailure, SinkUnit, SinkWriter};
 use crate::config::RetryConfig;
 use crate::model::{IngestedLine, LineBatch};
+use crate::retry::Backoff;
 use crate::stream::{
     CheckpointStore, Position, ReadBatch, Record, SequenceNumber, ShardId, Stream,
 };

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use crate::model::IngestedLine;
+use crate::store::StoreError;
 use crate::stream::{SequenceNumber, ShardId, SinkKind};
 
 /// The lines of stream records `first..=last` of one shard, written as one unit.
@@ -42,6 +43,17 @@ impl SinkFailure {
         SinkFailure {
             retriable: false,
             message: message.into(),
+        }
+    }
+}
+
+/// A store's failure as the shard actor sees it: retriable exactly when
+/// [`StoreError::is_retriable`] says so.
+impl From<StoreError> for SinkFailure {
+    fn from(e: StoreError) -> Self {
+        SinkFailure {
+            retriable: e.is_retriable(),
+            message: e.to_string(),
         }
     }
 }
@@ -83,4 +95,23 @@ pub trait SinkWriter: Send + Sync + 'static {
 
     /// Whether the backend answers, with the reason when it does not.
     async fn health(&self) -> Result<(), String>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_its_retry_rule_and_message() {
+        let busy = SinkFailure::from(StoreError::Unavailable("database is locked".into()));
+        assert!(busy.retriable);
+        assert!(busy.message.contains("database is locked"));
+        let rejected = SinkFailure::from(StoreError::Rejected {
+            line_id: "0".repeat(32),
+            reason: "price has 7 decimals".into(),
+        });
+        assert!(!rejected.retriable);
+        assert!(rejected.message.contains("price has 7 decimals"));
+        assert!(SinkFailure::from(StoreError::Backend("connection reset".into())).retriable);
+    }
 }

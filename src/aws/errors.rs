@@ -3,7 +3,7 @@
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// The same type in every SDK crate (each re-exports the smithy runtime's `SdkError`).
-type SdkError<E> = aws_sdk_kinesis::error::SdkError<E>;
+pub type SdkError<E> = aws_sdk_kinesis::error::SdkError<E>;
 
 /// Error codes (of any of the four services) that mean "too busy or briefly broken, try again".
 const RETRIABLE_CODES: &[&str] = &[

@@ -5,8 +5,8 @@
 //! The backends themselves live beside the trait they implement:
 //! [`KinesisStream`](crate::stream::kinesis::KinesisStream),
 //! [`S3ObjectStore`](crate::object_store::s3::S3ObjectStore),
-//! [`DynamoOperationalStore`](crate::actors::operational::dynamodb::DynamoOperationalStore),
-//! [`FirehoseWarehouse`](crate::actors::warehouse::firehose::FirehoseWarehouse) and
+//! [`DynamoOperationalStore`](crate::store::operational::dynamodb::DynamoOperationalStore),
+//! [`FirehoseWarehouse`](crate::store::warehouse::firehose::FirehoseWarehouse) and
 //! [`LeaseCoordinator`](crate::stream::kinesis::LeaseCoordinator).
 
 mod clients;
@@ -14,5 +14,5 @@ mod errors;
 mod retry;
 
 pub use clients::AwsClients;
-pub use errors::{call_failure, describe, error_code, is_retriable_code, is_transient};
+pub use errors::{call_failure, describe, error_code, is_retriable_code, is_transient, SdkError};
 pub use retry::{retry_entries, EntryOutcome, EntryRetry, PartialFailure};

@@ -5,7 +5,7 @@
 //! that did land (Kinesis, Firehose) or waste capacity; so only the failed entries are resent,
 //! after a jittered exponential backoff, until every entry is in or one is definitively not.
 
-use crate::actors::retry::Backoff;
+use crate::retry::Backoff;
 use std::future::Future;
 
 /// How the failed entries of a batch call are resent: after the shared jittered backoff of the

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::actors::operational::StoreError;
-use crate::actors::warehouse::WarehouseError;
 use crate::model::InputError;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -32,9 +31,7 @@ pub enum ImportError {
         error: std::io::Error,
     },
     #[error(transparent)]
-    Warehouse(#[from] WarehouseError),
-    #[error(transparent)]
-    Operational(#[from] StoreError),
+    Store(#[from] StoreError),
     #[error("the import of {key} stopped unexpectedly: {reason}")]
     Task { key: String, reason: String },
 }

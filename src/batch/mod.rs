@@ -9,23 +9,26 @@
 //! ```
 //!
 //! - [`source`]: the [`Source`] trait and the local implementation; [`s3`]: the S3 one.
-//! - [`ledger`]: the `import_ledger` table and how a file's rows are found again.
-//! - [`load`]: loading one file into one store, streamed, all or nothing.
+//! - [`options`]: what a run fills ([`Target`]) and how it treats rejects and changed files.
+//! - [`load`]: the [`Importer`]: loading each file into each store, streamed, all or nothing,
+//!   through the store traits. The ledger of loaded files and the per-file transaction belong
+//!   to the warehouse ([`crate::store::warehouse::bulk`]).
 //! - [`watch()`]: imports configured sources on an interval, for `shopstream serve`.
 //!
 //! Lines get the ids the stream path gives them (content plus occurrence, by the same parser), so
 //! a line that arrived both ways is stored once.
 
 mod error;
-pub mod ledger;
 pub mod load;
+pub mod options;
 mod report;
 pub mod s3;
 pub mod source;
 mod watch;
 
 pub use error::ImportError;
-pub use load::{ImportOptions, Importer, Target};
+pub use load::Importer;
+pub use options::{ImportOptions, Target};
 pub use report::{FileOutcome, FileReport, RunSummary};
 pub use source::{parse_source, LocalSource, Source, SourceFile};
 pub use watch::watch;

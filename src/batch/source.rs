@@ -12,23 +12,9 @@ use super::ImportError;
 /// How reject files end (see [`super::load`]); folders and globs skip them.
 pub const REJECTS_SUFFIX: &str = ".rejects.csv";
 
-/// One bulk file a source offers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceFile {
-    /// Identifies the file across runs (the ledger's key): an absolute path, or `s3://bucket/key`.
-    pub key: String,
-    /// Size in bytes as stored (compressed for `.csv.gz`), for progress.
-    pub size: u64,
-    /// Changes whenever the content does: the ledger compares it to decide skip or changed.
-    pub change_token: String,
-}
-
-impl SourceFile {
-    /// True for `.csv.gz` files, which are read through a gzip decoder.
-    pub fn is_gzip(&self) -> bool {
-        self.key.to_ascii_lowercase().ends_with(".gz")
-    }
-}
+/// A bulk file as a source lists it: the warehouse's ledger identity of a file (key, size, change
+/// token), under the name the batch path gives it.
+pub use crate::store::warehouse::BulkFile as SourceFile;
 
 /// A place bulk files are found. Blocking: call it on a blocking thread.
 pub trait Source: Send + Sync {

@@ -15,13 +15,12 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::actors::operational::OperationalStore;
 use crate::actors::progress::Progress;
 use crate::actors::sink::SinkWriter;
-use crate::actors::warehouse::Warehouse;
 use crate::config::{AuthConfig, Settings};
 use crate::model::DateOrder;
 use crate::object_store::ObjectStore;
+use crate::store::{OperationalStore, Warehouse};
 use crate::stream::Stream;
 use error::ApiError;
 

@@ -14,12 +14,11 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use super::{Invoice, InvoiceSummary, OperationalStore, StoreError};
-use crate::aws::{
-    call_failure, error_code, retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure,
-};
+use super::{Invoice, InvoiceSummary, OperationalStore};
+use crate::aws::{retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure};
 use crate::config::AwsConfig;
 use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
+use crate::store::StoreError;
 
 /// BatchWriteItem takes at most 25 put requests.
 pub const MAX_BATCH_ITEMS: usize = 25;
@@ -63,14 +62,9 @@ impl DynamoOperationalStore {
         )
     }
 
-    fn call_error<E>(&self, what: &str, e: aws_sdk_dynamodb::error::SdkError<E>) -> StoreError
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        match call_failure(what, &format!("table {}", self.table), &e) {
-            (msg, true) => StoreError::Unavailable(msg),
-            (msg, false) => StoreError::Backend(msg),
-        }
+    /// How errors name this backend's resource.
+    fn resource(&self) -> String {
+        format!("table {}", self.table)
     }
 
     /// One BatchWriteItem of up to 25 distinct keys, resending unprocessed items.
@@ -99,7 +93,7 @@ impl DynamoOperationalStore {
                     .request_items(&self.table, requests)
                     .send()
                     .await
-                    .map_err(|e| self.call_error("BatchWriteItem", e))?;
+                    .map_err(|e| StoreError::aws_call("BatchWriteItem", &self.resource(), &e))?;
                 // Unprocessed items come back as items, not positions: match them by line id.
                 let unprocessed: std::collections::HashSet<String> = out
                     .unprocessed_items()
@@ -163,7 +157,7 @@ impl DynamoOperationalStore {
         let mut pages = q.into_paginator().send();
         let mut items = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.call_error("Query", e))?;
+            let page = page.map_err(|e| StoreError::aws_call("Query", &self.resource(), &e))?;
             items.extend(page.items().iter().cloned());
         }
         Ok(items)
@@ -403,7 +397,7 @@ impl OperationalStore for DynamoOperationalStore {
             .send();
         let (mut count, mut sum) = (0u64, Money::ZERO);
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.call_error("Scan", e))?;
+            let page = page.map_err(|e| StoreError::aws_call("Scan", &self.resource(), &e))?;
             for item in page.items() {
                 count += 1;
                 sum += parse::<Money>(item, "LineTotal")?;
@@ -420,14 +414,12 @@ impl OperationalStore for DynamoOperationalStore {
             .send()
             .await
             .map_err(|e| {
-                if error_code(&e) == Some("ResourceNotFoundException") {
-                    StoreError::Backend(format!(
-                        "table {} does not exist (run `shopstream aws init`)",
-                        self.table
-                    ))
-                } else {
-                    self.call_error("DescribeTable", e)
-                }
+                StoreError::aws_describe(
+                    "DescribeTable",
+                    &self.resource(),
+                    &e,
+                    "run `shopstream aws init`",
+                )
             })?;
         let status = out.table().and_then(|t| t.table_status());
         match status {

@@ -1,30 +1,37 @@
 //! The embedded warehouse: the `sales` fact table ([`SALES_DDL`]) in a SQLite file, plus small
-//! rollup tables that keep [`Warehouse::summary`] fast however many lines the table holds.
+//! rollup tables that keep [`Warehouse::summary`] fast however many lines the table holds, and
+//! the import ledger of bulk loads ([`ledger`], [`bulk`]).
 //!
-//! Every row enters `sales` through [`insert_tx`], which updates the rollups in the same
-//! transaction, so they never disagree with the fact table. The bulk importer writes through it
-//! too (with `source = 'import'`), inside its own per-file transaction that also records the file
-//! in its ledger: see [`SqliteWarehouse::transaction`].
+//! Every row enters `sales` through `insert_rows`, which updates the rollups in the same
+//! transaction, so they never disagree with the fact table. A bulk load writes through it too
+//! (with `source = 'import:<ledger id>'`), inside one transaction per file that also records the
+//! file in the ledger: see [`Warehouse::load_file`].
+
+mod bulk;
+mod ledger;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction};
+use rusqlite::{Connection, Transaction};
 
-use super::{ProductRevenue, SalesSummary, Warehouse, WarehouseError, SALES_DDL};
-use crate::model::{micros_to_money, IngestedLine};
-use crate::sqlite::{
-    encode_lines, Database, LineParams, LineRow, SqliteOptions, StoreErrorKind, TaskFailed,
+use super::{
+    BulkFile, FileLoadStart, LedgerEntry, LoadCounts, LoadedInto, ProductRevenue, SalesSummary,
+    Warehouse, SALES_DDL,
 };
+use crate::model::{micros_to_money, IngestedLine};
+use crate::sqlite::{Database, SqliteOptions};
+use crate::store::row::{encode_lines, LineParams, LineRow};
+use crate::store::StoreError;
 
 /// `source` of the lines the warehouse forwarder writes from the stream.
 pub const SOURCE_STREAM: &str = "stream";
 /// `source` of the lines the bulk importer writes.
 pub const SOURCE_IMPORT: &str = "import";
 
-/// Rollups of `sales`, maintained by [`insert_tx`]. A dashboard reads a few thousand rows of these
+/// Rollups of `sales`, maintained by `insert_rows`. A dashboard reads a few thousand rows of these
 /// instead of scanning millions of lines. The `CHECK`s turn an integer overflow of a running sum
 /// (which SQLite would silently turn into a float) into an error.
 const ROLLUP_DDL: &str = "
@@ -104,32 +111,14 @@ pub struct SqliteWarehouse {
     db: Database,
 }
 
-impl StoreErrorKind for WarehouseError {
-    fn unavailable(message: String) -> Self {
-        WarehouseError::Unavailable(message)
-    }
-    fn rejected(line_id: String, reason: String) -> Self {
-        WarehouseError::Rejected { line_id, reason }
-    }
-    fn backend(message: String) -> Self {
-        WarehouseError::Backend(message)
-    }
-}
-
-impl From<TaskFailed> for WarehouseError {
-    fn from(e: TaskFailed) -> Self {
-        WarehouseError::from_task(e)
-    }
-}
-
 impl SqliteWarehouse {
     /// Opens the warehouse at `path` with the default options, creating the file, its folder and
     /// its tables when missing.
     ///
     /// # Errors
-    /// [`WarehouseError::Unavailable`] when the file is busy or the disk full or read-only,
-    /// [`WarehouseError::Backend`] when it cannot be created or is not a shopstream database.
-    pub fn open(path: &Path) -> Result<Self, WarehouseError> {
+    /// [`StoreError::Unavailable`] when the file is busy or the disk full or read-only,
+    /// [`StoreError::Backend`] when it cannot be created or is not a shopstream database.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with(path, &SqliteOptions::default())
     }
 
@@ -137,10 +126,9 @@ impl SqliteWarehouse {
     ///
     /// # Errors
     /// As [`open`](Self::open).
-    pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, WarehouseError> {
+    pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         let schema = format!("{SALES_DDL}{ROLLUP_DDL}{ROLLUP_BACKFILL}");
-        let db =
-            Database::open(path, options, &schema).map_err(|e| WarehouseError::from_open(&e))?;
+        let db = Database::open(path, options, &schema)?;
         Ok(Self { db })
     }
 
@@ -162,36 +150,33 @@ impl SqliteWarehouse {
         &self,
         lines: &[IngestedLine],
         source: &str,
-    ) -> Result<u64, WarehouseError> {
+    ) -> Result<u64, StoreError> {
         if lines.is_empty() {
             return Ok(0);
         }
         // Encoded here: a line that cannot be stored is refused before the write, and the
         // blocking task takes the encoded rows rather than a copy of the lines.
-        let rows = encode_lines::<WarehouseError>(lines)?;
+        let rows = encode_lines(lines)?;
         let source = source.to_owned();
-        self.transaction(move |tx| insert_rows_tx(tx, &rows, &source))
+        self.in_transaction(move |tx| insert_rows(tx, &rows, &source))
             .await
     }
 
     /// Runs `f` in one transaction on the writer connection, on a blocking thread, and commits
     /// when it returns `Ok` (a returned error or a panic rolls everything back).
     ///
-    /// This is how the bulk importer writes a file: [`insert_tx`] for its lines, then its own
-    /// ledger row (in a table it creates in this file), all or nothing.
-    ///
     /// # Errors
-    /// What `f` returns; [`WarehouseError::Unavailable`] when the transaction cannot start or
-    /// commit because the file is locked past the busy timeout or the disk is full.
-    pub async fn transaction<T, F>(&self, f: F) -> Result<T, WarehouseError>
+    /// What `f` returns; [`StoreError::Unavailable`] when the transaction cannot start or commit
+    /// because the file is locked past the busy timeout or the disk is full.
+    async fn in_transaction<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&Transaction<'_>) -> Result<T, WarehouseError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let path = self.db.path().to_owned();
         self.db
             .write(move |conn| {
-                let fail = |e: rusqlite::Error| WarehouseError::from_sqlite(&path, &e);
+                let fail = |e: rusqlite::Error| StoreError::sqlite(&path, &e);
                 let tx = conn.transaction().map_err(fail)?;
                 let out = f(&tx)?;
                 tx.commit().map_err(fail)?;
@@ -226,30 +211,17 @@ impl Sums {
     }
 }
 
-/// Adds `lines` to `sales` (a line id already there is skipped) and to the rollups, within the
-/// caller's transaction, and returns how many lines were new. Blocking: call it on a blocking
-/// thread, e.g. inside [`SqliteWarehouse::transaction`].
+/// Adds encoded lines to `sales` (a line id already there is skipped) and to the rollups, within
+/// the caller's transaction, and returns how many lines were new. Blocking: call it on a blocking
+/// thread.
 ///
 /// # Errors
-/// [`WarehouseError::Rejected`] naming the first line whose amounts cannot be stored exactly,
-/// [`WarehouseError::Unavailable`] when the file is locked or the disk full; the caller's
-/// transaction should then be rolled back (dropping it does that).
-pub fn insert_tx(
-    tx: &Transaction<'_>,
-    lines: &[IngestedLine],
-    source: &str,
-) -> Result<u64, WarehouseError> {
-    insert_rows_tx(tx, &encode_lines::<WarehouseError>(lines)?, source)
-}
-
-/// [`insert_tx`] of lines already encoded.
-fn insert_rows_tx(
-    tx: &Transaction<'_>,
-    rows: &[LineRow],
-    source: &str,
-) -> Result<u64, WarehouseError> {
+/// [`StoreError::Rejected`] naming the first line whose amounts cannot be summed exactly,
+/// [`StoreError::Unavailable`] when the file is locked or the disk full; the caller's
+/// transaction should then be rolled back.
+fn insert_rows(tx: &Connection, rows: &[LineRow], source: &str) -> Result<u64, StoreError> {
     let path = Path::new(tx.path().unwrap_or("warehouse"));
-    let fail = |e: rusqlite::Error| WarehouseError::from_sqlite(path, &e);
+    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
 
     let mut daily: HashMap<(&str, &str), Sums> = HashMap::new();
     let mut products: HashMap<&str, (Option<&str>, Sums)> = HashMap::new();
@@ -267,12 +239,12 @@ fn insert_rows_tx(
         for row in rows {
             let changed = row
                 .execute(&mut stmt, &params)
-                .map_err(|e| WarehouseError::from_line(path, &row.line_id, &e))?;
+                .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
             if changed == 0 {
                 continue;
             }
             added += 1;
-            let rejected = |reason: String| WarehouseError::Rejected {
+            let rejected = |reason: String| StoreError::Rejected {
                 line_id: row.line_id.clone(),
                 reason,
             };
@@ -388,37 +360,63 @@ impl Warehouse for SqliteWarehouse {
     /// One transaction per call, with `source = 'stream'`.
     ///
     /// # Errors
-    /// [`WarehouseError::Rejected`] naming the first line whose amounts cannot be stored exactly
-    /// (nothing of the call is written), [`WarehouseError::Unavailable`] when the file is locked
+    /// [`StoreError::Rejected`] naming the first line whose amounts cannot be stored exactly
+    /// (nothing of the call is written), [`StoreError::Unavailable`] when the file is locked
     /// past the busy timeout or the disk is full or read-only.
-    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), WarehouseError> {
+    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
         self.insert_with_source(lines, SOURCE_STREAM)
             .await
             .map(drop)
     }
 
     /// Read from the rollups: a few milliseconds whatever the size of `sales`.
-    async fn summary(&self) -> Result<Option<SalesSummary>, WarehouseError> {
+    async fn summary(&self) -> Result<Option<SalesSummary>, StoreError> {
         let path = self.db.path().to_owned();
         self.db
             .read(move |conn| {
                 summary_blocking(conn)
                     .map(Some)
-                    .map_err(|e| WarehouseError::from_sqlite(&path, &e))
+                    .map_err(|e| StoreError::sqlite(&path, &e))
             })
             .await
     }
 
     /// Checks that a reader can query the fact table.
-    async fn health(&self) -> Result<(), WarehouseError> {
-        let path = self.db.path().to_owned();
-        self.db
-            .read(move |conn| {
-                conn.query_row("SELECT 1 FROM sales LIMIT 1", [], |_| Ok(()))
-                    .optional()
-                    .map(drop)
-                    .map_err(|e| WarehouseError::from_sqlite(&path, &e))
-            })
-            .await
+    async fn health(&self) -> Result<(), StoreError> {
+        self.db.check_readable("sales", StoreError::sqlite).await
+    }
+
+    /// One transaction per file on the writer connection, held while the caller hands over the
+    /// lines; the writes of the stream's forwarder wait meanwhile.
+    async fn load_file(&self, file: &BulkFile, reload: bool) -> Result<FileLoadStart, StoreError> {
+        bulk::start(&self.db, file, reload).await
+    }
+
+    async fn ledger_entry(
+        &self,
+        key: &str,
+        into: LoadedInto,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        let key = key.to_owned();
+        self.in_transaction(move |tx| {
+            ledger::create(tx)?;
+            ledger::lookup(tx, &key, into)
+        })
+        .await
+    }
+
+    async fn record_load(
+        &self,
+        file: &BulkFile,
+        into: LoadedInto,
+        counts: &LoadCounts,
+        reject_file: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (file, counts) = (file.clone(), counts.clone());
+        let reject_file = reject_file.map(str::to_owned);
+        self.in_transaction(move |tx| {
+            ledger::record(tx, &file, into, &counts, reject_file.as_deref()).map(drop)
+        })
+        .await
     }
 }

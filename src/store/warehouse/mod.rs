@@ -1,20 +1,26 @@
-//! The warehouse forwarder: the `sales` fact table for BI. Embedded backend: SQLite. AWS: Kinesis
-//! Firehose delivering to Redshift.
+//! The warehouse: the `sales` fact table for BI. Embedded backend: SQLite ([`sqlite`]). AWS:
+//! Kinesis Firehose delivering to Redshift ([`firehose`]). Bulk loads of whole files, with their
+//! ledger: [`bulk`].
 
+pub mod bulk;
 pub mod firehose;
-pub mod forwarder;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
+pub use bulk::{
+    BulkFile, FileLoad, FileLoadStart, LedgerEntry, LedgerSkip, LoadCounts, LoadedInto,
+};
+
+use super::StoreError;
 use crate::model::{IngestedLine, Money};
 
 /// The `sales` fact table of the embedded warehouse (the Redshift table has the same columns).
 /// Shared by the warehouse forwarder and the bulk importer, which write the same rows.
 ///
 /// A line is stored once by `(invoice_no, line_id)` (why not by the line id alone: the
-/// `crate::sqlite` module docs); the key's index also serves look-ups by invoice. Files
+/// `crate::store::row` module docs); the key's index also serves look-ups by invoice. Files
 /// written before it have `line_id TEXT PRIMARY KEY` and an `invoice_no` index; opening one adds
 /// the key index, and `INSERT OR IGNORE` keeps a line once under either layout.
 pub const SALES_DDL: &str = "
@@ -38,16 +44,6 @@ CREATE TABLE IF NOT EXISTS sales (
 CREATE INDEX IF NOT EXISTS sales_invoice_date ON sales (invoice_date);
 CREATE UNIQUE INDEX IF NOT EXISTS sales_key ON sales (invoice_no, line_id);
 ";
-
-#[derive(Debug, thiserror::Error)]
-pub enum WarehouseError {
-    #[error("warehouse temporarily unavailable: {0}")]
-    Unavailable(String),
-    #[error("line {line_id} cannot be stored: {reason}")]
-    Rejected { line_id: String, reason: String },
-    #[error("warehouse error: {0}")]
-    Backend(String),
-}
 
 /// Aggregates for the dashboard and for reconciliation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -80,41 +76,46 @@ pub struct ProductRevenue {
     pub revenue: Money,
 }
 
-impl WarehouseError {
-    /// The one retry rule of this backend's errors (the sink actor asks it through
-    /// `From<WarehouseError> for SinkFailure`): only a line the backend refuses for good (`Rejected`) is
-    /// not retried. `Unavailable` is busy or throttled; `Backend` may be a broken connection or
-    /// a wrong setting that an operator fixes. The actor bounds those retries: after
-    /// `sinks.retry.max_attempts` it writes the unit line by line and dead-letters a line that
-    /// still fails while the backend's health check passes.
-    pub fn is_retriable(&self) -> bool {
-        !matches!(self, WarehouseError::Rejected { .. })
-    }
-}
-
 #[async_trait]
 pub trait Warehouse: Send + Sync + 'static {
     /// Appends lines to the `sales` fact table; a line id already there is not added again.
-    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), WarehouseError>;
+    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError>;
 
     /// Aggregates over the fact table. Backends that cannot query (Firehose) answer `None`.
-    async fn summary(&self) -> Result<Option<SalesSummary>, WarehouseError>;
+    async fn summary(&self) -> Result<Option<SalesSummary>, StoreError>;
 
-    async fn health(&self) -> Result<(), WarehouseError>;
-}
+    async fn health(&self) -> Result<(), StoreError>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// Starts loading one bulk file, after the ledger's check ([`LedgerSkip::check`]) of what it
+    /// remembers of `file`. On a reload, the rows the old content loaded are taken out in the same
+    /// transaction as the new ones go in.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the load cannot start now (locked, disk full);
+    /// [`StoreError::Backend`] from a backend that takes no bulk loads (Firehose), naming what to
+    /// do instead.
+    async fn load_file(&self, file: &BulkFile, reload: bool) -> Result<FileLoadStart, StoreError>;
 
-    #[test]
-    fn only_rejected_lines_are_not_retried() {
-        assert!(WarehouseError::Unavailable("database is locked".into()).is_retriable());
-        let rejected = WarehouseError::Rejected {
-            line_id: "0".repeat(32),
-            reason: "price has 7 decimals".into(),
-        };
-        assert!(!rejected.is_retriable());
-        assert!(WarehouseError::Backend("connection reset".into()).is_retriable());
-    }
+    /// What the ledger remembers of `key` loaded into `into`.
+    ///
+    /// # Errors
+    /// As [`load_file`](Self::load_file).
+    async fn ledger_entry(
+        &self,
+        key: &str,
+        into: LoadedInto,
+    ) -> Result<Option<LedgerEntry>, StoreError>;
+
+    /// Records in the ledger a load into another store (the operational store keeps no ledger of
+    /// its own); a load into the warehouse records itself when it commits.
+    ///
+    /// # Errors
+    /// As [`load_file`](Self::load_file).
+    async fn record_load(
+        &self,
+        file: &BulkFile,
+        into: LoadedInto,
+        counts: &LoadCounts,
+        reject_file: Option<&str>,
+    ) -> Result<(), StoreError>;
 }

@@ -17,13 +17,15 @@ use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use serde::Serialize;
 
-use super::{SalesSummary, Warehouse, WarehouseError};
+use super::{
+    BulkFile, FileLoadStart, LedgerEntry, LoadCounts, LoadedInto, SalesSummary, Warehouse,
+};
 use crate::aws::{
-    call_failure, error_code, is_retriable_code, retry_entries, AwsClients, EntryOutcome,
-    EntryRetry, PartialFailure,
+    is_retriable_code, retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure,
 };
 use crate::config::AwsConfig;
 use crate::model::{money_to_micros, IngestedLine};
+use crate::store::StoreError;
 
 /// PutRecordBatch limits: records per call, bytes per call, bytes per record.
 pub const MAX_BATCH_RECORDS: usize = 500;
@@ -57,10 +59,10 @@ impl<'a> SalesRow<'a> {
     ///
     /// # Errors
     /// `Rejected` when the line total has no exact micros value (does not fit 64 bits).
-    pub fn new(l: &'a IngestedLine) -> Result<Self, WarehouseError> {
+    pub fn new(l: &'a IngestedLine) -> Result<Self, StoreError> {
         let line = &l.line;
         let total = line.line_total();
-        let micros = money_to_micros(total).ok_or_else(|| WarehouseError::Rejected {
+        let micros = money_to_micros(total).ok_or_else(|| StoreError::Rejected {
             line_id: line.line_id.to_string(),
             reason: format!("line total {total} has no exact value in millionths"),
         })?;
@@ -89,16 +91,16 @@ impl<'a> SalesRow<'a> {
 ///
 /// # Errors
 /// `Rejected` for a line whose JSON alone exceeds a record.
-pub fn pack(lines: &[IngestedLine]) -> Result<Vec<Vec<Vec<u8>>>, WarehouseError> {
+pub fn pack(lines: &[IngestedLine]) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
     let mut records: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<u8> = Vec::new();
     for l in lines {
         let mut json = serde_json::to_vec(&SalesRow::new(l)?).map_err(|e| {
-            WarehouseError::Backend(format!("serializing line {}: {e}", l.line.line_id))
+            StoreError::Backend(format!("serializing line {}: {e}", l.line.line_id))
         })?;
         json.push(b'\n');
         if json.len() > MAX_RECORD_BYTES {
-            return Err(WarehouseError::Rejected {
+            return Err(StoreError::Rejected {
                 line_id: l.line.line_id.to_string(),
                 reason: format!(
                     "its JSON row is {} bytes, over Firehose's {MAX_RECORD_BYTES}-byte record limit",
@@ -160,25 +162,26 @@ impl FirehoseWarehouse {
         )
     }
 
-    fn call_error<E>(&self, what: &str, e: aws_sdk_firehose::error::SdkError<E>) -> WarehouseError
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-    {
-        match call_failure(
-            what,
-            &format!("delivery stream {}", self.delivery_stream),
-            &e,
-        ) {
-            (msg, true) => WarehouseError::Unavailable(msg),
-            (msg, false) => WarehouseError::Backend(msg),
-        }
+    /// How errors name this backend's resource.
+    fn resource(&self) -> String {
+        format!("delivery stream {}", self.delivery_stream)
     }
 
-    async fn put_batch(&self, batch: Vec<Vec<u8>>) -> Result<(), WarehouseError> {
+    /// The answer to a bulk load: Firehose only forwards lines and keeps no ledger.
+    fn no_bulk_loads(&self) -> StoreError {
+        StoreError::Backend(format!(
+            "delivery stream {}: the Firehose warehouse takes lines from the stream only and keeps \
+             no import ledger; load bulk files into Redshift with COPY (docs/aws.md), or import \
+             them into the embedded warehouse (warehouse.backend = \"embedded\")",
+            self.delivery_stream
+        ))
+    }
+
+    async fn put_batch(&self, batch: Vec<Vec<u8>>) -> Result<(), StoreError> {
         let result = retry_entries(
             batch,
             self.retry.clone(),
-            WarehouseError::is_retriable,
+            StoreError::is_retriable,
             |pending: Vec<Vec<u8>>| async move {
                 crate::metrics::aws_call("firehose", "PutRecordBatch");
                 crate::metrics::aws_billed_steps(
@@ -190,7 +193,7 @@ impl FirehoseWarehouse {
                     .into_iter()
                     .map(|data| Record::builder().data(Blob::new(data)).build())
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| WarehouseError::Backend(format!("building a record: {e}")))?;
+                    .map_err(|e| StoreError::Backend(format!("building a record: {e}")))?;
                 let out = self
                     .client
                     .put_record_batch()
@@ -198,7 +201,7 @@ impl FirehoseWarehouse {
                     .set_records(Some(records))
                     .send()
                     .await
-                    .map_err(|e| self.call_error("PutRecordBatch", e))?;
+                    .map_err(|e| StoreError::aws_call("PutRecordBatch", &self.resource(), &e))?;
                 Ok(out
                     .request_responses()
                     .iter()
@@ -221,11 +224,11 @@ impl FirehoseWarehouse {
         match result {
             Ok(_) => Ok(()),
             Err(PartialFailure::Call(e)) => Err(e),
-            Err(e @ PartialFailure::Exhausted { .. }) => Err(WarehouseError::Unavailable(format!(
+            Err(e @ PartialFailure::Exhausted { .. }) => Err(StoreError::Unavailable(format!(
                 "delivery stream {}: {e}",
                 self.delivery_stream
             ))),
-            Err(e @ PartialFailure::Rejected { .. }) => Err(WarehouseError::Backend(format!(
+            Err(e @ PartialFailure::Rejected { .. }) => Err(StoreError::Backend(format!(
                 "delivery stream {}: {e}",
                 self.delivery_stream
             ))),
@@ -241,7 +244,7 @@ impl Warehouse for FirehoseWarehouse {
     /// # Errors
     /// `Rejected` for a line that cannot become a row (checked before anything is sent);
     /// `Unavailable` when throttling outlasts the retries; `Backend` otherwise.
-    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), WarehouseError> {
+    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
         for batch in pack(lines)? {
             self.put_batch(batch).await?;
         }
@@ -249,11 +252,11 @@ impl Warehouse for FirehoseWarehouse {
     }
 
     /// Firehose cannot be queried; the dashboard reads Redshift directly.
-    async fn summary(&self) -> Result<Option<SalesSummary>, WarehouseError> {
+    async fn summary(&self) -> Result<Option<SalesSummary>, StoreError> {
         Ok(None)
     }
 
-    async fn health(&self) -> Result<(), WarehouseError> {
+    async fn health(&self) -> Result<(), StoreError> {
         use aws_sdk_firehose::types::DeliveryStreamStatus;
         let out = self
             .client
@@ -262,25 +265,53 @@ impl Warehouse for FirehoseWarehouse {
             .send()
             .await
             .map_err(|e| {
-                if error_code(&e) == Some("ResourceNotFoundException") {
-                    WarehouseError::Backend(format!(
-                        "delivery stream {} does not exist (create it from deploy/ or run `shopstream aws init`)",
-                        self.delivery_stream
-                    ))
-                } else {
-                    self.call_error("DescribeDeliveryStream", e)
-                }
+                StoreError::aws_describe(
+                    "DescribeDeliveryStream",
+                    &self.resource(),
+                    &e,
+                    "create it from deploy/ or run `shopstream aws init`",
+                )
             })?;
         match out
             .delivery_stream_description()
             .map(|d| d.delivery_stream_status())
         {
             Some(DeliveryStreamStatus::Active) => Ok(()),
-            other => Err(WarehouseError::Unavailable(format!(
+            other => Err(StoreError::Unavailable(format!(
                 "delivery stream {} is {other:?}, not ACTIVE",
                 self.delivery_stream
             ))),
         }
+    }
+
+    /// Bulk files do not go through Firehose.
+    ///
+    /// # Errors
+    /// Always [`StoreError::Backend`], saying where bulk files go instead.
+    async fn load_file(&self, _: &BulkFile, _: bool) -> Result<FileLoadStart, StoreError> {
+        Err(self.no_bulk_loads())
+    }
+
+    /// # Errors
+    /// Always, as [`load_file`](Self::load_file).
+    async fn ledger_entry(
+        &self,
+        _: &str,
+        _: LoadedInto,
+    ) -> Result<Option<LedgerEntry>, StoreError> {
+        Err(self.no_bulk_loads())
+    }
+
+    /// # Errors
+    /// Always, as [`load_file`](Self::load_file).
+    async fn record_load(
+        &self,
+        _: &BulkFile,
+        _: LoadedInto,
+        _: &LoadCounts,
+        _: Option<&str>,
+    ) -> Result<(), StoreError> {
+        Err(self.no_bulk_loads())
     }
 }
 
@@ -346,9 +377,6 @@ mod tests {
         assert!(batches.len() > 1);
 
         let too_big = line(1, "x".repeat(MAX_RECORD_BYTES));
-        assert!(matches!(
-            pack(&[too_big]),
-            Err(WarehouseError::Rejected { .. })
-        ));
+        assert!(matches!(pack(&[too_big]), Err(StoreError::Rejected { .. })));
     }
 }

@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use std::sync::Arc;
 
-use super::{OperationalStore, StoreError};
 use crate::actors::sink::{SinkFailure, SinkUnit, SinkWriter};
+use crate::store::OperationalStore;
 use crate::stream::SinkKind;
 
 pub struct OperationalWriter {
@@ -14,16 +14,6 @@ pub struct OperationalWriter {
 impl OperationalWriter {
     pub fn new(store: Arc<dyn OperationalStore>) -> Self {
         OperationalWriter { store }
-    }
-}
-
-impl From<StoreError> for SinkFailure {
-    fn from(e: StoreError) -> Self {
-        if e.is_retriable() {
-            SinkFailure::retriable(e.to_string())
-        } else {
-            SinkFailure::permanent(e.to_string())
-        }
     }
 }
 

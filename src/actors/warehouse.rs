@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use std::sync::Arc;
 
-use super::{Warehouse, WarehouseError};
 use crate::actors::sink::{SinkFailure, SinkUnit, SinkWriter};
+use crate::store::Warehouse;
 use crate::stream::SinkKind;
 
 pub struct WarehouseForwarder {
@@ -14,16 +14,6 @@ pub struct WarehouseForwarder {
 impl WarehouseForwarder {
     pub fn new(warehouse: Arc<dyn Warehouse>) -> Self {
         WarehouseForwarder { warehouse }
-    }
-}
-
-impl From<WarehouseError> for SinkFailure {
-    fn from(e: WarehouseError) -> Self {
-        if e.is_retriable() {
-            SinkFailure::retriable(e.to_string())
-        } else {
-            SinkFailure::permanent(e.to_string())
-        }
     }
 }
 

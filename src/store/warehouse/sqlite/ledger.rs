@@ -1,16 +1,22 @@
-//! The import ledger: which bulk files were loaded, with which content, into which store. It lives
-//! in the warehouse SQLite file, so a file's rows and its ledger row commit in one transaction.
+//! The import ledger in SQL: which bulk files were loaded, with which content, into which store.
+//! It lives in the warehouse SQLite file, so a file's rows and its ledger row commit in one
+//! transaction.
 //!
 //! Rows of the warehouse's `sales` table that an import wrote carry `source = 'import:<id>'`, the
 //! id of the file's warehouse ledger row: the rows a file loaded can then be found (and replaced
 //! on `--reload`) with a short, indexed key instead of the file's path on every row.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use std::path::Path;
 
-use super::Target;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::SOURCE_IMPORT;
+use crate::store::row::instant_text;
+use crate::store::warehouse::{BulkFile, LedgerEntry, LoadCounts, LoadedInto};
+use crate::store::StoreError;
 
 /// The ledger table and the index that finds a file's rows in `sales`.
-pub const LEDGER_DDL: &str = "
+const LEDGER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS import_ledger (
     id             INTEGER PRIMARY KEY,
     source_key     TEXT NOT NULL,
@@ -27,39 +33,38 @@ CREATE TABLE IF NOT EXISTS import_ledger (
 CREATE INDEX IF NOT EXISTS sales_source ON sales (source);
 ";
 
-/// What the ledger remembers of a loaded file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerEntry {
-    pub id: i64,
-    pub size: u64,
-    pub change_token: String,
-}
-
-/// Counts of one load, written to the ledger when it commits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LoadCounts {
-    pub rows_loaded: u64,
-    pub rows_new: u64,
-    pub rows_rejected: u64,
-}
-
 /// `source` of the `sales` rows loaded from the file with ledger row `id`.
-pub fn sales_source(id: i64) -> String {
-    format!("{}:{id}", crate::actors::warehouse::sqlite::SOURCE_IMPORT)
+pub(super) fn sales_source(id: i64) -> String {
+    format!("{SOURCE_IMPORT}:{id}")
 }
 
-/// The ledger row of `key` for `target`, if the file was loaded before.
+/// The SQLite error of a ledger statement, as the store's error.
+fn sql(conn: &Connection) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    |e| StoreError::sqlite(Path::new(conn.path().unwrap_or("warehouse")), &e)
+}
+
+/// Creates the ledger table (and the index that finds a file's rows) when missing. Not at open:
+/// the index on `sales (source)` costs every insert, so a warehouse that never imports goes
+/// without it.
 ///
 /// # Errors
-/// The SQLite error.
-pub fn lookup(
-    tx: &Transaction<'_>,
+/// The SQLite error, as [`StoreError::sqlite`].
+pub(super) fn create(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(LEDGER_DDL).map_err(sql(conn))
+}
+
+/// The ledger row of `key` for `into`, if the file was loaded before.
+///
+/// # Errors
+/// The SQLite error, as [`StoreError::sqlite`].
+pub(super) fn lookup(
+    tx: &Connection,
     key: &str,
-    target: Target,
-) -> rusqlite::Result<Option<LedgerEntry>> {
+    into: LoadedInto,
+) -> Result<Option<LedgerEntry>, StoreError> {
     tx.query_row(
         "SELECT id, size, change_token FROM import_ledger WHERE source_key = ?1 AND target = ?2",
-        params![key, target.as_str()],
+        params![key, into.as_str()],
         |r| {
             Ok(LedgerEntry {
                 id: r.get(0)?,
@@ -69,6 +74,7 @@ pub fn lookup(
         },
     )
     .optional()
+    .map_err(sql(tx))
 }
 
 /// Writes the ledger row of a load (new or replacing the old one, keeping its id) and returns its
@@ -76,14 +82,14 @@ pub fn lookup(
 /// with the final counts; the enclosing transaction makes both visible at once.
 ///
 /// # Errors
-/// The SQLite error.
-pub fn record(
-    tx: &Transaction<'_>,
-    file: &super::SourceFile,
-    target: Target,
+/// The SQLite error, as [`StoreError::sqlite`].
+pub(super) fn record(
+    tx: &Connection,
+    file: &BulkFile,
+    into: LoadedInto,
     counts: &LoadCounts,
     reject_file: Option<&str>,
-) -> rusqlite::Result<i64> {
+) -> Result<i64, StoreError> {
     tx.query_row(
         "INSERT INTO import_ledger (source_key, target, size, change_token, rows_loaded, rows_new,
              rows_rejected, reject_file, loaded_at)
@@ -96,17 +102,18 @@ pub fn record(
          RETURNING id",
         params![
             file.key,
-            target.as_str(),
+            into.as_str(),
             file.size as i64,
             file.change_token,
             counts.rows_loaded as i64,
             counts.rows_new as i64,
             counts.rows_rejected as i64,
             reject_file,
-            crate::sqlite::instant_text(chrono::Utc::now()),
+            instant_text(chrono::Utc::now()),
         ],
         |r| r.get(0),
     )
+    .map_err(sql(tx))
 }
 
 /// Removes the `sales` rows a file loaded before (`source = sales_source(id)`) and takes them out
@@ -114,8 +121,12 @@ pub fn record(
 /// transaction, so the dashboard figures stay those of the fact table. Returns the rows removed.
 ///
 /// # Errors
-/// The SQLite error.
-pub fn remove_sales(tx: &Transaction<'_>, id: i64) -> rusqlite::Result<u64> {
+/// The SQLite error, as [`StoreError::sqlite`].
+pub(super) fn remove_sales(tx: &Connection, id: i64) -> Result<u64, StoreError> {
+    remove_sales_sql(tx, id).map_err(sql(tx))
+}
+
+fn remove_sales_sql(tx: &Connection, id: i64) -> rusqlite::Result<u64> {
     let source = sales_source(id);
     tx.execute(
         "UPDATE sales_daily SET lines = lines - d.n, cancellation_lines = cancellation_lines - d.c,

@@ -7,17 +7,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, Row};
 
-use super::{Invoice, InvoiceSummary, OperationalStore, StoreError};
+use super::{Invoice, InvoiceSummary, OperationalStore};
 use crate::model::{micros_to_money, IngestedLine, InvoiceLine, LineId, Money};
-use crate::sqlite::{
-    date_text, encode_lines, parse_date_text, parse_instant_text, Database, LineParams, LineRow,
-    SqliteOptions, StoreErrorKind, TaskFailed,
+use crate::sqlite::{Database, SqliteOptions};
+use crate::store::row::{
+    date_text, encode_lines, parse_date_text, parse_instant_text, LineParams, LineRow,
 };
+use crate::store::StoreError;
 
 /// One row per line, keyed by `(invoice_no, line_id)` (why that key and not the line id alone: the
-/// `crate::sqlite` module docs). The implicit rowid is the insertion order, which an upsert
+/// `crate::store::row` module docs). The implicit rowid is the insertion order, which an upsert
 /// of a known line keeps (`ON CONFLICT DO UPDATE`, not `INSERT OR REPLACE`), so an invoice's lines
 /// read back in the order they first arrived. The key's index also serves the invoice look-up.
 ///
@@ -85,24 +86,6 @@ pub struct SqliteOperationalStore {
     db: Database,
 }
 
-impl StoreErrorKind for StoreError {
-    fn unavailable(message: String) -> Self {
-        StoreError::Unavailable(message)
-    }
-    fn rejected(line_id: String, reason: String) -> Self {
-        StoreError::Rejected { line_id, reason }
-    }
-    fn backend(message: String) -> Self {
-        StoreError::Backend(message)
-    }
-}
-
-impl From<TaskFailed> for StoreError {
-    fn from(e: TaskFailed) -> Self {
-        StoreError::from_task(e)
-    }
-}
-
 impl SqliteOperationalStore {
     /// Opens the store at `path` with the default options, creating the file, its folder and its
     /// tables when missing.
@@ -119,7 +102,7 @@ impl SqliteOperationalStore {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
-        let db = Database::open(path, options, SCHEMA).map_err(|e| StoreError::from_open(&e))?;
+        let db = Database::open(path, options, SCHEMA)?;
         Ok(Self { db })
     }
 
@@ -133,21 +116,16 @@ impl SqliteOperationalStore {
     }
 }
 
-/// Maps a SQLite error of a statement that did not concern one line.
-fn store_error(path: &Path, e: &rusqlite::Error) -> StoreError {
-    StoreError::from_sqlite(path, e)
-}
-
 /// Writes `rows` in one transaction: all or none.
 fn upsert_blocking(conn: &mut Connection, path: &Path, rows: &[LineRow]) -> Result<(), StoreError> {
-    let fail = |e: rusqlite::Error| store_error(path, &e);
+    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
     let tx = conn.transaction().map_err(fail)?;
     {
         let mut stmt = tx.prepare_cached(UPSERT).map_err(fail)?;
         let params = LineParams::of(&stmt).map_err(fail)?;
         for row in rows {
             row.execute(&mut stmt, &params)
-                .map_err(|e| StoreError::from_line(path, &row.line_id, &e))?;
+                .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
         }
     }
     tx.commit().map_err(fail)
@@ -248,7 +226,7 @@ impl OperationalStore for SqliteOperationalStore {
         }
         // Encoded here: a line that cannot be stored is refused before the write, and the
         // blocking task takes the encoded rows rather than a copy of the lines.
-        let rows = encode_lines::<StoreError>(lines)?;
+        let rows = encode_lines(lines)?;
         let path = self.db.path().to_owned();
         self.db
             .write(move |conn| upsert_blocking(conn, &path, &rows))
@@ -260,7 +238,7 @@ impl OperationalStore for SqliteOperationalStore {
         let path = self.db.path().to_owned();
         self.db
             .read(move |conn| {
-                invoice_blocking(conn, &invoice_no).map_err(|e| store_error(&path, &e))
+                invoice_blocking(conn, &invoice_no).map_err(|e| StoreError::sqlite(&path, &e))
             })
             .await
     }
@@ -281,7 +259,7 @@ impl OperationalStore for SqliteOperationalStore {
         self.db
             .read(move |conn| {
                 customer_invoices_blocking(conn, customer_id, &from, &to)
-                    .map_err(|e| store_error(&path, &e))
+                    .map_err(|e| StoreError::sqlite(&path, &e))
             })
             .await
     }
@@ -296,21 +274,15 @@ impl OperationalStore for SqliteOperationalStore {
                     [],
                     |r| Ok((r.get::<_, i64>(0)? as u64, micros_to_money(r.get(1)?))),
                 )
-                .map_err(|e| store_error(&path, &e))
+                .map_err(|e| StoreError::sqlite(&path, &e))
             })
             .await
     }
 
     /// Checks that a reader can query the table.
     async fn health(&self) -> Result<(), StoreError> {
-        let path = self.db.path().to_owned();
         self.db
-            .read(move |conn| {
-                conn.query_row("SELECT 1 FROM invoice_lines LIMIT 1", [], |_| Ok(()))
-                    .optional()
-                    .map(|_| ())
-                    .map_err(|e| store_error(&path, &e))
-            })
+            .check_readable("invoice_lines", StoreError::sqlite)
             .await
     }
 }
