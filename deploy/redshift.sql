@@ -1,5 +1,5 @@
 -- The Redshift side of the warehouse. Firehose COPYs newline-delimited JSON objects (the columns of
--- the embedded `sales` table, see src/actors/warehouse/mod.rs) into `sales_staging`; Firehose
+-- the embedded `sales` table, see src/store/warehouse/mod.rs) into `sales_staging`; Firehose
 -- delivers at least once, so a scheduled query merges the staging rows into `sales` by line_id,
 -- which makes the load idempotent like every other sink.
 

@@ -361,19 +361,31 @@ impl WriteTx {
         }
     }
 
-    /// Commits the transaction.
+    /// The connection, for blocking work inside the transaction on the caller's thread (which
+    /// must be a blocking one: a bulk load runs where it reads its file).
     ///
     /// # Errors
-    /// The SQLite error of `COMMIT` (mapped by `fail`; the transaction is rolled back), or
-    /// [`TaskFailed`] (converted into `E`).
-    pub(crate) async fn commit<E, M>(mut self, fail: M) -> Result<(), E>
+    /// [`TaskFailed`] when an earlier [`run`](Self::run) panicked.
+    pub(crate) fn connection(&self) -> Result<&Connection, TaskFailed> {
+        self.conn.as_ref().map(|c| &*c.0).ok_or_else(|| TaskFailed {
+            path: self.path.clone(),
+            reason: "an earlier call of this transaction failed".into(),
+        })
+    }
+
+    /// Commits the transaction. Blocking, like [`connection`](Self::connection).
+    ///
+    /// # Errors
+    /// The SQLite error of `COMMIT` (the transaction is then rolled back), or [`TaskFailed`] as
+    /// [`connection`](Self::connection).
+    pub(crate) fn commit<E, M>(self, fail: M) -> Result<(), E>
     where
-        E: From<TaskFailed> + Send + 'static,
-        M: FnOnce(&Path, &rusqlite::Error) -> E + Send + 'static,
+        E: From<TaskFailed>,
+        M: FnOnce(&Path, &rusqlite::Error) -> E,
     {
-        let path = self.path.clone();
-        self.run(move |conn| conn.execute_batch("COMMIT").map_err(|e| fail(&path, &e)))
-            .await
+        self.connection()?
+            .execute_batch("COMMIT")
+            .map_err(|e| fail(&self.path, &e))
     }
 }
 

@@ -143,15 +143,12 @@ impl Job {
             FileLoadStart::Skipped(skip) => return Ok(Loaded::skipped(skip, &self.file)),
             FileLoadStart::Loading(load) => load,
         };
-        let runtime = tokio::runtime::Handle::current();
         blocking(self.file.key.clone(), move || {
             let mut rejects = RejectWriter::new(&self.options.reject_dir, &self.file);
-            let counts = self.scan(Some(&mut rejects), |batch| {
-                Ok(runtime.block_on(load.insert(batch))?)
-            })?;
+            let counts = self.scan(Some(&mut rejects), |batch| Ok(load.insert(batch)?))?;
             let reject_file = rejects.finish()?;
             self.check_ratio(&counts, reject_file.as_deref())?;
-            runtime.block_on(load.commit(&counts, reject_file.as_deref()))?;
+            load.commit(&counts, reject_file.as_deref())?;
             Ok(Loaded {
                 outcome: FileOutcome::Loaded,
                 counts,

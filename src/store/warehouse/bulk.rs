@@ -7,8 +7,6 @@
 //! file's lines in batches as it reads them, then commits with the final counts. Nothing of the
 //! file is visible until the commit, and a load dropped before it leaves nothing behind.
 
-use async_trait::async_trait;
-
 use super::StoreError;
 use crate::model::IngestedLine;
 
@@ -103,21 +101,23 @@ pub enum FileLoadStart {
 /// entry, so that a reload finds them) and its ledger entry commit together. Dropping it before
 /// [`commit`](Self::commit) rolls everything back, which is how a caller abandons a file (too many
 /// rejected rows, an unreadable file).
-#[async_trait]
+///
+/// Blocking: call it on a blocking thread, the one that reads the file. (Handing each batch to
+/// another thread made the embedded warehouse's bulk load slower on a busy machine.)
 pub trait FileLoad: Send {
     /// Adds lines to the fact table; a line id already there is not added again. Returns how
     /// many lines were new.
     ///
     /// # Errors
     /// As [`Warehouse::insert`](super::Warehouse::insert); the load should then be dropped.
-    async fn insert(&mut self, lines: &[IngestedLine]) -> Result<u64, StoreError>;
+    fn insert(&mut self, lines: &[IngestedLine]) -> Result<u64, StoreError>;
 
     /// Records the load in the ledger with its final `counts` and reject file, and commits.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the commit cannot happen now (locked, disk full);
     /// nothing of the file is stored then.
-    async fn commit(
+    fn commit(
         self: Box<Self>,
         counts: &LoadCounts,
         reject_file: Option<&str>,

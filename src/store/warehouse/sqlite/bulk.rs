@@ -2,8 +2,6 @@
 //! hands over the file's lines, holding the ledger decision, the removal of what an older version
 //! of the file loaded, the new rows and the ledger row, all or nothing.
 
-use async_trait::async_trait;
-
 use super::{insert_rows, ledger};
 use crate::model::IngestedLine;
 use crate::sqlite::{Database, WriteTx};
@@ -64,41 +62,29 @@ pub(super) async fn start(
     })
 }
 
-#[async_trait]
 impl FileLoad for SqliteFileLoad {
     /// # Errors
     /// [`StoreError::Rejected`] naming the first line whose amounts cannot be stored exactly,
     /// [`StoreError::Unavailable`] when the file is locked or the disk full.
-    async fn insert(&mut self, lines: &[IngestedLine]) -> Result<u64, StoreError> {
+    fn insert(&mut self, lines: &[IngestedLine]) -> Result<u64, StoreError> {
         if lines.is_empty() {
             return Ok(0);
         }
-        let rows = encode_lines(lines)?;
-        let source = self.source.clone();
-        self.tx
-            .run(move |conn| insert_rows(conn, &rows, &source))
-            .await
+        insert_rows(self.tx.connection()?, &encode_lines(lines)?, &self.source)
     }
 
-    async fn commit(
+    fn commit(
         self: Box<Self>,
         counts: &LoadCounts,
         reject_file: Option<&str>,
     ) -> Result<(), StoreError> {
-        let SqliteFileLoad { mut tx, file, .. } = *self;
-        let counts = counts.clone();
-        let reject_file = reject_file.map(str::to_owned);
-        tx.run(move |conn| {
-            ledger::record(
-                conn,
-                &file,
-                LoadedInto::Warehouse,
-                &counts,
-                reject_file.as_deref(),
-            )
-            .map(drop)
-        })
-        .await?;
-        tx.commit(StoreError::sqlite).await
+        ledger::record(
+            self.tx.connection()?,
+            &self.file,
+            LoadedInto::Warehouse,
+            counts,
+            reject_file,
+        )?;
+        self.tx.commit(StoreError::sqlite)
     }
 }
