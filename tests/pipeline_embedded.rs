@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use std::path::Path;
 use std::time::Duration;
 
-/// The operational store's table of lines (see `actors/operational/sqlite.rs`).
+/// The operational store's table of lines (see `store/operational/sqlite.rs`).
 const OPERATIONAL_TABLE: &str = "invoice_lines";
 
 fn fixture(name: &str) -> std::path::PathBuf {
