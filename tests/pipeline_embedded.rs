@@ -303,6 +303,35 @@ fn sigterm_flushes_every_sink_and_exits_zero_within_the_deadline() {
     let mut server = Server::start(&data, 0, "[archive]\nflush_age = \"1h\"\n");
     let summary = replay(&server.base, &file, &[]);
     assert_eq!(summary["lines_accepted"], 3_000);
+    // The archive has read every line (and holds them, or has written some): what it holds is
+    // what the shutdown flush must write. Lines not read yet would stay in the stream for the
+    // next start, which the end of this test checks as well.
+    wait_progress(
+        "the archive to read every line",
+        Duration::from_secs(60),
+        || {
+            let status: serde_json::Value = client()
+                .get(server.url("/v1/status"))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let read: u64 = status["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["sink"] == "archive")
+                .map(|s| {
+                    s["lines_buffered"].as_u64().unwrap() + s["lines_written"].as_u64().unwrap()
+                })
+                .sum();
+            if read == 3_000 {
+                Ok(())
+            } else {
+                Err(read)
+            }
+        },
+    );
     let (status, took) = server.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", server.log());
     assert!(took < Duration::from_secs(25), "took {took:?}");

@@ -14,6 +14,7 @@ struct Entry {
     /// Since when records have been waiting without the checkpoint moving (None when caught up).
     behind_since: Option<Instant>,
     lines_written: u64,
+    lines_buffered: u64,
     millis_behind_latest: Option<u64>,
     /// The sink is retrying a failing backend right now.
     failing: Option<String>,
@@ -32,6 +33,9 @@ pub struct SinkShardStatus {
     pub backlog_records: u64,
     pub checkpoint_age_seconds: u64,
     pub lines_written: u64,
+    /// Lines read from the shard and held, not yet written (the archive holds a unit until it is
+    /// due by size or age).
+    pub lines_buffered: u64,
     pub millis_behind_latest: Option<u64>,
     /// The error the sink is retrying, if it is failing now.
     pub failing: Option<String>,
@@ -98,6 +102,15 @@ impl Progress {
         }
         entry.lines_written += lines;
         entry.failing = None;
+    }
+
+    /// `sink` holds `lines` lines of `shard` read and not yet written.
+    pub fn record_buffered(&self, sink: SinkKind, shard: &ShardId, lines: u64) {
+        let mut sinks = self.sinks.lock().expect("progress lock");
+        sinks
+            .entry((sink, shard.clone()))
+            .or_default()
+            .lines_buffered = lines;
     }
 
     pub fn record_millis_behind(&self, sink: SinkKind, shard: &ShardId, millis: Option<u64>) {
@@ -181,6 +194,7 @@ impl Progress {
                     backlog_records: backlog,
                     checkpoint_age_seconds: age,
                     lines_written: e.lines_written,
+                    lines_buffered: e.lines_buffered,
                     millis_behind_latest: e.millis_behind_latest,
                     failing: e.failing.clone(),
                 }

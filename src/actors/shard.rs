@@ -285,6 +285,8 @@ async fn run(shared: &Shared) -> Result<(), RunError> {
         if unit.due(policy) || (batch.shard_ended && caught_up) {
             flush(shared, &mut unit, &mut written).await?;
         }
+        p.progress
+            .record_buffered(kind, &p.shard, unit.lines.len() as u64);
         if written.is_some()
             && (p.sink.exact_units()
                 || caught_up
