@@ -301,7 +301,7 @@ def line_from_json(obj):
 
 
 def line_from_item(item):
-    """The Line of one DynamoDB item (attribute names of src/actors/operational/dynamodb.rs)."""
+    """The Line of one DynamoDB item (attribute names of src/store/operational/dynamodb.rs)."""
     customer = item.get("CustomerID")
     return Line(
         item["InvoiceNo"]["S"],
