@@ -77,8 +77,8 @@ impl Pipeline {
         let known: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
         let owned = self.owned_shards(shards).await;
         let mut actors = self.actors.lock().await;
-        // Shards whose lease went to another instance: stop reading them (their checkpoints
-        // would be refused anyway).
+        // Shards this instance no longer owns (their lease went to another instance): stop
+        // reading them (their checkpoints would be refused anyway).
         let lost: Vec<(SinkKind, ShardId)> = actors
             .keys()
             .filter(|(_, shard)| !owned.contains(shard))
@@ -86,7 +86,7 @@ impl Pipeline {
             .collect();
         for key in lost {
             if let Some(addr) = actors.remove(&key) {
-                tracing::info!(sink = %key.0, shard = %key.1, "The shard's lease is gone; stopping its actor.");
+                tracing::info!(sink = %key.0, shard = %key.1, "The shard is no longer this instance's (its lease is gone); stopping its actor.");
                 addr.do_send(Shutdown);
                 self.parts.progress.forget(key.0, &key.1);
             }
