@@ -16,7 +16,7 @@ use crate::actors::warehouse::WarehouseForwarder;
 use crate::config::{Backend, Settings};
 use crate::object_store::ObjectStore;
 use crate::store::{OperationalStore, Warehouse};
-use crate::stream::{CheckpointStore, Stream};
+use crate::stream::{AllShards, CheckpointStore, ShardOwnership, Stream};
 
 /// The backend of every stage.
 #[derive(Clone)]
@@ -25,8 +25,9 @@ pub struct Backends {
     pub instance: String,
     pub stream: Arc<dyn Stream>,
     pub checkpoints: Arc<dyn CheckpointStore>,
-    /// Kinesis: which shards this instance reads (several instances share one stream).
-    pub leases: Option<Arc<crate::stream::kinesis::LeaseCoordinator>>,
+    /// Which shards this instance reads: all embedded; on Kinesis, those whose lease it holds
+    /// (several instances share one stream).
+    pub ownership: Arc<dyn ShardOwnership>,
     pub archive: Arc<dyn ObjectStore>,
     pub operational: Arc<dyn OperationalStore>,
     pub warehouse: Arc<dyn Warehouse>,
@@ -90,10 +91,10 @@ impl Backends {
         }
 
         let instance = instance_name();
-        let (stream, checkpoints, leases): (
+        let (stream, checkpoints, ownership): (
             Arc<dyn Stream>,
             Arc<dyn CheckpointStore>,
-            Option<LeaseCoordinator>,
+            Arc<dyn ShardOwnership>,
         ) = match settings.stream.backend {
             Backend::Embedded => {
                 let stream = EmbeddedStream::open(
@@ -106,27 +107,31 @@ impl Backends {
                 let checkpoints = stream
                     .checkpoints()
                     .context("cannot open the checkpoints beside the embedded stream")?;
-                (Arc::new(stream), Arc::new(checkpoints), None)
+                (Arc::new(stream), Arc::new(checkpoints), Arc::new(AllShards))
             }
             Backend::Aws => {
-                let leases = LeaseCoordinator::from_config(aws(), &settings.aws, instance.clone());
+                let kinesis = &settings.stream.kinesis;
+                let leases = LeaseCoordinator::from_config(aws(), kinesis, instance.clone());
                 (
-                    Arc::new(KinesisStream::from_config(aws(), &settings.aws)),
+                    Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis)),
                     Arc::new(leases.checkpoints()),
-                    Some(leases),
+                    Arc::new(leases),
                 )
             }
         };
-        let objects =
-            |backend: Backend, dir: &Path, key: &str| -> anyhow::Result<Arc<dyn ObjectStore>> {
-                Ok(match backend {
-                    Backend::Embedded => Arc::new(
-                        LocalObjectStore::new(data_path(settings, dir))
-                            .with_context(|| format!("cannot open the folder of {key}"))?,
-                    ),
-                    Backend::Aws => Arc::new(S3ObjectStore::from_config(aws(), &settings.aws)),
-                })
-            };
+        let objects = |backend: Backend,
+                       dir: &Path,
+                       key: &str|
+         -> anyhow::Result<Arc<dyn ObjectStore>> {
+            Ok(match backend {
+                Backend::Embedded => Arc::new(
+                    LocalObjectStore::new(data_path(settings, dir))
+                        .with_context(|| format!("cannot open the folder of {key}"))?,
+                ),
+                // The dead letters share the archive's bucket.
+                Backend::Aws => Arc::new(S3ObjectStore::from_config(aws(), &settings.archive.s3)),
+            })
+        };
         let archive = objects(
             settings.archive.backend,
             &settings.archive.dir,
@@ -142,20 +147,28 @@ impl Backends {
                 SqliteOperationalStore::open(&data_path(settings, &settings.operational.path))
                     .context("cannot open the operational store (operational.path)")?,
             ),
-            Backend::Aws => Arc::new(DynamoOperationalStore::from_config(aws(), &settings.aws)),
+            Backend::Aws => Arc::new(DynamoOperationalStore::from_config(
+                aws(),
+                &settings.aws,
+                &settings.operational.dynamodb,
+            )),
         };
         let warehouse: Arc<dyn Warehouse> = match settings.warehouse.backend {
             Backend::Embedded => Arc::new(
                 SqliteWarehouse::open(&data_path(settings, &settings.warehouse.path))
                     .context("cannot open the warehouse (warehouse.path)")?,
             ),
-            Backend::Aws => Arc::new(FirehoseWarehouse::from_config(aws(), &settings.aws)),
+            Backend::Aws => Arc::new(FirehoseWarehouse::from_config(
+                aws(),
+                &settings.aws,
+                &settings.warehouse.firehose,
+            )),
         };
         Ok(Backends {
             instance,
             stream,
             checkpoints,
-            leases: leases.map(Arc::new),
+            ownership,
             archive,
             operational,
             warehouse,
@@ -213,7 +226,7 @@ pub async fn start_pipeline(
         sinks,
         dead_letters: backends.dead_letters(settings),
         progress,
-        leases: backends.leases.clone(),
+        ownership: backends.ownership.clone(),
         settings: ShardSinkSettings {
             read_batch_records: settings.sinks.read_batch_records,
             poll_interval: settings.sinks.poll_interval,

@@ -18,10 +18,12 @@
 //!
 //! - [`model`]: the typed [`InvoiceLine`](model::InvoiceLine) every stage carries, its stable
 //!   [`LineId`](model::LineId), and the parsers for JSON, NDJSON and CSV in the real export formats.
-//! - [`config`]: layered settings (defaults, file, environment), validated at start.
+//! - [`config`]: layered settings (defaults, file, environment), validated at start; each stage's
+//!   AWS settings sit with the stage (`[stream.kinesis]`, `[archive.s3]`, ...).
 //! - [`web`]: the actix-web API: ingest, invoice and customer look-ups, dashboard, metrics, health.
 //! - [`stream`]: the durable, sharded log between ingest and sinks ([`Stream`](stream::Stream)),
-//!   and the checkpoints of the sinks.
+//!   its record format (`stream::record`, encoded and decoded there only), which shards this
+//!   instance reads ([`ShardOwnership`](stream::ShardOwnership)), and the checkpoints of the sinks.
 //! - [`object_store`]: objects in a folder or S3, for the archive, dead letters and bulk sources.
 //! - [`store`]: the operational store ([`OperationalStore`](store::OperationalStore): SQLite or
 //!   DynamoDB) and the warehouse ([`Warehouse`](store::Warehouse): SQLite or Firehose, with bulk
@@ -30,7 +32,8 @@
 //!   store and the stores, with retry, backpressure and dead letters.
 //! - [`batch`]: bulk CSV import through the store traits.
 //! - [`app`]: assembles the backends, the actors and the API from the settings.
-//! - [`replay`]: the store simulator that sends a CSV export as stores would.
+//! - [`sim`]: tools that stand in for the outside world: the data generator and the store
+//!   simulator that sends a CSV export as stores would.
 //! - [`metrics`]: every Prometheus series, declared once.
 //! - [`sqlite`]: how the embedded backends open SQLite files and run SQLite off the async runtime.
 //! - [`aws`]: SDK clients and the retry of partial batch failures shared by the AWS backends.
@@ -46,8 +49,8 @@ pub mod config;
 pub mod metrics;
 pub mod model;
 pub mod object_store;
-pub mod replay;
 pub mod retry;
+pub mod sim;
 pub mod sqlite;
 pub mod store;
 pub mod stream;

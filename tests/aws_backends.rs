@@ -17,9 +17,9 @@ async fn create_bucket(c: &shopstream::aws::AwsClients, bucket: &str) {
 async fn s3_put_get_list_delete_and_multipart() {
     let cfg = aws_config("s3_basic");
     let c = clients(&cfg).await;
-    let store = S3ObjectStore::from_config(&c, &cfg);
+    let store = S3ObjectStore::from_config(&c, &cfg.archive.s3);
     assert!(store.health().await.is_err(), "no bucket yet");
-    create_bucket(&c, &cfg.bucket).await;
+    create_bucket(&c, &cfg.archive.s3.bucket).await;
     store.health().await.unwrap();
 
     // More keys than one ListObjectsV2 page (1000) to exercise pagination.
@@ -88,7 +88,7 @@ mod dynamodb {
     async fn upsert_is_idempotent_and_dedupes_within_a_call() {
         let cfg = aws_config("ddb_upsert");
         let c = init(&cfg).await;
-        let store = DynamoOperationalStore::from_config(&c, &cfg);
+        let store = DynamoOperationalStore::from_config(&c, &cfg.aws, &cfg.operational.dynamodb);
         store.health().await.unwrap();
 
         // 60 lines (three BatchWriteItem requests), then the same 60 again with duplicates of
@@ -120,7 +120,7 @@ mod dynamodb {
     async fn customer_look_ups_have_exact_totals() {
         let cfg = aws_config("ddb_customer");
         let c = init(&cfg).await;
-        let store = DynamoOperationalStore::from_config(&c, &cfg);
+        let store = DynamoOperationalStore::from_config(&c, &cfg.aws, &cfg.operational.dynamodb);
         let a = lines("540001", Some(12345), 2, 30);
         let b = lines("C540002", Some(12345), 5, 3);
         let other = lines("540003", Some(99999), 3, 4);
@@ -161,7 +161,7 @@ mod dynamodb {
     async fn a_line_over_400_kb_is_rejected() {
         let cfg = aws_config("ddb_too_large");
         let c = init(&cfg).await;
-        let store = DynamoOperationalStore::from_config(&c, &cfg);
+        let store = DynamoOperationalStore::from_config(&c, &cfg.aws, &cfg.operational.dynamodb);
         let mut big = lines("540010", Some(1), 1, 2);
         big[1].line.description = Some("x".repeat(410 * 1024));
         match store.upsert(&big).await {
@@ -186,17 +186,18 @@ mod cli {
         std::fs::write(
             &file,
             format!(
-                "[stream]\nbackend = \"aws\"\n[archive]\nbackend = \"aws\"\n[operational]\nbackend = \"aws\"\n\
-                 [warehouse]\nbackend = \"aws\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
-                 stream_name = \"{}\"\nstream_shards = 2\nbucket = \"{}\"\ninvoices_table = \"{}\"\n\
-                 leases_table = \"{}\"\ndelivery_stream = \"{}\"\nfirehose_role_arn = \"{}\"\n",
+                "[stream]\nbackend = \"aws\"\n[stream.kinesis]\nstream_name = \"{}\"\nshards = 2\n\
+                 leases_table = \"{}\"\n[archive]\nbackend = \"aws\"\n[archive.s3]\nbucket = \"{}\"\n\
+                 [operational]\nbackend = \"aws\"\n[operational.dynamodb]\ninvoices_table = \"{}\"\n\
+                 [warehouse]\nbackend = \"aws\"\n[warehouse.firehose]\ndelivery_stream = \"{}\"\n\
+                 role_arn = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+                cfg.stream.kinesis.stream_name,
+                cfg.stream.kinesis.leases_table,
+                cfg.archive.s3.bucket,
+                cfg.operational.dynamodb.invoices_table,
+                cfg.warehouse.firehose.delivery_stream,
+                cfg.warehouse.firehose.role_arn,
                 moto().endpoint,
-                cfg.stream_name,
-                cfg.bucket,
-                cfg.invoices_table,
-                cfg.leases_table,
-                cfg.delivery_stream,
-                cfg.firehose_role_arn
             ),
         )
         .unwrap();
@@ -217,7 +218,10 @@ mod cli {
         };
         let first = run();
         assert_eq!(first.matches("created ").count(), 5, "{first}");
-        assert!(first.contains(&format!("kinesis stream {} (2 shards)", cfg.stream_name)));
+        assert!(first.contains(&format!(
+            "kinesis stream {} (2 shards)",
+            cfg.stream.kinesis.stream_name
+        )));
         let second = run();
         assert_eq!(second.matches("found ").count(), 5, "{second}");
         assert!(!second.contains("created"), "{second}");
@@ -236,7 +240,7 @@ mod firehose {
     async fn more_than_500_lines_are_delivered_exactly_once() {
         let cfg = aws_config("firehose");
         let c = init(&cfg).await;
-        let warehouse = FirehoseWarehouse::from_config(&c, &cfg);
+        let warehouse = FirehoseWarehouse::from_config(&c, &cfg.aws, &cfg.warehouse.firehose);
         warehouse.health().await.unwrap();
         assert_eq!(warehouse.summary().await.unwrap(), None);
 
@@ -246,9 +250,9 @@ mod firehose {
         warehouse.insert(&sent[600..]).await.unwrap();
 
         // The delivery stream of `aws init` writes into the bucket under `firehose_prefix`.
-        let bucket = S3ObjectStore::from_config(&c, &cfg);
+        let bucket = S3ObjectStore::from_config(&c, &cfg.archive.s3);
         let mut seen: HashMap<String, serde_json::Value> = HashMap::new();
-        for object in bucket.list(&cfg.firehose_prefix).await.unwrap() {
+        for object in bucket.list(&cfg.warehouse.firehose.prefix).await.unwrap() {
             let body = bucket.get(&object.key).await.unwrap();
             for row in body.split(|&b| b == b'\n').filter(|r| !r.is_empty()) {
                 let row: serde_json::Value = serde_json::from_slice(row).unwrap();
@@ -280,7 +284,7 @@ mod kinesis {
     async fn records_put_across_shards_read_back_in_order() {
         let cfg = aws_config("kinesis_rw");
         let c = init(&cfg).await;
-        let stream = KinesisStream::from_config(&c, &cfg);
+        let stream = KinesisStream::from_config(&c, &cfg.aws, &cfg.stream.kinesis);
         stream.health().await.unwrap();
         let shards = stream.list_shards().await.unwrap();
         assert_eq!(shards.len(), 4);
@@ -370,13 +374,13 @@ mod leases {
     async fn two_coordinators_split_shards_and_take_over_expired_leases() {
         let cfg = aws_config("leases");
         let c = init(&cfg).await;
-        let shards = KinesisStream::from_config(&c, &cfg)
+        let shards = KinesisStream::from_config(&c, &cfg.aws, &cfg.stream.kinesis)
             .list_shards()
             .await
             .unwrap();
         assert_eq!(shards.len(), 4);
-        let a = LeaseCoordinator::from_config(&c, &cfg, "instance-a");
-        let b = LeaseCoordinator::from_config(&c, &cfg, "instance-b");
+        let a = LeaseCoordinator::from_config(&c, &cfg.stream.kinesis, "instance-a");
+        let b = LeaseCoordinator::from_config(&c, &cfg.stream.kinesis, "instance-b");
 
         // A starts alone and takes everything; B then takes leases from A until the split is fair.
         assert_eq!(a.sync(&shards).await.unwrap().len(), 4);

@@ -13,7 +13,7 @@ mod aws_common;
 mod common;
 
 use common::*;
-use shopstream::config::AwsConfig;
+use shopstream::config::Settings;
 use shopstream::store::operational::dynamodb::DynamoOperationalStore;
 use shopstream::store::OperationalStore;
 use std::collections::BTreeMap;
@@ -122,18 +122,22 @@ fn status(server: &Server) -> serde_json::Value {
 fn sink_counts(
     rt: &tokio::runtime::Runtime,
     clients: &shopstream::aws::AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
 ) -> String {
-    let store = DynamoOperationalStore::from_config(clients, cfg);
+    let store = DynamoOperationalStore::from_config(clients, &cfg.aws, &cfg.operational.dynamodb);
     let dynamodb = rt.block_on(store.totals()).map(|(n, _)| n);
     let count = |prefix: &str| {
-        let texts = rt.block_on(aws_common::objects(&clients.s3, &cfg.bucket, prefix));
+        let texts = rt.block_on(aws_common::objects(
+            &clients.s3,
+            &cfg.archive.s3.bucket,
+            prefix,
+        ));
         aws_common::count_lines(&texts).0.len()
     };
     format!(
         "DynamoDB lines {dynamodb:?}, archived line ids {}, delivered line ids {}",
         count("raw/"),
-        count(&cfg.firehose_prefix)
+        count(&cfg.warehouse.firehose.prefix)
     )
 }
 
@@ -142,7 +146,7 @@ fn sink_counts(
 fn diagnose(
     rt: &tokio::runtime::Runtime,
     clients: &shopstream::aws::AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     servers: &[&Server],
 ) -> String {
     let mut out = format!("sinks: {}\n", sink_counts(rt, clients, cfg));
@@ -165,12 +169,12 @@ fn diagnose(
 fn assert_all_sinks(
     rt: &tokio::runtime::Runtime,
     clients: &shopstream::aws::AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     expected: &Expected,
     firehose_may_repeat: bool,
     servers: &[&Server],
 ) {
-    let store = DynamoOperationalStore::from_config(clients, cfg);
+    let store = DynamoOperationalStore::from_config(clients, &cfg.aws, &cfg.operational.dynamodb);
     let why = || diagnose(rt, clients, cfg, servers);
     wait_progress_or(
         "every line in DynamoDB",
@@ -193,7 +197,11 @@ fn assert_all_sinks(
     );
 
     let read = |prefix: &str| {
-        let texts = rt.block_on(aws_common::objects(&clients.s3, &cfg.bucket, prefix));
+        let texts = rt.block_on(aws_common::objects(
+            &clients.s3,
+            &cfg.archive.s3.bucket,
+            prefix,
+        ));
         let (ids, revenue) = aws_common::count_lines(&texts);
         if ids.len() as u64 >= expected.rows {
             Ok((ids, revenue))
@@ -210,7 +218,7 @@ fn assert_all_sinks(
     let (ids, _) = wait_progress_or(
         "every line delivered",
         STALL,
-        || read(&cfg.firehose_prefix),
+        || read(&cfg.warehouse.firehose.prefix),
         why,
     );
     assert_eq!(ids.len() as u64, expected.rows, "Firehose destination");
@@ -250,7 +258,7 @@ fn split_at_invoice(file: &Path, dir: &Path) -> (PathBuf, PathBuf) {
 /// and `lines` generated lines with what they hold.
 struct Setup {
     rt: tokio::runtime::Runtime,
-    cfg: AwsConfig,
+    cfg: Settings,
     clients: shopstream::aws::AwsClients,
     dir: tempfile::TempDir,
     file: PathBuf,
@@ -260,8 +268,8 @@ struct Setup {
 fn setup(test: &str, shards: u32, lines: u64) -> Setup {
     let rt = runtime();
     let mut cfg = aws_common::on_kinesalite(aws_common::aws_config(test));
-    cfg.stream_shards = shards;
-    cfg.lease_duration = Duration::from_secs(3);
+    cfg.stream.kinesis.shards = shards;
+    cfg.stream.kinesis.lease_duration = Duration::from_secs(3);
     let clients = rt.block_on(aws_common::init(&cfg));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lines.csv");
@@ -299,7 +307,7 @@ fn two_instances_split_the_shards_and_the_survivor_takes_over() {
     assert_ne!(name_a, name_b);
 
     // The four shards are split two and two.
-    let (table, servers) = (&cfg.leases_table, [&a, &b]);
+    let (table, servers) = (&cfg.stream.kinesis.leases_table, [&a, &b]);
     wait_owners(
         &rt,
         &clients,
@@ -358,13 +366,13 @@ fn a_stopped_instance_hands_its_shards_over_at_once() {
     let Setup { rt, mut cfg, .. } = setup("handover", 4, 100);
     // Leases far longer than the test can wait (ten minutes, against waits that fail after
     // STALL without a change): only a release on shutdown moves them in time.
-    cfg.lease_duration = Duration::from_secs(600);
+    cfg.stream.kinesis.lease_duration = Duration::from_secs(600);
     let clients = rt.block_on(aws_common::clients(&cfg));
     let toml = aws_common::serve_toml(&cfg);
     let dir = tempfile::tempdir().unwrap();
     let a = Server::start(&dir.path().join("a"), 0, &toml);
     let name_a = status(&a)["instance"].as_str().unwrap().to_owned();
-    let table = &cfg.leases_table;
+    let table = &cfg.stream.kinesis.leases_table;
     let owns_all = owns_every_shard(&name_a);
     let all_to_a = "A to own every shard";
     wait_owners(&rt, &clients, table, all_to_a, &[&a], &owns_all);
@@ -440,7 +448,7 @@ fn a_shard_split_mid_stream_is_read_parent_first_and_loses_nothing() {
             clients
                 .kinesis
                 .list_shards()
-                .stream_name(&cfg.stream_name)
+                .stream_name(&cfg.stream.kinesis.stream_name)
                 .send(),
         )
         .unwrap();
@@ -452,7 +460,7 @@ fn a_shard_split_mid_stream_is_read_parent_first_and_loses_nothing() {
         clients
             .kinesis
             .split_shard()
-            .stream_name(&cfg.stream_name)
+            .stream_name(&cfg.stream.kinesis.stream_name)
             .shard_to_split(parent.shard_id())
             .new_starting_hash_key((lo + (hi - lo) / 2).to_string())
             .send(),
@@ -463,7 +471,7 @@ fn a_shard_split_mid_stream_is_read_parent_first_and_loses_nothing() {
             clients
                 .kinesis
                 .list_shards()
-                .stream_name(&cfg.stream_name)
+                .stream_name(&cfg.stream.kinesis.stream_name)
                 .send(),
         );
         let Ok(out) = out else {
@@ -545,15 +553,15 @@ fn failed_entries_throttled_calls_and_expired_iterators_still_land_every_line_on
     // A fifth of the reads also find their iterator expired, as after a sink outage of more
     // than five minutes.
     let kinesis_faults = [&faults[..], &["--expire-rate", "0.2"]].concat();
-    let kinesis_proxy = aws_common::fault_proxy(&base.kinesis_endpoint_url, &kinesis_faults);
-    let moto_proxy = aws_common::fault_proxy(&base.endpoint_url, &faults);
+    let kinesis_proxy = aws_common::fault_proxy(&base.aws.kinesis_endpoint_url, &kinesis_faults);
+    let moto_proxy = aws_common::fault_proxy(&base.aws.endpoint_url, &faults);
     // Resources are created directly; the pipeline goes through the proxies.
     let clients = rt.block_on(aws_common::init(&base));
     let mut cfg = base.clone();
-    cfg.kinesis_endpoint_url = kinesis_proxy.endpoint.clone();
-    cfg.dynamodb_endpoint_url = moto_proxy.endpoint.clone();
-    cfg.firehose_endpoint_url = moto_proxy.endpoint.clone();
-    cfg.lease_duration = Duration::from_secs(10);
+    cfg.aws.kinesis_endpoint_url = kinesis_proxy.endpoint.clone();
+    cfg.aws.dynamodb_endpoint_url = moto_proxy.endpoint.clone();
+    cfg.aws.firehose_endpoint_url = moto_proxy.endpoint.clone();
+    cfg.stream.kinesis.lease_duration = Duration::from_secs(10);
     let toml = aws_common::serve_toml(&cfg);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lines.csv");

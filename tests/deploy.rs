@@ -23,14 +23,14 @@ fn resource<'a>(t: &'a Value, name: &str, kind: &str) -> &'a Value {
 fn template_creates_what_the_aws_config_names() {
     let settings =
         shopstream::config::Settings::load(Some(&root().join("config/aws.toml"))).unwrap();
-    let aws = &settings.aws;
     let t = template();
     assert_eq!(
         resource(&t, "Lines", "AWS::Kinesis::Stream")["Name"],
-        aws.stream_name.as_str()
+        settings.stream.kinesis.stream_name.as_str()
     );
+    let dynamodb = &settings.operational.dynamodb;
     let invoices = resource(&t, "Invoices", "AWS::DynamoDB::Table");
-    assert_eq!(invoices["TableName"], aws.invoices_table.as_str());
+    assert_eq!(invoices["TableName"], dynamodb.invoices_table.as_str());
     let keys: Vec<(&str, &str)> = invoices["KeySchema"]
         .as_array()
         .unwrap()
@@ -44,15 +44,18 @@ fn template_creates_what_the_aws_config_names() {
         .collect();
     assert_eq!(keys, [("InvoiceNo", "HASH"), ("LineId", "RANGE")]);
     let index = &invoices["GlobalSecondaryIndexes"][0];
-    assert_eq!(index["IndexName"], aws.customers_index.as_str());
+    assert_eq!(index["IndexName"], dynamodb.customers_index.as_str());
     assert_eq!(index["KeySchema"][0]["AttributeName"], "CustomerID");
     assert_eq!(index["KeySchema"][1]["AttributeName"], "InvoiceDate");
     let leases = resource(&t, "Leases", "AWS::DynamoDB::Table");
-    assert_eq!(leases["TableName"], aws.leases_table.as_str());
+    assert_eq!(
+        leases["TableName"],
+        settings.stream.kinesis.leases_table.as_str()
+    );
     assert_eq!(leases["KeySchema"][0]["AttributeName"], "ShardId");
     assert_eq!(
         resource(&t, "Sales", "AWS::KinesisFirehose::DeliveryStream")["DeliveryStreamName"],
-        aws.delivery_stream.as_str()
+        settings.warehouse.firehose.delivery_stream.as_str()
     );
 }
 
@@ -86,7 +89,9 @@ fn the_task_runs_the_aws_config_and_has_time_to_shut_down() {
         )),
         "the image holds the config the task names"
     );
-    assert!(env.iter().any(|(k, _)| *k == "SHOPSTREAM__AWS__BUCKET"));
+    assert!(env
+        .iter()
+        .any(|(k, _)| *k == "SHOPSTREAM__ARCHIVE__S3__BUCKET"));
     assert_eq!(
         container["PortMappings"][0]["ContainerPort"],
         settings.server.port

@@ -17,15 +17,15 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
     let _heavy = heavy_test();
     // Kinesis on kinesalite: moto's Kinesis can lose records written by concurrent requests.
     let mut cfg = aws_common::on_kinesalite(aws_common::aws_config("pipeline"));
-    cfg.lease_duration = Duration::from_secs(10);
+    cfg.stream.kinesis.lease_duration = Duration::from_secs(10);
     let clients = aws_common::init(&cfg).await;
     // The server talks to AWS through counting proxies (no faults): an independent meter for the
     // cost counters it exports.
-    let kinesis_meter = aws_common::fault_proxy(&cfg.kinesis_endpoint_url, &[]);
-    let moto_meter = aws_common::fault_proxy(&cfg.endpoint_url, &[]);
+    let kinesis_meter = aws_common::fault_proxy(&cfg.aws.kinesis_endpoint_url, &[]);
+    let moto_meter = aws_common::fault_proxy(&cfg.aws.endpoint_url, &[]);
     let mut metered = cfg.clone();
-    metered.endpoint_url = moto_meter.endpoint.clone();
-    metered.kinesis_endpoint_url = kinesis_meter.endpoint.clone();
+    metered.aws.endpoint_url = moto_meter.endpoint.clone();
+    metered.aws.kinesis_endpoint_url = kinesis_meter.endpoint.clone();
     let toml = aws_common::serve_toml(&metered);
     let dir = tempfile::tempdir().unwrap();
     let file = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,7 +47,7 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
     assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
 
     // DynamoDB: every line once, exact revenue.
-    let store = DynamoOperationalStore::from_config(&clients, &cfg);
+    let store = DynamoOperationalStore::from_config(&clients, &cfg.aws, &cfg.operational.dynamodb);
     let (n, revenue) = store.totals().await.unwrap();
     assert_eq!(
         (n, revenue.normalize()),
@@ -55,14 +55,19 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
     );
 
     // S3 archive: every line once.
-    let archived = aws_common::objects(&clients.s3, &cfg.bucket, "raw/").await;
+    let archived = aws_common::objects(&clients.s3, &cfg.archive.s3.bucket, "raw/").await;
     let (ids, revenue) = aws_common::count_lines(&archived);
     assert_eq!(ids.len() as u64, expected.rows);
     assert!(ids.values().all(|n| *n == 1), "a line is archived twice");
     assert_eq!(revenue, expected.revenue.normalize());
 
     // The Firehose destination (S3 here, Redshift in production): every line once.
-    let delivered = aws_common::objects(&clients.s3, &cfg.bucket, &cfg.firehose_prefix).await;
+    let delivered = aws_common::objects(
+        &clients.s3,
+        &cfg.archive.s3.bucket,
+        &cfg.warehouse.firehose.prefix,
+    )
+    .await;
     let (ids, revenue) = aws_common::count_lines(&delivered);
     assert_eq!(ids.len() as u64, expected.rows);
     assert!(ids.values().all(|n| *n == 1), "a line is delivered twice");
@@ -191,7 +196,7 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
 async fn readiness_names_the_missing_aws_resource() {
     let _heavy = heavy_test();
     let mut cfg = aws_common::on_kinesalite(aws_common::aws_config("ready"));
-    cfg.lease_duration = Duration::from_secs(10);
+    cfg.stream.kinesis.lease_duration = Duration::from_secs(10);
     let toml = aws_common::serve_toml(&cfg);
     let dir = tempfile::tempdir().unwrap();
 
@@ -220,7 +225,7 @@ async fn readiness_names_the_missing_aws_resource() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains(&cfg.stream_name) && stderr.contains("aws init"),
+        stderr.contains(&cfg.stream.kinesis.stream_name) && stderr.contains("aws init"),
         "{stderr}"
     );
 
@@ -244,14 +249,14 @@ async fn readiness_names_the_missing_aws_resource() {
     clients
         .dynamodb
         .delete_table()
-        .table_name(&cfg.invoices_table)
+        .table_name(&cfg.operational.dynamodb.invoices_table)
         .send()
         .await
         .unwrap();
     clients
         .firehose
         .delete_delivery_stream()
-        .delivery_stream_name(&cfg.delivery_stream)
+        .delivery_stream_name(&cfg.warehouse.firehose.delivery_stream)
         .send()
         .await
         .unwrap();
@@ -261,8 +266,8 @@ async fn readiness_names_the_missing_aws_resource() {
     assert_eq!(checks["stream"], "ok", "{body:#}");
     assert_eq!(checks["archive"], "ok", "{body:#}");
     for (sink, name) in [
-        ("operational", &cfg.invoices_table),
-        ("warehouse", &cfg.delivery_stream),
+        ("operational", &cfg.operational.dynamodb.invoices_table),
+        ("warehouse", &cfg.warehouse.firehose.delivery_stream),
     ] {
         let why = checks[sink].as_str().unwrap();
         assert!(

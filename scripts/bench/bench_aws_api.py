@@ -145,12 +145,25 @@ def config_text(moto_proxy, kinesis_proxy, shards):
 max_inflight_ingest = 64
 [stream]
 backend = "aws"
+[stream.kinesis]
+stream_name = "bench-lines"
+shards = {shards}
+leases_table = "bench-leases"
+lease_duration = "10s"
 [archive]
 backend = "aws"
+[archive.s3]
+bucket = "bench-archive"
 [operational]
 backend = "aws"
+[operational.dynamodb]
+invoices_table = "bench-invoices"
 [warehouse]
 backend = "aws"
+[warehouse.firehose]
+delivery_stream = "bench-sales"
+role_arn = "arn:aws:iam::123456789012:role/firehose-local"
+prefix = "warehouse/"
 [dead_letter]
 backend = "aws"
 [sinks]
@@ -159,15 +172,6 @@ shard_refresh = "2s"
 region = "us-east-1"
 endpoint_url = "{moto_proxy}"
 kinesis_endpoint_url = "{kinesis_proxy}"
-stream_name = "bench-lines"
-stream_shards = {shards}
-bucket = "bench-archive"
-invoices_table = "bench-invoices"
-leases_table = "bench-leases"
-lease_duration = "10s"
-delivery_stream = "bench-sales"
-firehose_role_arn = "arn:aws:iam::123456789012:role/firehose-local"
-firehose_prefix = "warehouse/"
 """
 
 

@@ -11,8 +11,7 @@ use super::dead_letter::DeadLetters;
 use super::progress::Progress;
 use super::shard::{ShardSink, ShardSinkParts, ShardSinkSettings, Shutdown};
 use super::sink::SinkWriter;
-use crate::stream::kinesis::LeaseCoordinator;
-use crate::stream::{CheckpointStore, ShardId, ShardInfo, SinkKind, Stream};
+use crate::stream::{CheckpointStore, ShardId, ShardInfo, ShardOwnership, SinkKind, Stream};
 
 /// What the pipeline runs on.
 pub struct PipelineParts {
@@ -24,9 +23,8 @@ pub struct PipelineParts {
     pub settings: ShardSinkSettings,
     /// How often the shard list is read again (new shards after a reshard).
     pub shard_refresh: Duration,
-    /// Kinesis: the lease table that says which shards this instance reads; `None` reads all
-    /// (the embedded log has one reader process).
-    pub leases: Option<Arc<LeaseCoordinator>>,
+    /// Which shards this instance reads (all of them, or those whose lease it holds).
+    pub ownership: Arc<dyn ShardOwnership>,
 }
 
 pub struct Pipeline {
@@ -79,8 +77,8 @@ impl Pipeline {
         let known: BTreeSet<&ShardId> = shards.iter().map(|s| &s.id).collect();
         let owned = self.owned_shards(shards).await;
         let mut actors = self.actors.lock().await;
-        // Shards whose lease went to another instance: stop reading them (their checkpoints
-        // would be refused anyway).
+        // Shards this instance no longer owns (their lease went to another instance): stop
+        // reading them (their checkpoints would be refused anyway).
         let lost: Vec<(SinkKind, ShardId)> = actors
             .keys()
             .filter(|(_, shard)| !owned.contains(shard))
@@ -88,7 +86,7 @@ impl Pipeline {
             .collect();
         for key in lost {
             if let Some(addr) = actors.remove(&key) {
-                tracing::info!(sink = %key.0, shard = %key.1, "The shard's lease is gone; stopping its actor.");
+                tracing::info!(sink = %key.0, shard = %key.1, "The shard is no longer this instance's (its lease is gone); stopping its actor.");
                 addr.do_send(Shutdown);
                 self.parts.progress.forget(key.0, &key.1);
             }
@@ -121,22 +119,20 @@ impl Pipeline {
         }
     }
 
-    /// The shards this instance reads: all of them, or those whose lease it holds.
+    /// The shards this instance reads, as its ownership says; when that cannot be renewed, the
+    /// shards it reads already.
     async fn owned_shards(&self, shards: &[ShardInfo]) -> BTreeSet<ShardId> {
-        match &self.parts.leases {
-            None => shards.iter().map(|s| s.id.clone()).collect(),
-            Some(leases) => match leases.sync(shards).await {
-                Ok(owned) => owned.into_iter().collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot renew or take shard leases; keeping the shards as they are.");
-                    self.actors
-                        .lock()
-                        .await
-                        .keys()
-                        .map(|(_, s)| s.clone())
-                        .collect()
-                }
-            },
+        match self.parts.ownership.claim(shards).await {
+            Ok(owned) => owned.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot claim shards (renew or take leases); keeping the shards as they are.");
+                self.actors
+                    .lock()
+                    .await
+                    .keys()
+                    .map(|(_, s)| s.clone())
+                    .collect()
+            }
         }
     }
 
@@ -228,11 +224,9 @@ impl Pipeline {
         let actors: Vec<_> = self.actors.lock().await.values().cloned().collect();
         let all = futures::future::join_all(actors.iter().map(|a| a.send(Shutdown)));
         let done = tokio::time::timeout(deadline, all).await.is_ok();
-        if let Some(leases) = &self.parts.leases {
-            // Others may take the shards at once instead of after the lease duration.
-            if let Err(e) = leases.release_all().await {
-                tracing::warn!(error = %e, "Cannot release the shard leases; others take them when they expire.");
-            }
+        // Others may take the shards at once instead of after the lease duration.
+        if let Err(e) = self.parts.ownership.release_all().await {
+            tracing::warn!(error = %e, "Cannot give up this instance's shards; others take them when their leases expire.");
         }
         for arbiter in self.arbiters.values() {
             arbiter.stop();

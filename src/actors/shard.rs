@@ -16,8 +16,9 @@ use super::dead_letter::{DeadLetter, DeadLetters};
 use super::progress::Progress;
 use super::sink::{FlushPolicy, SinkFailure, SinkUnit, SinkWriter};
 use crate::config::RetryConfig;
-use crate::model::{IngestedLine, LineBatch};
+use crate::model::IngestedLine;
 use crate::retry::Backoff;
+use crate::stream::record::LineBatch;
 use crate::stream::{
     CheckpointStore, Position, ReadBatch, Record, SequenceNumber, ShardId, Stream,
 };
@@ -325,7 +326,7 @@ async fn run(shared: &Shared) -> Result<(), RunError> {
 /// can never be written, and must not wedge the shard).
 async fn add_record(shared: &Shared, unit: &mut Unit, record: Record) -> Result<(), RunError> {
     let p = &shared.parts;
-    match serde_json::from_slice::<LineBatch>(&record.data) {
+    match crate::stream::record::decode(&record.data) {
         Ok(batch) => unit.push(record.sequence_number, record.data.len(), batch),
         Err(e) => {
             let letter = DeadLetter {

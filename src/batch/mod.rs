@@ -8,7 +8,8 @@
 //!        └──────────bad rows──▶ reject file <data_dir>/import-rejects/<name>-<token>.csv
 //! ```
 //!
-//! - [`source`]: the [`Source`] trait and the local implementation; [`s3`]: the S3 one.
+//! - [`source`]: the [`Source`] trait and the local implementation; [`s3`]: the S3 one;
+//!   [`parse_source`] picks one for a source named on the command line.
 //! - [`options`]: what a run fills ([`Target`]) and how it treats rejects and changed files.
 //! - [`load`]: the [`Importer`]: loading each file into each store, streamed, all or nothing,
 //!   through the store traits. The ledger of loaded files and the per-file transaction belong
@@ -24,11 +25,13 @@ pub mod options;
 mod report;
 pub mod s3;
 pub mod source;
+mod spec;
 mod watch;
 
 pub use error::ImportError;
 pub use load::Importer;
 pub use options::{ImportOptions, Target};
 pub use report::{FileOutcome, FileReport, RunSummary};
-pub use source::{parse_source, LocalSource, Source, SourceFile};
+pub use source::{LocalSource, Source, SourceFile};
+pub use spec::parse_source;
 pub use watch::watch;

@@ -3,33 +3,13 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::ParseOptions;
 use crate::store::warehouse::LoadedInto;
 
-/// Which store(s) an import fills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// The `sales` fact table (the usual case: bulk dumps are for analytics).
-    #[default]
-    Warehouse,
-    /// The operational store only, so bulk-loaded invoices answer the query API.
-    Operational,
-    /// Both, the warehouse first.
-    Both,
-}
+/// Which store(s) an import fills: defined with the settings (`import.target`), whose value it is.
+pub use crate::config::Target;
 
 impl Target {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Warehouse => "warehouse",
-            Target::Operational => "operational",
-            Target::Both => "both",
-        }
-    }
-
     /// The single stores this target fills, in load order.
     pub(crate) fn stores(self) -> &'static [LoadedInto] {
         match self {

@@ -44,26 +44,6 @@ pub trait Source: Send + Sync {
     }
 }
 
-/// A source named on the command line or in `import.watch`: `s3://bucket/prefix` (read with
-/// `s3`); anything with `*`, `?` or `[` is a glob; otherwise a file or a folder.
-///
-/// # Errors
-/// [`ImportError::Source`] for an `s3://` source without an S3 client or a malformed one, or a
-/// malformed glob.
-pub fn parse_source(
-    spec: &str,
-    s3: Option<&aws_sdk_s3::Client>,
-) -> Result<Box<dyn Source>, ImportError> {
-    if spec.starts_with("s3://") {
-        let client = s3.ok_or_else(|| ImportError::Source {
-            source_name: spec.to_owned(),
-            reason: "no S3 client was set up for this import; this is a bug in the caller".into(),
-        })?;
-        return Ok(Box::new(super::s3::S3Source::new(client.clone(), spec)?));
-    }
-    Ok(Box::new(LocalSource::new(spec)?))
-}
-
 /// Files on this machine. The change token is the BLAKE3 hash of the file's bytes, computed up
 /// front while listing: a modification that keeps size and time (a restored backup, a rewrite
 /// within the same second) is still seen, at the cost of reading each file once more (BLAKE3 runs
@@ -219,7 +199,6 @@ mod tests {
         let again = LocalSource::new(&glob).unwrap().list().unwrap();
         assert_ne!(again[0].change_token, one[0].change_token);
 
-        assert!(parse_source("s3://bucket/prefix", None).is_err());
         assert!(
             LocalSource::new(dir.path().join("missing").to_str().unwrap())
                 .unwrap()

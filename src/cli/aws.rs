@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use crate::aws::{describe, error_code, AwsClients};
-use crate::config::AwsConfig;
+use crate::config::Settings;
 
 #[derive(Debug, Args)]
 pub struct AwsArgs {
@@ -22,7 +22,7 @@ pub struct AwsArgs {
 pub enum AwsCommand {
     /// Creates what is missing of the Kinesis stream, the S3 bucket, the DynamoDB invoices table
     /// (with its customers index) and lease table, and the Firehose delivery stream (only with
-    /// `aws.firehose_role_arn` set: S3 destination, for the local servers). Existing resources
+    /// `warehouse.firehose.role_arn` set: S3 destination, for the local servers). Existing resources
     /// are left as they are, so running it again is safe. Prints what it created or found.
     Init,
 }
@@ -38,7 +38,7 @@ pub fn run(args: AwsArgs, config: Option<&std::path::Path>) -> anyhow::Result<()
     match args.command {
         AwsCommand::Init => runtime.block_on(async {
             let clients = AwsClients::from_config(&settings.aws).await;
-            let steps = init(&clients, &settings.aws, Duration::from_secs(300)).await?;
+            let steps = init(&clients, &settings, Duration::from_secs(300)).await?;
             for step in steps {
                 println!("{step}");
             }
@@ -95,7 +95,7 @@ fn aws_err(resource: &str, e: impl std::error::Error + 'static) -> InitError {
 /// The first resource that can neither be found nor created, or that does not become ACTIVE.
 pub async fn init(
     clients: &AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     wait: Duration,
 ) -> Result<Vec<InitStep>, InitError> {
     Ok(vec![
@@ -134,16 +134,16 @@ where
 
 async fn kinesis_stream(
     c: &AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     wait: Duration,
 ) -> Result<InitStep, InitError> {
     use aws_sdk_kinesis::types::StreamStatus;
-    let resource = format!("kinesis stream {}", cfg.stream_name);
+    let resource = format!("kinesis stream {}", cfg.stream.kinesis.stream_name);
     let status = || async {
         match c
             .kinesis
             .describe_stream_summary()
-            .stream_name(&cfg.stream_name)
+            .stream_name(&cfg.stream.kinesis.stream_name)
             .send()
             .await
         {
@@ -159,8 +159,8 @@ async fn kinesis_stream(
         None => {
             c.kinesis
                 .create_stream()
-                .stream_name(&cfg.stream_name)
-                .shard_count(cfg.stream_shards as i32)
+                .stream_name(&cfg.stream.kinesis.stream_name)
+                .shard_count(cfg.stream.kinesis.shards as i32)
                 .send()
                 .await
                 .map_err(|e| aws_err(&resource, e))?;
@@ -175,19 +175,25 @@ async fn kinesis_stream(
     })
     .await?;
     let resource = match outcome {
-        Outcome::Created => format!("{resource} ({} shards)", cfg.stream_shards),
+        Outcome::Created => format!("{resource} ({} shards)", cfg.stream.kinesis.shards),
         _ => resource,
     };
     Ok(InitStep { resource, outcome })
 }
 
-async fn bucket(c: &AwsClients, cfg: &AwsConfig) -> Result<InitStep, InitError> {
+async fn bucket(c: &AwsClients, cfg: &Settings) -> Result<InitStep, InitError> {
     use aws_sdk_s3::types::{
         AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
         CreateBucketConfiguration, ExpirationStatus, LifecycleRule, LifecycleRuleFilter,
     };
-    let resource = format!("s3 bucket {}", cfg.bucket);
-    match c.s3.head_bucket().bucket(&cfg.bucket).send().await {
+    let resource = format!("s3 bucket {}", cfg.archive.s3.bucket);
+    match c
+        .s3
+        .head_bucket()
+        .bucket(&cfg.archive.s3.bucket)
+        .send()
+        .await
+    {
         Ok(_) => {
             return Ok(InitStep {
                 resource,
@@ -202,7 +208,7 @@ async fn bucket(c: &AwsClients, cfg: &AwsConfig) -> Result<InitStep, InitError> 
             .region()
             .map(|r| r.to_string())
             .unwrap_or_default();
-    let mut create = c.s3.create_bucket().bucket(&cfg.bucket);
+    let mut create = c.s3.create_bucket().bucket(&cfg.archive.s3.bucket);
     // us-east-1 is the one region that refuses an explicit location constraint.
     if !region.is_empty() && region != "us-east-1" {
         create = create.create_bucket_configuration(
@@ -225,7 +231,7 @@ async fn bucket(c: &AwsClients, cfg: &AwsConfig) -> Result<InitStep, InitError> 
         .build()
         .map_err(|e| aws_err(&resource, e))?;
     c.s3.put_bucket_lifecycle_configuration()
-        .bucket(&cfg.bucket)
+        .bucket(&cfg.archive.s3.bucket)
         .lifecycle_configuration(
             BucketLifecycleConfiguration::builder()
                 .rules(rule)
@@ -309,12 +315,12 @@ async fn table(
 
 async fn invoices_table(
     c: &AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     wait: Duration,
 ) -> Result<InitStep, InitError> {
     let mut step = table(
         c,
-        &cfg.invoices_table,
+        &cfg.operational.dynamodb.invoices_table,
         |t| {
             Ok(t.key_schema(key("InvoiceNo", KeyType::Hash)?)
                 .key_schema(key("LineId", KeyType::Range)?)
@@ -324,7 +330,7 @@ async fn invoices_table(
                 .attribute_definitions(attr("InvoiceDate", ScalarAttributeType::S)?)
                 .global_secondary_indexes(
                     GlobalSecondaryIndex::builder()
-                        .index_name(&cfg.customers_index)
+                        .index_name(&cfg.operational.dynamodb.customers_index)
                         .key_schema(key("CustomerID", KeyType::Hash)?)
                         .key_schema(key("InvoiceDate", KeyType::Range)?)
                         .projection(
@@ -338,18 +344,21 @@ async fn invoices_table(
         wait,
     )
     .await?;
-    step.resource = format!("{} (index {})", step.resource, cfg.customers_index);
+    step.resource = format!(
+        "{} (index {})",
+        step.resource, cfg.operational.dynamodb.customers_index
+    );
     Ok(step)
 }
 
 async fn leases_table(
     c: &AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     wait: Duration,
 ) -> Result<InitStep, InitError> {
     table(
         c,
-        &cfg.leases_table,
+        &cfg.stream.kinesis.leases_table,
         |t| {
             Ok(t.key_schema(key("ShardId", KeyType::Hash)?)
                 .attribute_definitions(attr("ShardId", ScalarAttributeType::S)?))
@@ -361,19 +370,22 @@ async fn leases_table(
 
 async fn delivery_stream(
     c: &AwsClients,
-    cfg: &AwsConfig,
+    cfg: &Settings,
     wait: Duration,
 ) -> Result<InitStep, InitError> {
     use aws_sdk_firehose::types::{
         BufferingHints, CompressionFormat, DeliveryStreamStatus, DeliveryStreamType,
         ExtendedS3DestinationConfiguration,
     };
-    let resource = format!("firehose delivery stream {}", cfg.delivery_stream);
+    let resource = format!(
+        "firehose delivery stream {}",
+        cfg.warehouse.firehose.delivery_stream
+    );
     let status = || async {
         match c
             .firehose
             .describe_delivery_stream()
-            .delivery_stream_name(&cfg.delivery_stream)
+            .delivery_stream_name(&cfg.warehouse.firehose.delivery_stream)
             .send()
             .await
         {
@@ -386,21 +398,21 @@ async fn delivery_stream(
     };
     let outcome = match status().await? {
         Some(_) => Outcome::Found,
-        None if cfg.firehose_role_arn.is_empty() => {
+        None if cfg.warehouse.firehose.role_arn.is_empty() => {
             return Ok(InitStep {
                 resource,
                 outcome: Outcome::Missing(
                     "create it from the templates in deploy/ (Redshift destination), or set \
-                     aws.firehose_role_arn to create one that writes to the bucket"
+                     warehouse.firehose.role_arn to create one that writes to the bucket"
                         .into(),
                 ),
             })
         }
         None => {
             let destination = ExtendedS3DestinationConfiguration::builder()
-                .role_arn(&cfg.firehose_role_arn)
-                .bucket_arn(format!("arn:aws:s3:::{}", cfg.bucket))
-                .prefix(&cfg.firehose_prefix)
+                .role_arn(&cfg.warehouse.firehose.role_arn)
+                .bucket_arn(format!("arn:aws:s3:::{}", cfg.archive.s3.bucket))
+                .prefix(&cfg.warehouse.firehose.prefix)
                 // Explicit: some servers require it, and the warehouse loader reads plain NDJSON.
                 .compression_format(CompressionFormat::Uncompressed)
                 .buffering_hints(
@@ -413,7 +425,7 @@ async fn delivery_stream(
                 .map_err(|e| aws_err(&resource, e))?;
             c.firehose
                 .create_delivery_stream()
-                .delivery_stream_name(&cfg.delivery_stream)
+                .delivery_stream_name(&cfg.warehouse.firehose.delivery_stream)
                 .delivery_stream_type(DeliveryStreamType::DirectPut)
                 .extended_s3_destination_configuration(destination)
                 .send()

@@ -16,31 +16,14 @@ pub enum Command {
     List {
         /// Only this sink's.
         #[arg(long, value_enum)]
-        sink: Option<Sink>,
+        sink: Option<SinkKind>,
     },
     /// Writes dead letters to their sink again; each one written is removed, the others stay.
     Redrive {
         /// Only this sink's.
         #[arg(long, value_enum)]
-        sink: Option<Sink>,
+        sink: Option<SinkKind>,
     },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Sink {
-    Archive,
-    Operational,
-    Warehouse,
-}
-
-impl From<Sink> for SinkKind {
-    fn from(s: Sink) -> Self {
-        match s {
-            Sink::Archive => SinkKind::Archive,
-            Sink::Operational => SinkKind::Operational,
-            Sink::Warehouse => SinkKind::Warehouse,
-        }
-    }
 }
 
 pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
@@ -55,7 +38,7 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
         let letters = backends.dead_letters(&settings);
         match command {
             Command::List { sink } => {
-                let keys = letters.list(sink.map(Into::into)).await?;
+                let keys = letters.list(sink).await?;
                 for meta in &keys {
                     let letter = letters.get(&meta.key).await?;
                     let line = letter.line.as_ref().map_or_else(
@@ -81,7 +64,7 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                 let mut groups: BTreeMap<(SinkKind, String, String), Vec<(String, IngestedLine)>> =
                     BTreeMap::new();
                 let mut kept = 0u64;
-                for meta in letters.list(sink.map(Into::into)).await? {
+                for meta in letters.list(sink).await? {
                     let letter = letters.get(&meta.key).await?;
                     match letter.line {
                         Some(line) => groups

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::serve::{wait_for_signal, Running};
-use crate::model::generate::{rows, write_csv, DateStyle, Encoding, GenerateOptions};
 use crate::model::DateOrder;
-use crate::replay::{replay, ReplayOptions};
+use crate::sim::generate::{rows, write_csv, DateStyle, Encoding, GenerateOptions};
+use crate::sim::replay::{replay, ReplayOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

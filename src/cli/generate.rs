@@ -1,5 +1,5 @@
 //! `shopstream generate`: writes realistic, reproducible online-retail data for tests, demos and
-//! benchmarks (see [`crate::model::generate`]).
+//! benchmarks (see [`crate::sim::generate`]).
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,7 +8,7 @@ use std::io::{ErrorKind, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::model::generate::{
+use crate::sim::generate::{
     rows, write_rows, DateStyle, Encoding, Format, GenerateError, GenerateOptions, GenerateStats,
     OutputOptions, DEFAULT_LINES, DEFAULT_SEED,
 };

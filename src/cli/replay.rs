@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::model::DateOrder;
-use crate::replay::{replay, ReplayOptions, ReplaySummary};
+use crate::sim::replay::{replay, ReplayOptions, ReplaySummary};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -1,14 +1,18 @@
-//! Settings of the AWS backends. Every key is documented in `config/default.toml` too.
+//! Settings of the AWS backends. What every AWS client shares (region, endpoints, the retry of
+//! partial batch failures) is `[aws]`; what one stage's backend needs sits with that stage:
+//! `[stream.kinesis]`, `[archive.s3]` (also the dead letters' bucket), `[operational.dynamodb]`,
+//! `[warehouse.firehose]`. Every key is documented in `config/default.toml` too.
 
 use serde::Deserialize;
 use std::time::Duration;
 
 use super::server::bad;
-use super::{Backend, ConfigError, Settings};
+use super::{Backend, ConfigError};
 
 /// S3's smallest part of a multipart upload (every part but the last).
 pub const S3_MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 
+/// `[aws]`: what every AWS client shares.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsConfig {
@@ -24,33 +28,6 @@ pub struct AwsConfig {
     pub s3_endpoint_url: String,
     pub dynamodb_endpoint_url: String,
     pub firehose_endpoint_url: String,
-    /// Kinesis data stream name.
-    pub stream_name: String,
-    /// Shards `shopstream aws init` gives a stream it creates (an existing stream is left alone).
-    pub stream_shards: u32,
-    /// S3 bucket of the raw archive and dead letters.
-    pub bucket: String,
-    /// Objects of at least this many bytes are written by multipart upload instead of one PUT.
-    pub multipart_threshold_bytes: usize,
-    /// Size of each multipart part (S3 needs at least 5 MiB for every part but the last).
-    pub multipart_part_bytes: usize,
-    /// DynamoDB table of invoice lines (partition key InvoiceNo, sort key LineId).
-    pub invoices_table: String,
-    /// Global secondary index of `invoices_table` for customer look-ups (CustomerID, InvoiceDate).
-    pub customers_index: String,
-    /// DynamoDB lease table of the Kinesis shard readers: lease owner and sink checkpoints per shard.
-    pub leases_table: String,
-    /// A lease whose counter has not moved for this long is taken over by another instance.
-    #[serde(with = "humantime_serde")]
-    pub lease_duration: Duration,
-    /// Firehose delivery stream that loads the Redshift `sales` table.
-    pub delivery_stream: String,
-    /// IAM role Firehose assumes to write to S3, used only when `shopstream aws init` creates the
-    /// delivery stream (local servers accept any ARN). Empty: init reports a missing delivery
-    /// stream instead of creating it; production creates it from the templates in `deploy/`.
-    pub firehose_role_arn: String,
-    /// Key prefix of the objects a delivery stream created by `aws init` writes into `bucket`.
-    pub firehose_prefix: String,
     /// Attempts per entry when a batch call (PutRecords, BatchWriteItem, PutRecordBatch) reports
     /// some entries failed; the failed ones alone are sent again.
     pub partial_retry_max_attempts: u32,
@@ -88,65 +65,7 @@ impl AwsConfig {
         }
     }
 
-    pub fn validate(&self, all: &Settings) -> Result<(), ConfigError> {
-        let uses_aws = all.stream.backend == Backend::Aws
-            || all.archive.backend == Backend::Aws
-            || all.operational.backend == Backend::Aws
-            || all.warehouse.backend == Backend::Aws
-            || all.dead_letter.backend == Backend::Aws;
-        let need = |key: &'static str, value: &str| {
-            if uses_aws && value.is_empty() {
-                Err(ConfigError::BadValue {
-                    key,
-                    reason: "must be set when a stage uses the aws backend".into(),
-                })
-            } else {
-                Ok(())
-            }
-        };
-        if all.stream.backend == Backend::Aws {
-            need("aws.stream_name", &self.stream_name)?;
-            need("aws.leases_table", &self.leases_table)?;
-        }
-        if all.archive.backend == Backend::Aws || all.dead_letter.backend == Backend::Aws {
-            need("aws.bucket", &self.bucket)?;
-        }
-        if all.operational.backend == Backend::Aws {
-            need("aws.invoices_table", &self.invoices_table)?;
-            need("aws.customers_index", &self.customers_index)?;
-        }
-        if all.warehouse.backend == Backend::Aws {
-            need("aws.delivery_stream", &self.delivery_stream)?;
-        }
-        if !(1..=10_000).contains(&self.stream_shards) {
-            return Err(bad("aws.stream_shards", "must be between 1 and 10000"));
-        }
-        if self.multipart_part_bytes < S3_MIN_PART_BYTES {
-            return Err(bad(
-                "aws.multipart_part_bytes",
-                "must be at least 5242880 (5 MiB, S3's smallest part)",
-            ));
-        }
-        if self.multipart_threshold_bytes < self.multipart_part_bytes {
-            return Err(bad(
-                "aws.multipart_threshold_bytes",
-                "must be at least aws.multipart_part_bytes",
-            ));
-        }
-        if self.lease_duration < Duration::from_millis(100) {
-            return Err(bad("aws.lease_duration", "must be at least 100ms"));
-        }
-        // Leases are renewed once per shard refresh: a lease shorter than two refreshes would be
-        // taken from a live instance between its renewals.
-        if all.stream.backend == Backend::Aws && self.lease_duration < 2 * all.sinks.shard_refresh {
-            return Err(bad(
-                "aws.lease_duration",
-                &format!(
-                    "must be at least twice sinks.shard_refresh ({:?}), which is how often leases are renewed",
-                    all.sinks.shard_refresh
-                ),
-            ));
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, url) in [
             ("aws.endpoint_url", &self.endpoint_url),
             ("aws.kinesis_endpoint_url", &self.kinesis_endpoint_url),
@@ -173,5 +92,140 @@ impl AwsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// A name a stage needs once its backend is `aws`.
+fn need(backend: Backend, key: &'static str, value: &str) -> Result<(), ConfigError> {
+    if backend == Backend::Aws && value.is_empty() {
+        Err(bad(key, "must be set when a stage uses the aws backend"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `[stream.kinesis]`: the stream on Kinesis Data Streams and its DynamoDB lease table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisConfig {
+    /// Kinesis data stream name.
+    pub stream_name: String,
+    /// Shards `shopstream aws init` gives a stream it creates (an existing stream is left alone).
+    pub shards: u32,
+    /// DynamoDB lease table of the Kinesis shard readers: lease owner and sink checkpoints per shard.
+    pub leases_table: String,
+    /// A lease whose counter has not moved for this long is taken over by another instance.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+}
+
+impl KinesisConfig {
+    /// `shard_refresh` is how often leases are renewed (`sinks.shard_refresh`).
+    pub fn validate(&self, backend: Backend, shard_refresh: Duration) -> Result<(), ConfigError> {
+        need(backend, "stream.kinesis.stream_name", &self.stream_name)?;
+        need(backend, "stream.kinesis.leases_table", &self.leases_table)?;
+        if !(1..=10_000).contains(&self.shards) {
+            return Err(bad("stream.kinesis.shards", "must be between 1 and 10000"));
+        }
+        if self.lease_duration < Duration::from_millis(100) {
+            return Err(bad(
+                "stream.kinesis.lease_duration",
+                "must be at least 100ms",
+            ));
+        }
+        // Leases are renewed once per shard refresh: a lease shorter than two refreshes would be
+        // taken from a live instance between its renewals.
+        if backend == Backend::Aws && self.lease_duration < 2 * shard_refresh {
+            return Err(bad(
+                "stream.kinesis.lease_duration",
+                &format!(
+                    "must be at least twice sinks.shard_refresh ({shard_refresh:?}), which is how often leases are renewed"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[archive.s3]`: the S3 bucket of the raw archive, and of the dead letters when they are on
+/// `aws` too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// S3 bucket of the raw archive and dead letters.
+    pub bucket: String,
+    /// Objects of at least this many bytes are written by multipart upload instead of one PUT.
+    pub multipart_threshold_bytes: usize,
+    /// Size of each multipart part (S3 needs at least 5 MiB for every part but the last).
+    pub multipart_part_bytes: usize,
+}
+
+impl S3Config {
+    /// `backend` is `aws` when the archive or the dead letters are on S3.
+    pub fn validate(&self, backend: Backend) -> Result<(), ConfigError> {
+        need(backend, "archive.s3.bucket", &self.bucket)?;
+        if self.multipart_part_bytes < S3_MIN_PART_BYTES {
+            return Err(bad(
+                "archive.s3.multipart_part_bytes",
+                "must be at least 5242880 (5 MiB, S3's smallest part)",
+            ));
+        }
+        if self.multipart_threshold_bytes < self.multipart_part_bytes {
+            return Err(bad(
+                "archive.s3.multipart_threshold_bytes",
+                "must be at least archive.s3.multipart_part_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[operational.dynamodb]`: the operational store on DynamoDB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoDbConfig {
+    /// DynamoDB table of invoice lines (partition key InvoiceNo, sort key LineId).
+    pub invoices_table: String,
+    /// Global secondary index of `invoices_table` for customer look-ups (CustomerID, InvoiceDate).
+    pub customers_index: String,
+}
+
+impl DynamoDbConfig {
+    pub fn validate(&self, backend: Backend) -> Result<(), ConfigError> {
+        need(
+            backend,
+            "operational.dynamodb.invoices_table",
+            &self.invoices_table,
+        )?;
+        need(
+            backend,
+            "operational.dynamodb.customers_index",
+            &self.customers_index,
+        )
+    }
+}
+
+/// `[warehouse.firehose]`: the warehouse as a Firehose delivery stream into Redshift.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirehoseConfig {
+    /// Firehose delivery stream that loads the Redshift `sales` table.
+    pub delivery_stream: String,
+    /// IAM role Firehose assumes to write to S3, used only when `shopstream aws init` creates the
+    /// delivery stream (local servers accept any ARN). Empty: init reports a missing delivery
+    /// stream instead of creating it; production creates it from the templates in `deploy/`.
+    pub role_arn: String,
+    /// Key prefix of the objects a delivery stream created by `aws init` writes into
+    /// `archive.s3.bucket`.
+    pub prefix: String,
+}
+
+impl FirehoseConfig {
+    pub fn validate(&self, backend: Backend) -> Result<(), ConfigError> {
+        need(
+            backend,
+            "warehouse.firehose.delivery_stream",
+            &self.delivery_stream,
+        )
     }
 }

@@ -1,14 +1,36 @@
 //! Settings of the batch path (bulk CSV imports): `shopstream import` and the watcher that
 //! `shopstream serve` runs.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::server::bad;
 use super::ConfigError;
-use crate::batch::Target;
 use crate::model::DateOrder;
+
+/// Which store(s) an import fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The `sales` fact table (the usual case: bulk dumps are for analytics).
+    #[default]
+    Warehouse,
+    /// The operational store only, so bulk-loaded invoices answer the query API.
+    Operational,
+    /// Both, the warehouse first.
+    Both,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Warehouse => "warehouse",
+            Target::Operational => "operational",
+            Target::Both => "both",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! Settings: `config/default.toml` (compiled in, every key documented there), then a file given
 //! with `--config`, then environment variables `SHOPSTREAM__SECTION__KEY` (for example
-//! `SHOPSTREAM__SERVER__PORT=9090`). Unknown keys and bad values stop the start with an error that
+//! `SHOPSTREAM__SERVER__PORT=9090`; a stage's backend section is one level deeper, as in
+//! `SHOPSTREAM__WAREHOUSE__FIREHOSE__DELIVERY_STREAM`). Unknown keys and bad values stop the start with an error that
 //! names the key and where it came from.
 
 mod aws;
@@ -8,8 +9,8 @@ mod import;
 mod pipeline;
 mod server;
 
-pub use aws::{AwsConfig, AwsService};
-pub use import::ImportConfig;
+pub use aws::{AwsConfig, AwsService, DynamoDbConfig, FirehoseConfig, KinesisConfig, S3Config};
+pub use import::{ImportConfig, Target};
 pub use pipeline::{
     ArchiveConfig, Backend, DeadLetterConfig, OperationalConfig, RetryConfig, SinksConfig,
     StreamConfig, WarehouseConfig,
@@ -89,7 +90,21 @@ impl Settings {
         self.sinks.validate()?;
         self.archive.validate()?;
         self.dead_letter.validate()?;
-        self.aws.validate(self)?;
+        self.aws.validate()?;
+        self.stream
+            .kinesis
+            .validate(self.stream.backend, self.sinks.shard_refresh)?;
+        // The dead letters on aws go to the archive's bucket.
+        let s3 = if self.dead_letter.backend == Backend::Aws {
+            Backend::Aws
+        } else {
+            self.archive.backend
+        };
+        self.archive.s3.validate(s3)?;
+        self.operational
+            .dynamodb
+            .validate(self.operational.backend)?;
+        self.warehouse.firehose.validate(self.warehouse.backend)?;
         self.import.validate()?;
         Ok(())
     }
@@ -204,15 +219,53 @@ mod tests {
     #[test]
     fn a_lease_shorter_than_two_renewals_is_refused() {
         let err = load_toml(
-            "[stream]\nbackend = \"aws\"\n[sinks]\nshard_refresh = \"5s\"\n[aws]\nlease_duration = \"8s\"",
+            "[stream]\nbackend = \"aws\"\n[sinks]\nshard_refresh = \"5s\"\n[stream.kinesis]\nlease_duration = \"8s\"",
         )
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("aws.lease_duration") && err.contains("shard_refresh"),
+            err.contains("stream.kinesis.lease_duration") && err.contains("shard_refresh"),
             "{err}"
         );
-        load_toml("[stream]\nbackend = \"aws\"\n[sinks]\nshard_refresh = \"5s\"\n[aws]\nlease_duration = \"10s\"")
+        load_toml("[stream]\nbackend = \"aws\"\n[sinks]\nshard_refresh = \"5s\"\n[stream.kinesis]\nlease_duration = \"10s\"")
             .unwrap();
+    }
+
+    #[test]
+    // See `env_overrides_file`.
+    #[allow(clippy::result_large_err)]
+    fn env_overrides_a_stage_backend_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "SHOPSTREAM__WAREHOUSE__FIREHOSE__DELIVERY_STREAM",
+                "sales-from-env",
+            );
+            jail.set_env("SHOPSTREAM__STREAM__KINESIS__LEASE_DURATION", "45s");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.warehouse.firehose.delivery_stream, "sales-from-env");
+            assert_eq!(
+                s.stream.kinesis.lease_duration,
+                std::time::Duration::from_secs(45)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_stage_backend_key_is_checked_under_its_stage() {
+        let err = load_toml("[warehouse.firehose]\ndelivery_strem = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery_strem"), "{err}");
+        let err = load_toml(
+            "[warehouse]\nbackend = \"aws\"\n[warehouse.firehose]\ndelivery_stream = \"\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("warehouse.firehose.delivery_stream"), "{err}");
+        let err = load_toml("[dead_letter]\nbackend = \"aws\"\n[archive.s3]\nbucket = \"\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("archive.s3.bucket"), "{err}");
     }
 }

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::aws::{DynamoDbConfig, FirehoseConfig, KinesisConfig, S3Config};
 use super::server::bad;
 use super::ConfigError;
 
@@ -13,7 +14,8 @@ use super::ConfigError;
 pub enum Backend {
     /// On this machine, under `data_dir`: no AWS, no server.
     Embedded,
-    /// On AWS (or the local AWS-compatible servers); see `[aws]`.
+    /// On AWS (or the local AWS-compatible servers): the stage's own AWS section
+    /// (`[stream.kinesis]`, `[archive.s3]`, ...) and the shared `[aws]`.
     Aws,
 }
 
@@ -29,6 +31,8 @@ pub struct StreamConfig {
     pub retention: Duration,
     /// Embedded: how many appends may wait for the writer before ingest answers 503.
     pub max_pending_appends: usize,
+    /// Aws: the Kinesis stream and its lease table.
+    pub kinesis: KinesisConfig,
 }
 
 impl StreamConfig {
@@ -120,6 +124,8 @@ pub struct ArchiveConfig {
     /// ...or when its oldest buffered line is this old.
     #[serde(with = "humantime_serde")]
     pub flush_age: Duration,
+    /// Aws: the S3 bucket (shared with the dead letters when they are on aws too).
+    pub s3: S3Config,
 }
 
 impl ArchiveConfig {
@@ -137,6 +143,8 @@ pub struct OperationalConfig {
     pub backend: Backend,
     /// Embedded: SQLite file; relative paths are under `data_dir`.
     pub path: PathBuf,
+    /// Aws: the DynamoDB table and index.
+    pub dynamodb: DynamoDbConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,11 +153,14 @@ pub struct WarehouseConfig {
     pub backend: Backend,
     /// Embedded: SQLite file; relative paths are under `data_dir`.
     pub path: PathBuf,
+    /// Aws: the Firehose delivery stream.
+    pub firehose: FirehoseConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
+    /// Aws: S3, in the archive's bucket (`archive.s3`) under `prefix`.
     pub backend: Backend,
     /// Embedded: folder; relative paths are under `data_dir`.
     pub dir: PathBuf,

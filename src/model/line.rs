@@ -265,42 +265,6 @@ pub struct IngestedLine {
     pub ingested_at: DateTime<Utc>,
 }
 
-/// The payload of one stream record: lines of one invoice from one request, with their origin.
-///
-/// Packing an invoice's lines into one record (up to the record size limit) keeps them in order on
-/// one shard and costs far fewer Kinesis PUT payload units than a record per line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineBatch {
-    pub store_id: String,
-    pub ingested_at: DateTime<Utc>,
-    pub lines: Vec<InvoiceLine>,
-}
-
-/// A [`LineBatch`] borrowed from lines already in memory: ingest serializes records from it
-/// without copying the lines. It serializes to exactly what `LineBatch` reads back.
-#[derive(Debug, Serialize)]
-pub struct LineBatchRef<'a> {
-    pub store_id: &'a str,
-    pub ingested_at: DateTime<Utc>,
-    pub lines: &'a [&'a InvoiceLine],
-}
-
-impl LineBatch {
-    /// The lines with their origin attached, as the sinks store them.
-    pub fn into_ingested(self) -> impl Iterator<Item = IngestedLine> {
-        let LineBatch {
-            store_id,
-            ingested_at,
-            lines,
-        } = self;
-        lines.into_iter().map(move |line| IngestedLine {
-            line,
-            store_id: store_id.clone(),
-            ingested_at,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,24 +348,5 @@ mod tests {
         assert!(s.contains("\"unit_price\":\"2.550\""), "{s}");
         let back: InvoiceLine = serde_json::from_str(&s).unwrap();
         assert_eq!(back, l);
-    }
-
-    #[test]
-    fn a_borrowed_batch_serializes_as_the_owned_one() {
-        let lines = [line("2.55", 0), line("3.39", 1)];
-        let owned = LineBatch {
-            store_id: "store-7".into(),
-            ingested_at: Utc::now(),
-            lines: lines.to_vec(),
-        };
-        let refs: Vec<&InvoiceLine> = lines.iter().collect();
-        let borrowed = LineBatchRef {
-            store_id: "store-7",
-            ingested_at: owned.ingested_at,
-            lines: &refs,
-        };
-        let json = serde_json::to_vec(&borrowed).unwrap();
-        assert_eq!(json, serde_json::to_vec(&owned).unwrap());
-        assert_eq!(serde_json::from_slice::<LineBatch>(&json).unwrap(), owned);
     }
 }

@@ -8,7 +8,6 @@ mod line;
 
 pub mod csv;
 pub mod datetime;
-pub mod generate;
 pub mod json;
 
 pub use error::{shorten, InputError, LineError, LinePosition};
@@ -16,8 +15,8 @@ pub use fields::{
     MAX_COUNTRY_BYTES, MAX_DESCRIPTION_BYTES, MAX_INVOICE_NO_CHARS, MAX_STOCK_CODE_BYTES,
 };
 pub use line::{
-    micros_to_money, money_to_micros, IngestedLine, InvoiceLine, LineBatch, LineBatchRef,
-    LineContent, LineId, Money, OccurrenceCounter, MAX_PRICE_SCALE,
+    micros_to_money, money_to_micros, IngestedLine, InvoiceLine, LineContent, LineId, Money,
+    OccurrenceCounter, MAX_PRICE_SCALE,
 };
 
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The object store on S3: the raw archive and dead letters in `aws.bucket`.
+//! The object store on S3: the raw archive and dead letters in `archive.s3.bucket`.
 
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{ObjectMeta, ObjectStore, ObjectStoreError};
 use crate::aws::{describe, AwsClients};
-use crate::config::AwsConfig;
+use crate::config::S3Config;
 
 /// Objects in one S3 bucket. Small objects go up in one PUT; large ones by multipart upload,
 /// which S3 makes visible atomically on completion (and which this store aborts on any failure,
@@ -22,7 +22,7 @@ pub struct S3ObjectStore {
 
 impl S3ObjectStore {
     /// `part_size` must be at least 5 MiB (S3 refuses smaller parts except the last);
-    /// `AwsConfig::validate` checks the configured value.
+    /// `S3Config::validate` checks the configured value.
     pub fn new(
         client: aws_sdk_s3::Client,
         bucket: impl Into<String>,
@@ -37,7 +37,7 @@ impl S3ObjectStore {
         }
     }
 
-    pub fn from_config(clients: &AwsClients, cfg: &AwsConfig) -> Self {
+    pub fn from_config(clients: &AwsClients, cfg: &S3Config) -> Self {
         Self::new(
             clients.s3.clone(),
             cfg.bucket.clone(),

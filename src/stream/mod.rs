@@ -1,11 +1,15 @@
 //! The durable stream between ingest and the sinks.
 //!
-//! Ingest appends [`LineBatch`](crate::model::LineBatch) records keyed by invoice number; shard
-//! readers read each shard in order from a checkpointed sequence number. Two backends implement
-//! [`Stream`]: an embedded, SQLite-backed log for one machine, and AWS Kinesis Data Streams.
+//! Ingest appends `LineBatch` records keyed by invoice number (the format is
+//! encoded and decoded in `stream::record` only); shard readers read each shard in order from a
+//! checkpointed sequence number. Two backends implement [`Stream`]: an embedded, SQLite-backed log
+//! for one machine, and AWS Kinesis Data Streams. Which shards an instance reads is its
+//! [`ShardOwnership`]: all of them embedded, those whose lease it holds on Kinesis.
 
 pub mod embedded;
 pub mod kinesis;
+mod ownership;
+pub(crate) mod record;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +21,7 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
 mod sequence;
 
+pub use ownership::{AllShards, ShardOwnership};
 pub use sequence::{BadSequenceNumber, SequenceNumber};
 
 /// A shard's name: `shard-0000` embedded, `shardId-000000000000` on Kinesis.
@@ -37,7 +42,7 @@ impl fmt::Display for ShardId {
 pub struct PutRecord {
     /// The invoice number: all lines of an invoice land on one shard, in order.
     pub partition_key: String,
-    /// A serialized [`LineBatch`](crate::model::LineBatch) (JSON).
+    /// A serialized `LineBatch` (see `stream::record`).
     pub data: Bytes,
     /// The identity of the record's content (a hash of its line ids). A backend that can check it
     /// (the embedded log) answers a record it already holds with where that one landed instead of
@@ -170,9 +175,20 @@ pub trait Stream: Send + Sync + 'static {
     async fn health(&self) -> Result<(), StreamError>;
 }
 
-/// The three sinks the shard readers feed; each keeps its own checkpoint per shard.
+/// The three sinks the shard readers feed; each keeps its own checkpoint per shard. The command
+/// line names them the same way (`--sink archive`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum SinkKind {

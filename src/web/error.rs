@@ -5,7 +5,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use super::ingest::Rejection;
+use crate::model::{LineError, LinePosition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +33,36 @@ pub enum ApiError {
     },
     #[error("a backend is unavailable: {0}; retry later (line ids make retries safe)")]
     Unavailable(String),
+}
+
+/// One rejected line in an answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// 0-based index of the line in a JSON array or NDJSON body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// Row number of a CSV body as an editor shows it (the header is row 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    pub field: Option<&'static str>,
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl From<&LineError> for Rejection {
+    fn from(e: &LineError) -> Self {
+        let (index, row) = match e.position {
+            LinePosition::Index(i) => (Some(i), None),
+            LinePosition::Row(r) => (None, Some(r)),
+        };
+        Rejection {
+            index,
+            row,
+            field: e.field,
+            value: e.value.clone(),
+            reason: e.reason.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -9,20 +9,18 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::error::ApiError;
+use super::error::{ApiError, Rejection};
 use super::AppState;
-use crate::model::{
-    parse_body, DateOrder, InvoiceLine, LineBatchRef, LineError, LinePosition, ParseOptions,
-};
-use crate::stream::{PutRecord, StreamError, MAX_RECORD_BYTES};
+use crate::model::{parse_body, DateOrder, ParseOptions};
+use crate::stream::{record, PutRecord, StreamError};
 
-pub fn config(cfg: &mut web::ServiceConfig) {
+pub(crate) fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/invoices", web::post().to(ingest));
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IngestQuery {
+pub(crate) struct IngestQuery {
     /// All or nothing: one bad line rejects the request and nothing is written.
     #[serde(default)]
     atomic: bool,
@@ -32,36 +30,6 @@ pub struct IngestQuery {
     /// Validate only: answer what would be accepted and rejected, write nothing.
     #[serde(default)]
     dry_run: bool,
-}
-
-/// One rejected line in an answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rejection {
-    /// 0-based index of the line in a JSON array or NDJSON body.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<usize>,
-    /// Row number of a CSV body as an editor shows it (the header is row 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub row: Option<u64>,
-    pub field: Option<&'static str>,
-    pub value: Option<String>,
-    pub reason: String,
-}
-
-impl From<&LineError> for Rejection {
-    fn from(e: &LineError) -> Self {
-        let (index, row) = match e.position {
-            LinePosition::Index(i) => (Some(i), None),
-            LinePosition::Row(r) => (None, Some(r)),
-        };
-        Rejection {
-            index,
-            row,
-            field: e.field,
-            value: e.value.clone(),
-            reason: e.reason.clone(),
-        }
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -142,7 +110,7 @@ async fn ingest(
     }
 
     let records =
-        records_for(&store, &parsed.lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
+        record::encode(&store, &parsed.lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
     if !query.dry_run {
         state.append(records).await?;
         crate::metrics::LINES_ACCEPTED
@@ -180,79 +148,6 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-/// Groups the lines by invoice (in the order invoices first appear) into stream records: one
-/// record per invoice, split in order when an invoice does not fit one record. Keeping an
-/// invoice's lines in one record keeps them on one shard, in order, and costs one Kinesis PUT
-/// payload unit per ~25 KB instead of one per line.
-pub fn records_for(
-    store_id: &str,
-    lines: &[InvoiceLine],
-) -> Result<Vec<PutRecord>, serde_json::Error> {
-    let ingested_at = chrono::Utc::now();
-    let mut order: Vec<&str> = Vec::new();
-    let mut by_invoice: std::collections::HashMap<&str, Vec<&InvoiceLine>> =
-        std::collections::HashMap::new();
-    for line in lines {
-        by_invoice
-            .entry(line.invoice_no.as_str())
-            .or_insert_with(|| {
-                order.push(line.invoice_no.as_str());
-                Vec::new()
-            })
-            .push(line);
-    }
-    let mut records = Vec::with_capacity(order.len());
-    for invoice in order {
-        push_records(
-            store_id,
-            ingested_at,
-            invoice,
-            &by_invoice[invoice],
-            &mut records,
-        )?;
-    }
-    Ok(records)
-}
-
-fn push_records(
-    store_id: &str,
-    ingested_at: chrono::DateTime<chrono::Utc>,
-    invoice: &str,
-    lines: &[&InvoiceLine],
-    out: &mut Vec<PutRecord>,
-) -> Result<(), serde_json::Error> {
-    let batch = LineBatchRef {
-        store_id,
-        ingested_at,
-        lines,
-    };
-    let data = serde_json::to_vec(&batch)?;
-    if data.len() + invoice.len() <= MAX_RECORD_BYTES || lines.len() == 1 {
-        out.push(PutRecord {
-            partition_key: invoice.to_owned(),
-            data: Bytes::from(data),
-            dedup_key: Some(dedup_key(lines)),
-        });
-        return Ok(());
-    }
-    let (a, b) = lines.split_at(lines.len() / 2);
-    push_records(store_id, ingested_at, invoice, a, out)?;
-    push_records(store_id, ingested_at, invoice, b, out)
-}
-
-/// The identity of a record's content: its line ids, in order. A retried request makes the same
-/// records, so the stream can recognise them.
-fn dedup_key(lines: &[&InvoiceLine]) -> [u8; 16] {
-    let mut h = blake3::Hasher::new();
-    h.update(b"shopstream.record.v1\0");
-    for line in lines {
-        h.update(line.line_id.as_str().as_bytes());
-    }
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&h.finalize().as_bytes()[..16]);
-    key
 }
 
 impl AppState {

@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use shopstream::aws::AwsClients;
-use shopstream::config::AwsConfig;
+use shopstream::config::{
+    AwsConfig, DynamoDbConfig, FirehoseConfig, KinesisConfig, S3Config, Settings,
+};
 
 pub use crate::common::AWS_TEST_ENV as ENV;
 
@@ -236,65 +238,87 @@ pub fn emulator_errors() -> String {
 }
 
 /// Settings of the AWS backends pointed at the local server, with resource names unique to
-/// `test` and short leases and backoffs.
-pub fn aws_config(test: &str) -> AwsConfig {
+/// `test` and short leases and backoffs. The stages' `backend` keys keep their defaults
+/// ([`serve_toml`] sets them to aws).
+pub fn aws_config(test: &str) -> Settings {
     let name = format!("t-{}", test.replace('_', "-"));
-    AwsConfig {
+    let mut s = Settings::load(None).expect("the default settings load");
+    s.aws = AwsConfig {
         region: "us-east-1".into(),
         endpoint_url: moto().endpoint.clone(),
         kinesis_endpoint_url: String::new(),
         s3_endpoint_url: String::new(),
         dynamodb_endpoint_url: String::new(),
         firehose_endpoint_url: String::new(),
-        stream_name: format!("{name}-stream"),
-        stream_shards: 4,
-        bucket: format!("{name}-bucket"),
-        multipart_threshold_bytes: 6 * 1024 * 1024,
-        multipart_part_bytes: 5 * 1024 * 1024,
-        invoices_table: format!("{name}-invoices"),
-        customers_index: "by-customer".into(),
-        leases_table: format!("{name}-leases"),
-        lease_duration: Duration::from_millis(800),
-        delivery_stream: format!("{name}-sales"),
-        firehose_role_arn: "arn:aws:iam::123456789012:role/firehose-local".into(),
-        firehose_prefix: "warehouse/".into(),
         partial_retry_max_attempts: 10,
         partial_retry_initial_backoff: Duration::from_millis(10),
         partial_retry_max_backoff: Duration::from_millis(200),
-    }
+    };
+    s.stream.kinesis = KinesisConfig {
+        stream_name: format!("{name}-stream"),
+        shards: 4,
+        leases_table: format!("{name}-leases"),
+        lease_duration: Duration::from_millis(800),
+    };
+    s.archive.s3 = S3Config {
+        bucket: format!("{name}-bucket"),
+        multipart_threshold_bytes: 6 * 1024 * 1024,
+        multipart_part_bytes: 5 * 1024 * 1024,
+    };
+    s.operational.dynamodb = DynamoDbConfig {
+        invoices_table: format!("{name}-invoices"),
+        customers_index: "by-customer".into(),
+    };
+    s.warehouse.firehose = FirehoseConfig {
+        delivery_stream: format!("{name}-sales"),
+        role_arn: "arn:aws:iam::123456789012:role/firehose-local".into(),
+        prefix: "warehouse/".into(),
+    };
+    s
 }
 
 /// Clients of `cfg` with the test credentials given directly: the test process's environment
 /// is never changed (other test threads read it).
-pub async fn clients(cfg: &AwsConfig) -> AwsClients {
+pub async fn clients(cfg: &Settings) -> AwsClients {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(cfg.region.clone()))
+        .region(Region::new(cfg.aws.region.clone()))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .load()
         .await;
-    AwsClients::from_shared(&shared, cfg)
+    AwsClients::from_shared(&shared, &cfg.aws)
 }
 
 /// `cfg` with Kinesis on kinesalite.
-pub fn on_kinesalite(mut cfg: AwsConfig) -> AwsConfig {
-    cfg.kinesis_endpoint_url = kinesalite().endpoint.clone();
+pub fn on_kinesalite(mut cfg: Settings) -> Settings {
+    cfg.aws.kinesis_endpoint_url = kinesalite().endpoint.clone();
     cfg
 }
 
 /// The settings of `shopstream serve` with every stage on the AWS backends of `cfg`, fast timers.
-pub fn serve_toml(cfg: &AwsConfig) -> String {
+pub fn serve_toml(cfg: &Settings) -> String {
     format!(
         r#"
 [stream]
 backend = "aws"
+[stream.kinesis]
+stream_name = "{stream}"
+leases_table = "{leases}"
+lease_duration = "{lease}ms"
 [archive]
 backend = "aws"
 flush_age = "200ms"
+[archive.s3]
+bucket = "{bucket}"
 [operational]
 backend = "aws"
+[operational.dynamodb]
+invoices_table = "{invoices}"
 [warehouse]
 backend = "aws"
+[warehouse.firehose]
+delivery_stream = "{sales}"
+prefix = "{prefix}"
 [dead_letter]
 backend = "aws"
 [sinks]
@@ -308,43 +332,36 @@ kinesis_endpoint_url = "{kinesis}"
 s3_endpoint_url = "{s3}"
 dynamodb_endpoint_url = "{dynamodb}"
 firehose_endpoint_url = "{firehose}"
-stream_name = "{stream}"
-bucket = "{bucket}"
-invoices_table = "{invoices}"
-leases_table = "{leases}"
-lease_duration = "{lease}ms"
-delivery_stream = "{sales}"
-firehose_prefix = "{prefix}"
 partial_retry_initial_backoff = "10ms"
 partial_retry_max_backoff = "200ms"
 "#,
-        endpoint = cfg.endpoint_url,
-        kinesis = cfg.kinesis_endpoint_url,
-        s3 = cfg.s3_endpoint_url,
-        dynamodb = cfg.dynamodb_endpoint_url,
-        firehose = cfg.firehose_endpoint_url,
-        stream = cfg.stream_name,
-        bucket = cfg.bucket,
-        invoices = cfg.invoices_table,
-        leases = cfg.leases_table,
-        lease = cfg.lease_duration.as_millis(),
-        sales = cfg.delivery_stream,
-        prefix = cfg.firehose_prefix,
+        endpoint = cfg.aws.endpoint_url,
+        kinesis = cfg.aws.kinesis_endpoint_url,
+        s3 = cfg.aws.s3_endpoint_url,
+        dynamodb = cfg.aws.dynamodb_endpoint_url,
+        firehose = cfg.aws.firehose_endpoint_url,
+        stream = cfg.stream.kinesis.stream_name,
+        bucket = cfg.archive.s3.bucket,
+        invoices = cfg.operational.dynamodb.invoices_table,
+        leases = cfg.stream.kinesis.leases_table,
+        lease = cfg.stream.kinesis.lease_duration.as_millis(),
+        sales = cfg.warehouse.firehose.delivery_stream,
+        prefix = cfg.warehouse.firehose.prefix,
     )
 }
 
 /// Runs `scripts/ops/readback.py`, the independent boto3 read-back, against what `cfg` names and
 /// the input `files`; panics with its report when a sink does not match the input.
-pub fn readback(cfg: &AwsConfig, files: &[&std::path::Path], allow_duplicates: &[&str]) -> String {
+pub fn readback(cfg: &Settings, files: &[&std::path::Path], allow_duplicates: &[&str]) -> String {
     let mut cmd = Command::new("python3");
     cmd.arg("scripts/ops/readback.py")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--endpoint", &cfg.endpoint_url])
-        .args(["--region", &cfg.region])
-        .args(["--bucket", &cfg.bucket])
-        .args(["--invoices-table", &cfg.invoices_table])
+        .args(["--endpoint", &cfg.aws.endpoint_url])
+        .args(["--region", &cfg.aws.region])
+        .args(["--bucket", &cfg.archive.s3.bucket])
+        .args(["--invoices-table", &cfg.operational.dynamodb.invoices_table])
         .args(["--archive-prefix", "raw/"])
-        .args(["--firehose-prefix", &cfg.firehose_prefix]);
+        .args(["--firehose-prefix", &cfg.warehouse.firehose.prefix]);
     for f in files {
         cmd.arg("--input").arg(f);
     }
@@ -368,7 +385,7 @@ pub fn readback(cfg: &AwsConfig, files: &[&std::path::Path], allow_duplicates: &
 }
 
 /// Clients for `cfg`, with every resource of `cfg` created by `aws init`'s code.
-pub async fn init(cfg: &AwsConfig) -> AwsClients {
+pub async fn init(cfg: &Settings) -> AwsClients {
     let c = clients(cfg).await;
     shopstream::cli::aws::init(&c, cfg, Duration::from_secs(30))
         .await

@@ -15,7 +15,8 @@ use indicatif::ProgressBar;
 
 use super::options::{ImportOptions, Target};
 use super::report::{FileOutcome, FileReport, RunSummary};
-use super::source::{parse_source, Source, SourceFile};
+use super::source::{Source, SourceFile};
+use super::spec::parse_source;
 use super::ImportError;
 use crate::store::operational::sqlite::SqliteOperationalStore;
 use crate::store::warehouse::sqlite::SqliteWarehouse;

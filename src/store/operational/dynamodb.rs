@@ -1,8 +1,8 @@
 //! The operational store on DynamoDB.
 //!
-//! One table, `aws.invoices_table`: partition key `InvoiceNo`, sort key `LineId`, one item per
+//! One table, `operational.dynamodb.invoices_table`: partition key `InvoiceNo`, sort key `LineId`, one item per
 //! line, written by key (so a redelivered line overwrites itself). Customer look-ups use the
-//! global secondary index `aws.customers_index` (partition key `CustomerID`, sort key
+//! global secondary index `operational.dynamodb.customers_index` (partition key `CustomerID`, sort key
 //! `InvoiceDate`, all attributes projected); lines without a customer have no `CustomerID` and so
 //! stay out of the index. Why an index rather than a second table: see `docs/aws.md`.
 //!
@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use super::{Invoice, InvoiceSummary, OperationalStore};
 use crate::aws::{retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure};
-use crate::config::AwsConfig;
+use crate::config::{AwsConfig, DynamoDbConfig};
 use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
 use crate::store::StoreError;
 
@@ -53,12 +53,12 @@ impl DynamoOperationalStore {
         }
     }
 
-    pub fn from_config(clients: &AwsClients, cfg: &AwsConfig) -> Self {
+    pub fn from_config(clients: &AwsClients, aws: &AwsConfig, cfg: &DynamoDbConfig) -> Self {
         Self::new(
             clients.dynamodb.clone(),
             cfg.invoices_table.clone(),
             cfg.customers_index.clone(),
-            EntryRetry::from_config(cfg),
+            EntryRetry::from_config(aws),
         )
     }
 

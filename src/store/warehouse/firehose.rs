@@ -23,7 +23,7 @@ use super::{
 use crate::aws::{
     is_retriable_code, retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure,
 };
-use crate::config::AwsConfig;
+use crate::config::{AwsConfig, FirehoseConfig};
 use crate::model::{money_to_micros, IngestedLine};
 use crate::store::StoreError;
 
@@ -154,11 +154,11 @@ impl FirehoseWarehouse {
         }
     }
 
-    pub fn from_config(clients: &AwsClients, cfg: &AwsConfig) -> Self {
+    pub fn from_config(clients: &AwsClients, aws: &AwsConfig, cfg: &FirehoseConfig) -> Self {
         Self::new(
             clients.firehose.clone(),
             cfg.delivery_stream.clone(),
-            EntryRetry::from_config(cfg),
+            EntryRetry::from_config(aws),
         )
     }
 

@@ -12,7 +12,7 @@ use crate::aws::{
     describe, error_code, is_retriable_code, retry_entries, AwsClients, EntryOutcome, EntryRetry,
     PartialFailure,
 };
-use crate::config::AwsConfig;
+use crate::config::{AwsConfig, KinesisConfig};
 use crate::stream::Position;
 use crate::stream::{
     PutRecord, PutResult, ReadBatch, Record, SequenceNumber, ShardId, ShardInfo, Stream,
@@ -71,11 +71,11 @@ impl KinesisStream {
         }
     }
 
-    pub fn from_config(clients: &AwsClients, cfg: &AwsConfig) -> Self {
+    pub fn from_config(clients: &AwsClients, aws: &AwsConfig, cfg: &KinesisConfig) -> Self {
         Self::new(
             clients.kinesis.clone(),
             cfg.stream_name.clone(),
-            EntryRetry::from_config(cfg),
+            EntryRetry::from_config(aws),
         )
     }
 
@@ -100,7 +100,7 @@ impl KinesisStream {
 
     fn missing_stream(&self) -> StreamError {
         StreamError::Backend(format!(
-            "stream {} does not exist: run `shopstream aws init`, or check aws.stream_name, \
+            "stream {} does not exist: run `shopstream aws init`, or check stream.kinesis.stream_name, \
              aws.region and the Kinesis endpoint",
             self.stream_name
         ))

@@ -1,0 +1,36 @@
+//! Which [`Source`] a source named on the command line or in `import.watch` is: the one place
+//! that knows every kind of source, so that the sources themselves need not know each other.
+
+use super::s3::S3Source;
+use super::source::{LocalSource, Source};
+use super::ImportError;
+
+/// A source named on the command line or in `import.watch`: `s3://bucket/prefix` (read with
+/// `s3`); anything with `*`, `?` or `[` is a glob; otherwise a file or a folder.
+///
+/// # Errors
+/// [`ImportError::Source`] for an `s3://` source without an S3 client or a malformed one, or a
+/// malformed glob.
+pub fn parse_source(
+    spec: &str,
+    s3: Option<&aws_sdk_s3::Client>,
+) -> Result<Box<dyn Source>, ImportError> {
+    if spec.starts_with("s3://") {
+        let client = s3.ok_or_else(|| ImportError::Source {
+            source_name: spec.to_owned(),
+            reason: "no S3 client was set up for this import; this is a bug in the caller".into(),
+        })?;
+        return Ok(Box::new(S3Source::new(client.clone(), spec)?));
+    }
+    Ok(Box::new(LocalSource::new(spec)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_source_needs_a_client() {
+        assert!(parse_source("s3://bucket/prefix", None).is_err());
+    }
+}
