@@ -32,7 +32,9 @@ pub struct ShardSinkSettings {
     pub retry: RetryConfig,
 }
 
-/// Why a run of the actor ended early; the supervisor restarts it.
+/// Why a run of the actor ended early. Today the only way is a stop request: every failure of the
+/// stream, the checkpoint store or the sink is retried in place, so the supervisor's restart (see
+/// [`ShardSink`]) is there for a run that ends with an error, which none does yet.
 #[derive(Debug, thiserror::Error)]
 enum RunError {
     #[error("stop requested while retrying")]
