@@ -6,9 +6,13 @@
   (c) time until the full dataset is visible in all three sinks, from the first request
   (d) ack latency p50/p99 at half the rate of (b)
   (e) peak RSS of the server in (b), and under 3x overload (three times the clients, no rate limit)
+  (f) server CPU per line (user + system, from /proc/PID/stat): in (a), and in (b)+(c) end to end
+      (ingest, stream, all three sinks). CPU time holds on a shared, noisy machine where wall
+      time does not, so before/after comparisons should quote (f).
 
-Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3]
-It builds the release binary, generates the dataset into bench-out/, and prints a table.
+Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3] [--bin PATH]
+It builds the release binary (or takes --bin, e.g. an older build to compare with), generates the
+dataset into bench-out/, and prints a table.
 The client (replay) runs on the same 2 cores as the server: figures are for the pair.
 """
 
@@ -63,6 +67,13 @@ class Server:
         else:
             sys.exit("the server did not start; see " + self.log.name)
 
+    def cpu_seconds(self):
+        """User + system CPU time the server has used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -102,31 +113,41 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--stores", type=int, default=8)
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--bin", help="a shopstream binary to measure instead of building this tree's")
     args = ap.parse_args()
 
+    global BIN
     os.makedirs(OUT, exist_ok=True)
-    sh("cargo", "build", "--release", "--locked", "--quiet", cwd=ROOT)
+    if args.bin:
+        BIN = os.path.abspath(args.bin)
+    else:
+        sh("cargo", "build", "--release", "--locked", "--quiet", cwd=ROOT)
     data = os.path.join(OUT, f"retail-{args.lines}.csv")
     if not os.path.exists(data):
         sh(BIN, "generate", "--lines", str(args.lines), "--output", data)
     load = ["--stores", str(args.stores), "--batch", str(args.batch)]
 
-    ceiling, durable, visible, rss = [], [], [], []
+    ceiling, durable, visible, rss, cpu_dry, cpu_all = [], [], [], [], [], []
     for run in range(args.runs):
         srv = Server(f"run{run}")
+        c0 = srv.cpu_seconds()
         a = replay(srv.url, data, *load, "--dry-run")
         ceiling.append(a["lines_per_second"])
+        c1 = srv.cpu_seconds()
+        cpu_dry.append((c1 - c0) / args.lines * 1e6)
         t0 = time.monotonic()
         b = replay(srv.url, data, *load)
         assert b["lines_accepted"] == args.lines, b
         durable.append(b["lines_per_second"])
         srv.wait_caught_up()
         visible.append(time.monotonic() - t0)
+        cpu_all.append((srv.cpu_seconds() - c1) / args.lines * 1e6)
         rss.append(srv.peak_rss_mb())
         srv.stop()
         print(f"run {run + 1}: ceiling {a['lines_per_second']:,.0f} lines/s, durable "
               f"{b['lines_per_second']:,.0f} lines/s, in all sinks after {visible[-1]:.2f} s, "
-              f"peak RSS {rss[-1]:.0f} MB", file=sys.stderr)
+              f"peak RSS {rss[-1]:.0f} MB, server CPU {cpu_dry[-1]:.1f} us/line dry-run, "
+              f"{cpu_all[-1]:.1f} us/line end to end", file=sys.stderr)
 
     half = statistics.median(durable) / 2
     srv = Server("half")
@@ -156,6 +177,8 @@ def main():
     print(f"(d) ack latency at {half:,.0f} lines/s   p50 {d['latency_p50_ms']:.1f} ms, p99 {d['latency_p99_ms']:.1f} ms, max {d['latency_max_ms']:.1f} ms")
     print(f"(e) peak RSS in (b)                   {med(rss):>12.0f} MB")
     print(f"    peak RSS under 3x overload        {overload_rss:>12.0f} MB  ({accepted:,} lines acknowledged, {busy:,} busy answers honoured)")
+    print(f"(f) server CPU per line, dry-run      {med(cpu_dry):>12.1f} us        (runs: {', '.join(f'{x:.1f}' for x in cpu_dry)})")
+    print(f"    server CPU per line, end to end   {med(cpu_all):>12.1f} us        (runs: {', '.join(f'{x:.1f}' for x in cpu_all)})")
 
 
 if __name__ == "__main__":
