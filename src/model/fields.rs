@@ -18,6 +18,20 @@ pub const MAX_COUNTRY_BYTES: usize = 128;
 /// Longest invoice number, in characters.
 pub const MAX_INVOICE_NO_CHARS: usize = 20;
 
+/// Largest accepted quantity, in units, either sign: `Quantity` must lie in
+/// `-MAX_QUANTITY..=MAX_QUANTITY`. The real dataset's extreme is 80,995 units (and its
+/// cancellation); a million leaves more than tenfold headroom.
+///
+/// With [`MAX_UNIT_PRICE`] and six decimals at most, a line total is at most 10^12 pounds, 10^18
+/// millionths: every line fits an `i64` of millionths, and any sum of fewer than 2^63 lines fits
+/// the `i128` the stores keep their sums in (`crate::store::sum`). These bounds are what make
+/// the stores' sums safe: raise them only with that arithmetic redone.
+pub const MAX_QUANTITY: i64 = 1_000_000;
+/// Largest accepted unit price, in pounds, either sign: `UnitPrice` must lie in
+/// `-MAX_UNIT_PRICE..=MAX_UNIT_PRICE` (with at most [`MAX_PRICE_SCALE`] decimals). The real
+/// dataset's extreme is 38,970.00 (a manual adjustment); a million leaves 25-fold headroom.
+pub const MAX_UNIT_PRICE: i64 = 1_000_000;
+
 /// A field of the dataset, plus the client's optional line number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Field {
@@ -188,9 +202,7 @@ impl<'a> RawLine<'a> {
         let description = at.optional(Field::Description, description, |g| {
             text_of(g, MAX_DESCRIPTION_BYTES, "a product name")
         })?;
-        let quantity = at.required(Field::Quantity, quantity, |g| {
-            whole_of(g, "a whole number of units (e.g. 6 or -2)")
-        })?;
+        let quantity = at.required(Field::Quantity, quantity, quantity_of)?;
         let date = at.required(Field::InvoiceDate, date, date_of)?;
         let unit_price = at.required(Field::UnitPrice, price, price_of)?;
         let customer_id = at.optional(Field::CustomerId, customer, |g| {
@@ -288,6 +300,9 @@ fn not_a(kind: &str, expected: &str) -> String {
 
 fn text_of(given: &Given<'_>, max_bytes: usize, expected: &str) -> Check<String> {
     match given {
+        Given::Text(t) | Given::Number(t) if t.contains('\0') => Err(format!(
+            "contains a NUL character (\\0, U+0000); remove it (expected {expected})"
+        )),
         Given::Text(t) | Given::Number(t) if t.len() <= max_bytes => Ok((*t).to_owned()),
         Given::Text(_) | Given::Number(_) => Err(format!(
             "is longer than {max_bytes} bytes (expected {expected})"
@@ -328,6 +343,19 @@ fn whole_of(given: &Given<'_>, expected: &str) -> Check<i64> {
         }
         Given::Other(kind) => Err(not_a(kind, expected)),
     }
+}
+
+/// A whole number of units within `±`[`MAX_QUANTITY`].
+fn quantity_of(given: &Given<'_>) -> Check<i64> {
+    const EXPECTED: &str = "a whole number of units (e.g. 6 or -2)";
+    let n = whole_of(given, EXPECTED)?;
+    if n.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
+        return Err(format!(
+            "is outside the accepted range of -{MAX_QUANTITY} to {MAX_QUANTITY} units; \
+             send a real quantity, or split a larger one into several lines"
+        ));
+    }
+    Ok(n)
 }
 
 fn natural_of(given: &Given<'_>, expected: &str) -> Check<u64> {
@@ -382,6 +410,12 @@ fn price_of(given: &Given<'_>) -> Check<Money> {
                 return Err(format!(
                     "has {} decimal places; at most {MAX_PRICE_SCALE} are allowed (expected {EXPECTED})",
                     price.scale()
+                ));
+            }
+            if price.abs() > Decimal::from(MAX_UNIT_PRICE) {
+                return Err(format!(
+                    "is outside the accepted range of -{MAX_UNIT_PRICE} to {MAX_UNIT_PRICE} pounds \
+                     a unit; send a real price (a larger amount is no unit price)"
                 ));
             }
             Ok(price)
@@ -533,6 +567,76 @@ mod tests {
         assert_eq!(e.field, Some("InvoiceDate"));
         let e = error_of(&[(Field::CustomerId, Value::Number("-5"))]);
         assert!(e.reason.starts_with("is negative"), "{e}");
+    }
+
+    #[test]
+    fn quantity_and_price_are_bounded() {
+        // The bounds themselves are accepted, in both signs.
+        for (q, p) in [
+            ("1000000", "1000000"),
+            ("-1000000", "-1000000"),
+            ("80995", "38970.00"),
+            ("0", "0"),
+            ("1e6", "999999.999999"),
+        ] {
+            let d = full(&[
+                (Field::Quantity, Value::Number(q)),
+                (Field::UnitPrice, Value::Number(p)),
+            ])
+            .check(AT)
+            .unwrap_or_else(|e| panic!("{q} x {p}: {e}"));
+            assert!(d.quantity.abs() <= MAX_QUANTITY);
+        }
+        for q in [
+            "1000001",
+            "-1000001",
+            "9223372036854775807",
+            "-9223372036854775808",
+        ] {
+            let e = error_of(&[(Field::Quantity, Value::Number(q))]);
+            assert_eq!(e.field, Some("Quantity"), "{q}");
+            assert!(
+                e.reason
+                    .contains("outside the accepted range of -1000000 to 1000000 units"),
+                "{e}"
+            );
+        }
+        for p in [
+            "1000000.000001",
+            "-1000000.01",
+            "1e11",
+            "1e20",
+            "100000000000",
+        ] {
+            let e = error_of(&[(Field::UnitPrice, Value::Number(p))]);
+            assert_eq!(e.field, Some("UnitPrice"), "{p}");
+            assert!(
+                e.reason
+                    .contains("outside the accepted range of -1000000 to 1000000 pounds"),
+                "{p}: {e}"
+            );
+        }
+        // Beyond a Decimal's 28 digits it is no number at all, still naming the field.
+        let e = error_of(&[(Field::UnitPrice, Value::Number("1e40"))]);
+        assert_eq!(e.field, Some("UnitPrice"));
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        for field in [Field::StockCode, Field::Description, Field::Country] {
+            let e = error_of(&[(field, Value::Text("AB\0C".into()))]);
+            assert_eq!(e.field, Some(field.name()));
+            assert!(e.reason.contains("NUL character"), "{e}");
+        }
+        for field in [
+            Field::InvoiceNo,
+            Field::Quantity,
+            Field::UnitPrice,
+            Field::CustomerId,
+        ] {
+            let e = error_of(&[(field, Value::Text("5\0".into()))]);
+            assert_eq!(e.field, Some(field.name()), "{e}");
+        }
     }
 
     #[test]

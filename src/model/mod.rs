@@ -12,7 +12,8 @@ pub mod json;
 
 pub use error::{shorten, InputError, LineError, LinePosition};
 pub use fields::{
-    MAX_COUNTRY_BYTES, MAX_DESCRIPTION_BYTES, MAX_INVOICE_NO_CHARS, MAX_STOCK_CODE_BYTES,
+    MAX_COUNTRY_BYTES, MAX_DESCRIPTION_BYTES, MAX_INVOICE_NO_CHARS, MAX_QUANTITY,
+    MAX_STOCK_CODE_BYTES, MAX_UNIT_PRICE,
 };
 pub use line::{
     micros_to_money, money_to_micros, IngestedLine, InvoiceLine, LineContent, LineId, Money,
