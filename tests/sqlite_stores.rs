@@ -375,12 +375,161 @@ async fn data_survives_close_and_reopen_and_rollups_are_rebuilt() {
     rusqlite::Connection::open(&path)
         .unwrap()
         .execute_batch(
-            "DELETE FROM sales_daily; DELETE FROM sales_products; DELETE FROM sales_invoices;",
+            "DELETE FROM sales_daily_sums; DELETE FROM sales_product_sums;
+             DELETE FROM sales_invoices;",
         )
         .unwrap();
     let wh = SqliteWarehouse::open(&path).unwrap();
     assert_eq!(wh.summary().await.unwrap().unwrap(), before);
     assert!(wh.health().await.is_ok() && ops.health().await.is_ok());
+}
+
+/// Extreme accepted lines (±1,000,000 units at ±1,000,000 a unit, 10^18 millionths each) add up
+/// far past an `i64` in every sum the stores keep: the rollups, the summary, an invoice's total, a
+/// customer's invoices and the reconciliation totals all read back exactly.
+#[tokio::test]
+async fn sums_of_extreme_lines_pass_64_bits_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ops, wh) = stores(&dir);
+    let uk = "United Kingdom";
+    let mut lines = Vec::new();
+    for i in 0..40 {
+        lines.push(line(
+            "536500",
+            i,
+            "BIG",
+            1_000_000,
+            "1000000",
+            date(1 + (i % 3) as u32, 9),
+            Some(99),
+            uk,
+        ));
+    }
+    lines.push(line(
+        "C536501",
+        0,
+        "BIG",
+        -1_000_000,
+        "1000000",
+        date(4, 9),
+        Some(99),
+        uk,
+    ));
+    lines.push(line(
+        "536502",
+        0,
+        "SMALL",
+        3,
+        "0.000001",
+        date(4, 9),
+        Some(99),
+        "France",
+    ));
+    for chunk in lines.chunks(7) {
+        ops.upsert(chunk).await.unwrap();
+        wh.insert(chunk).await.unwrap();
+    }
+    // 39 net lines of 10^12 pounds plus 3 millionths: past i64::MAX millionths fourfold.
+    let expected = money("39000000000000.000003");
+    assert_eq!(ops.totals().await.unwrap(), (42, expected));
+    let s = wh.summary().await.unwrap().unwrap();
+    assert_eq!(s.revenue, expected);
+    assert_eq!(
+        (s.lines, s.cancellation_lines, s.invoices, s.customers),
+        (42, 1, 3, 1)
+    );
+    let day_of = |d: &str| s.by_day.iter().find(|(k, _)| k == d).map(|(_, v)| *v);
+    assert_eq!(day_of("2010-12-01"), Some(money("14000000000000")));
+    assert_eq!(day_of("2010-12-04"), Some(money("-999999999999.999997")));
+    assert_eq!(s.by_month, vec![("2010-12".to_owned(), expected)]);
+    assert_eq!(s.top_products[0].stock_code, "BIG");
+    assert_eq!(s.top_products[0].quantity, 39_000_000);
+    assert_eq!(s.top_products[0].revenue, money("39000000000000"));
+    assert_eq!(
+        ops.invoice("536500").await.unwrap().unwrap().total,
+        money("40000000000000")
+    );
+    let invoices = ops.customer_invoices(99, None, None).await.unwrap();
+    let totals: Vec<(String, Money)> = invoices
+        .iter()
+        .map(|i| (i.invoice_no.clone(), i.total))
+        .collect();
+    assert_eq!(
+        totals,
+        vec![
+            ("536500".to_owned(), money("40000000000000")),
+            ("536502".to_owned(), money("0.000003")),
+            ("C536501".to_owned(), money("-1000000000000")),
+        ]
+    );
+    assert_eq!(invoices[0].line_count, 40);
+    // A reopened file reads the same sums back.
+    drop(wh);
+    let wh = SqliteWarehouse::open(&dir.path().join("data/warehouse.sqlite")).unwrap();
+    assert_eq!(wh.summary().await.unwrap().unwrap(), s);
+}
+
+/// Files written before rollup sums were 128-bit have `sales_daily` and `sales_products` with
+/// `i64` sums under a `CHECK`: opening one moves their rows into the new tables, and sums go on
+/// past 64 bits from there.
+#[tokio::test]
+async fn rollups_of_64_bit_files_move_into_128_bit_sums() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, wh) = stores(&dir);
+    wh.insert(&invoice_lines("536365", 5)).await.unwrap();
+    let before = wh.summary().await.unwrap().unwrap();
+    drop(wh);
+    let path = dir.path().join("data/warehouse.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE sales_daily (
+                day TEXT NOT NULL, country TEXT NOT NULL, lines INTEGER NOT NULL,
+                cancellation_lines INTEGER NOT NULL,
+                revenue_micros INTEGER NOT NULL CHECK (typeof(revenue_micros) = 'integer'),
+                PRIMARY KEY (day, country)) WITHOUT ROWID;
+             CREATE TABLE sales_products (
+                stock_code TEXT PRIMARY KEY, description TEXT,
+                quantity INTEGER NOT NULL CHECK (typeof(quantity) = 'integer'),
+                lines INTEGER NOT NULL,
+                revenue_micros INTEGER NOT NULL CHECK (typeof(revenue_micros) = 'integer')
+             ) WITHOUT ROWID;
+             INSERT INTO sales_daily SELECT day, country, lines, cancellation_lines,
+                CAST(revenue_micros AS INTEGER) FROM sales_daily_sums;
+             INSERT INTO sales_products SELECT stock_code, description, CAST(quantity AS INTEGER),
+                lines, CAST(revenue_micros AS INTEGER) FROM sales_product_sums;
+             DROP TABLE sales_daily_sums; DROP TABLE sales_product_sums;",
+        )
+        .unwrap();
+    let wh = SqliteWarehouse::open(&path).unwrap();
+    assert_eq!(wh.summary().await.unwrap().unwrap(), before);
+    let old_tables: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('sales_daily', 'sales_products')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old_tables, 0);
+    let big: Vec<_> = (0..20)
+        .map(|i| {
+            line(
+                "536366",
+                i,
+                "85123A",
+                1_000_000,
+                "1000000",
+                date(1, 9),
+                Some(17850),
+                "United Kingdom",
+            )
+        })
+        .collect();
+    wh.insert(&big).await.unwrap();
+    let s = wh.summary().await.unwrap().unwrap();
+    assert_eq!(s.revenue, before.revenue + money("20000000000000"));
+    assert_eq!(s.top_products[0].quantity, 20_000_010);
 }
 
 #[tokio::test]

@@ -30,6 +30,19 @@ pub(crate) fn is_line_specific(e: &rusqlite::Error) -> bool {
     ) || matches!(e, rusqlite::Error::ToSqlConversionFailure(_))
 }
 
+/// True for an integer overflow of a sum: SQLite's `SUM()` ("integer overflow"), or the `CHECK
+/// (typeof(...) = 'integer')` with which rollups of files written before sums were 128-bit catch
+/// one. Retrying gives the same result.
+pub(crate) fn is_overflow(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => {
+            message.contains("integer overflow")
+                || (message.contains("CHECK constraint failed") && message.contains("= 'integer'"))
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

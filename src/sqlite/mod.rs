@@ -16,6 +16,6 @@
 pub(crate) mod error;
 pub(crate) mod pool;
 
-pub(crate) use error::{is_line_specific, is_transient};
+pub(crate) use error::{is_line_specific, is_overflow, is_transient};
 pub use pool::SqliteOptions;
 pub(crate) use pool::{Database, OpenError, TaskFailed, WriteTx};

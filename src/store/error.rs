@@ -6,7 +6,7 @@ use std::path::Path;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::aws::{call_failure, error_code, SdkError};
-use crate::sqlite::{is_line_specific, is_transient, OpenError, TaskFailed};
+use crate::sqlite::{is_line_specific, is_overflow, is_transient, OpenError, TaskFailed};
 
 /// Why a store call failed, in the three cases callers treat differently.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,11 @@ pub enum StoreError {
     /// DynamoDB item over 400 KB, a Firehose record over 1000 KiB).
     #[error("line {line_id} cannot be stored: {reason}")]
     Rejected { line_id: String, reason: String },
+    /// Not worth retrying: a sum the store keeps or computes (a rollup, a summary, a total) is out
+    /// of range. Validation bounds make this unreachable for accepted lines (`crate::store::sum`);
+    /// should it happen, trying again gives the same answer, so it is never transient.
+    #[error("a store sum is out of range: {0}")]
+    Aggregate(String),
     /// Anything else: a broken connection, a wrong setting, a damaged file, a bug.
     #[error("store error: {0}")]
     Backend(String),
@@ -25,13 +30,14 @@ pub enum StoreError {
 
 impl StoreError {
     /// The one retry rule of the stores' errors (the sink actor asks it through
-    /// `From<StoreError> for SinkFailure`): only a line the backend refuses for good (`Rejected`)
-    /// is not retried. `Unavailable` is busy or throttled; `Backend` may be a broken connection or
+    /// `From<StoreError> for SinkFailure`): a line the backend refuses for good (`Rejected`) and
+    /// a sum out of range (`Aggregate`, including SQLite's own "integer overflow") are not
+    /// retried. `Unavailable` is busy or throttled; `Backend` may be a broken connection or
     /// a wrong setting that an operator fixes. The actor bounds those retries: after
     /// `sinks.retry.max_attempts` it writes the unit line by line and dead-letters a line that
     /// still fails while the backend's health check passes.
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, StoreError::Rejected { .. })
+        !matches!(self, StoreError::Rejected { .. } | StoreError::Aggregate(_))
     }
 
     /// The failure of a call to an AWS service (`what` on `resource`): `Unavailable` when trying
@@ -63,7 +69,9 @@ impl StoreError {
     /// Maps the error of a SQLite statement on the file at `path` that concerned no line in
     /// particular.
     pub(crate) fn sqlite(path: &Path, e: &rusqlite::Error) -> Self {
-        if is_transient(e) {
+        if is_overflow(e) {
+            StoreError::Aggregate(format!("{}: {e}", path.display()))
+        } else if is_transient(e) {
             StoreError::Unavailable(format!(
                 "{}: {e}; retry later (another connection holds the lock, or the disk is full or read-only)",
                 path.display()
@@ -76,7 +84,7 @@ impl StoreError {
     /// Maps the SQLite error of writing the line `line_id`: its own fault when a constraint or a
     /// size limit refused it, otherwise as [`sqlite`](Self::sqlite).
     pub(crate) fn sqlite_line(path: &Path, line_id: &str, e: &rusqlite::Error) -> Self {
-        if is_line_specific(e) {
+        if is_line_specific(e) && !is_overflow(e) {
             StoreError::Rejected {
                 line_id: line_id.to_owned(),
                 reason: e.to_string(),
@@ -120,6 +128,36 @@ mod tests {
         };
         assert!(!rejected.is_retriable());
         assert!(StoreError::Backend("connection reset".into()).is_retriable());
+        assert!(!StoreError::Aggregate("revenue overflows".into()).is_retriable());
+    }
+
+    #[test]
+    fn an_overflowing_sum_is_never_transient() {
+        let path = Path::new("data/warehouse.sqlite");
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let e = conn
+            .query_row(
+                "SELECT SUM(x) FROM (SELECT 9223372036854775807 AS x UNION ALL SELECT 1)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap_err();
+        for mapped in [
+            StoreError::sqlite(path, &e),
+            StoreError::sqlite_line(path, "abc", &e),
+        ] {
+            assert!(matches!(mapped, StoreError::Aggregate(_)), "{mapped}");
+            assert!(!mapped.is_retriable());
+        }
+        // A rollup's CHECK (files written before sums were 128-bit) is an overflow too.
+        let check = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_CHECK),
+            Some("CHECK constraint failed: typeof(quantity) = 'integer'".into()),
+        );
+        assert!(matches!(
+            StoreError::sqlite(path, &check),
+            StoreError::Aggregate(_)
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   Kinesis Firehose into Redshift ([`warehouse::firehose`]).
 //! - [`StoreError`]: the one error type of both, with the one retry rule
 //!   ([`StoreError::is_retriable`]).
+//! - `sum`: the 128-bit sums the stores keep and compute, which accepted lines cannot overflow.
 //! - `row`: how the SQLite backends encode a line into SQL values, and why they key it by
 //!   `(invoice_no, line_id)`.
 //!
@@ -18,6 +19,7 @@
 mod error;
 pub mod operational;
 mod row;
+mod sum;
 pub mod warehouse;
 
 pub use error::StoreError;

@@ -6,7 +6,10 @@
 //! `InvoiceDate`, all attributes projected); lines without a customer have no `CustomerID` and so
 //! stay out of the index. Why an index rather than a second table: see `docs/aws.md`.
 //!
-//! Money is stored as exact decimal strings (`UnitPrice`, `LineTotal`), never as floats.
+//! Money is stored as exact decimal strings (`UnitPrice`, `LineTotal`), never as floats. The table
+//! keeps no running sums (no `ADD` updates, whose numbers hold 38 digits): invoice and customer
+//! totals are added up when read, in 128 bits (`crate::store::sum`), and a line total is at most
+//! 10^12 pounds by the validation bounds, far inside DynamoDB's numbers.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
@@ -14,10 +17,11 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use super::{Invoice, InvoiceSummary, OperationalStore};
+use super::{invoice_total, Invoice, InvoiceSummary, OperationalStore};
 use crate::aws::{retry_entries, AwsClients, EntryOutcome, EntryRetry, PartialFailure};
 use crate::config::{AwsConfig, DynamoDbConfig};
 use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
+use crate::store::sum::MoneySum;
 use crate::store::StoreError;
 
 /// BatchWriteItem takes at most 25 put requests.
@@ -325,7 +329,7 @@ impl OperationalStore for DynamoOperationalStore {
             customer_id: first.line.customer_id,
             country: first.line.country.clone(),
             is_cancellation: first.line.is_cancellation(),
-            total: lines.iter().map(|l| l.line.line_total()).sum(),
+            total: invoice_total(&lines)?,
             lines,
         }))
     }
@@ -354,7 +358,7 @@ impl OperationalStore for DynamoOperationalStore {
             .await?;
         // One item per line: fold the lines into their invoices (an invoice's lines share its
         // date, but a partly corrected invoice may not, so group by number and keep the earliest).
-        let mut by_invoice: HashMap<String, InvoiceSummary> = HashMap::new();
+        let mut by_invoice: HashMap<String, (InvoiceSummary, MoneySum)> = HashMap::new();
         for item in &items {
             let date = invoice_date(item)?;
             if to.is_some_and(|to| date >= to) {
@@ -362,23 +366,29 @@ impl OperationalStore for DynamoOperationalStore {
             }
             let invoice_no = get_s(item, "InvoiceNo")?;
             let total: Money = parse(item, "LineTotal")?;
-            let summary =
-                by_invoice
-                    .entry(invoice_no.to_owned())
-                    .or_insert_with(|| InvoiceSummary {
-                        invoice_no: invoice_no.to_owned(),
-                        invoice_date: date,
-                        country: String::new(),
-                        line_count: 0,
-                        total: Money::ZERO,
-                        is_cancellation: invoice_no.starts_with('C'),
-                    });
+            let (summary, sum) = by_invoice.entry(invoice_no.to_owned()).or_insert_with(|| {
+                let summary = InvoiceSummary {
+                    invoice_no: invoice_no.to_owned(),
+                    invoice_date: date,
+                    country: String::new(),
+                    line_count: 0,
+                    total: Money::ZERO,
+                    is_cancellation: invoice_no.starts_with('C'),
+                };
+                (summary, MoneySum::default())
+            });
             summary.invoice_date = summary.invoice_date.min(date);
             summary.country = get_s(item, "Country")?.to_owned();
             summary.line_count += 1;
-            summary.total += total;
+            sum.add_money(total, "an invoice's total")?;
         }
-        let mut list: Vec<InvoiceSummary> = by_invoice.into_values().collect();
+        let mut list = by_invoice
+            .into_values()
+            .map(|(mut summary, sum)| {
+                summary.total = sum.money("an invoice's total")?;
+                Ok(summary)
+            })
+            .collect::<Result<Vec<InvoiceSummary>, StoreError>>()?;
         list.sort_by(|a, b| (a.invoice_date, &a.invoice_no).cmp(&(b.invoice_date, &b.invoice_no)));
         Ok(list)
     }
@@ -395,15 +405,15 @@ impl OperationalStore for DynamoOperationalStore {
             .consistent_read(true)
             .into_paginator()
             .send();
-        let (mut count, mut sum) = (0u64, Money::ZERO);
+        let (mut count, mut sum) = (0u64, MoneySum::default());
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| StoreError::aws_call("Scan", &self.resource(), &e))?;
             for item in page.items() {
                 count += 1;
-                sum += parse::<Money>(item, "LineTotal")?;
+                sum.add_money(parse::<Money>(item, "LineTotal")?, "the total of all lines")?;
             }
         }
-        Ok((count, sum))
+        Ok((count, sum.money("the total of all lines")?))
     }
 
     async fn health(&self) -> Result<(), StoreError> {

@@ -37,6 +37,18 @@ pub struct InvoiceSummary {
     pub is_cancellation: bool,
 }
 
+/// The exact sum of an invoice's line totals, added in 128 bits (`crate::store::sum`).
+///
+/// # Errors
+/// [`StoreError::Aggregate`] when the sum is beyond an exact decimal (accepted lines never are).
+pub(crate) fn invoice_total(lines: &[IngestedLine]) -> Result<Money, StoreError> {
+    let mut sum = super::sum::MoneySum::default();
+    for l in lines {
+        sum.add_money(l.line.line_total(), "an invoice's total")?;
+    }
+    sum.money("an invoice's total")
+}
+
 #[async_trait]
 pub trait OperationalStore: Send + Sync + 'static {
     /// Inserts or replaces lines by line id. Idempotent.

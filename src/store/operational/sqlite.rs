@@ -1,6 +1,7 @@
 //! The embedded operational store: invoice lines in a SQLite file, indexed for the two look-ups
 //! the query API serves (an invoice, a customer's invoices by date).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use rusqlite::{Connection, Row};
 
-use super::{Invoice, InvoiceSummary, OperationalStore};
-use crate::model::{micros_to_money, IngestedLine, InvoiceLine, LineId, Money};
+use super::{invoice_total, Invoice, InvoiceSummary, OperationalStore};
+use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
 use crate::sqlite::{Database, SqliteOptions};
 use crate::store::row::{
     date_text, encode_lines, parse_date_text, parse_instant_text, LineParams, LineRow,
 };
+use crate::store::sum::MoneySum;
 use crate::store::StoreError;
 
 /// One row per line, keyed by `(invoice_no, line_id)` (why that key and not the line id alone: the
@@ -69,14 +71,14 @@ SELECT line_id, invoice_no, stock_code, description, quantity, invoice_date, uni
     customer_id, country, store_id, ingested_at
 FROM invoice_lines WHERE invoice_no = ?1 ORDER BY invoice_date, rowid";
 
-/// Invoices of a customer in a date range. Bounds are text compared against `date_text`; the
-/// defaults `''` and `'~'` sort before and after every date.
-const CUSTOMER_INVOICES: &str = "
-SELECT invoice_no, MIN(invoice_date) AS first_date, MIN(country), COUNT(*),
-    SUM(line_total_micros), MAX(is_cancellation)
+/// The lines of a customer in a date range, which [`customer_invoices_blocking`] folds into
+/// invoices: their totals are added in 128 bits in Rust, because SQLite's `SUM()` of `i64`
+/// millionths overflows after ten extreme lines (`crate::store::sum`). Bounds are text compared
+/// against `date_text`; the defaults `''` and `'~'` sort before and after every date.
+const CUSTOMER_LINES: &str = "
+SELECT invoice_no, invoice_date, country, line_total_micros, is_cancellation
 FROM invoice_lines
-WHERE customer_id = ?1 AND invoice_date >= ?2 AND invoice_date < ?3
-GROUP BY invoice_no ORDER BY first_date, invoice_no";
+WHERE customer_id = ?1 AND invoice_date >= ?2 AND invoice_date < ?3";
 
 /// Invoice lines in a SQLite file; see the crate's `docs/architecture.md` for the file layout.
 ///
@@ -164,11 +166,15 @@ fn line_from_row(row: &Row<'_>) -> rusqlite::Result<IngestedLine> {
     })
 }
 
-fn invoice_blocking(conn: &Connection, invoice_no: &str) -> rusqlite::Result<Option<Invoice>> {
-    let mut stmt = conn.prepare_cached(INVOICE_LINES)?;
+fn invoice_blocking(conn: &Connection, invoice_no: &str) -> Result<Option<Invoice>, StoreError> {
+    let path = Path::new(conn.path().unwrap_or("operational"));
+    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
+    let mut stmt = conn.prepare_cached(INVOICE_LINES).map_err(fail)?;
     let lines = stmt
-        .query_map([invoice_no], line_from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .query_map([invoice_no], line_from_row)
+        .map_err(fail)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(fail)?;
     let Some(first) = lines.first() else {
         return Ok(None);
     };
@@ -179,9 +185,20 @@ fn invoice_blocking(conn: &Connection, invoice_no: &str) -> rusqlite::Result<Opt
         customer_id: first.customer_id,
         country: first.country.clone(),
         is_cancellation: first.is_cancellation(),
-        total: lines.iter().map(|l| l.line.line_total()).sum(),
+        total: invoice_total(&lines)?,
         lines,
     }))
+}
+
+/// One invoice of a customer while its lines are folded: the earliest date (as stored text), the
+/// smallest country name, the line count, the total and whether any line is a cancellation, as
+/// the `GROUP BY` this replaces computed them.
+struct Fold {
+    first_date: String,
+    country: String,
+    lines: u64,
+    total: MoneySum,
+    is_cancellation: bool,
 }
 
 fn customer_invoices_blocking(
@@ -189,27 +206,55 @@ fn customer_invoices_blocking(
     customer_id: i64,
     from: &str,
     to: &str,
-) -> rusqlite::Result<Vec<InvoiceSummary>> {
-    let mut stmt = conn.prepare_cached(CUSTOMER_INVOICES)?;
-    let rows = stmt.query_map(rusqlite::params![customer_id, from, to], |row| {
-        let date: String = row.get(1)?;
-        Ok(InvoiceSummary {
-            invoice_no: row.get(0)?,
-            invoice_date: parse_date_text(&date).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    1,
-                    rusqlite::types::Type::Text,
-                    format!("invoice_lines holds date {date:?} that shopstream did not write")
-                        .into(),
-                )
-            })?,
-            country: row.get(2)?,
-            line_count: row.get::<_, i64>(3)? as u64,
-            total: micros_to_money(row.get(4)?),
-            is_cancellation: row.get(5)?,
+) -> Result<Vec<InvoiceSummary>, StoreError> {
+    let path = Path::new(conn.path().unwrap_or("operational"));
+    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
+    let mut stmt = conn.prepare_cached(CUSTOMER_LINES).map_err(fail)?;
+    let mut rows = stmt
+        .query(rusqlite::params![customer_id, from, to])
+        .map_err(fail)?;
+    let mut invoices: HashMap<String, Fold> = HashMap::new();
+    while let Some(row) = rows.next().map_err(fail)? {
+        let invoice_no: String = row.get(0).map_err(fail)?;
+        let date: String = row.get(1).map_err(fail)?;
+        let country: String = row.get(2).map_err(fail)?;
+        let micros: i64 = row.get(3).map_err(fail)?;
+        let is_cancellation: bool = row.get(4).map_err(fail)?;
+        let fold = invoices.entry(invoice_no).or_insert_with(|| Fold {
+            first_date: date.clone(),
+            country: country.clone(),
+            lines: 0,
+            total: MoneySum::default(),
+            is_cancellation: false,
+        });
+        fold.first_date = fold.first_date.clone().min(date);
+        fold.country = fold.country.clone().min(country);
+        fold.lines += 1;
+        fold.total.add_micros(micros, "an invoice's total")?;
+        fold.is_cancellation |= is_cancellation;
+    }
+    let mut list = invoices
+        .into_iter()
+        .map(|(invoice_no, fold)| {
+            let invoice_date = parse_date_text(&fold.first_date).ok_or_else(|| {
+                StoreError::Backend(format!(
+                    "{}: invoice_lines holds date {:?} that shopstream did not write",
+                    path.display(),
+                    fold.first_date
+                ))
+            })?;
+            Ok(InvoiceSummary {
+                invoice_no,
+                invoice_date,
+                country: fold.country,
+                line_count: fold.lines,
+                total: fold.total.money("an invoice's total")?,
+                is_cancellation: fold.is_cancellation,
+            })
         })
-    })?;
-    rows.collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    list.sort_by(|a, b| (a.invoice_date, &a.invoice_no).cmp(&(b.invoice_date, &b.invoice_no)));
+    Ok(list)
 }
 
 #[async_trait]
@@ -235,11 +280,8 @@ impl OperationalStore for SqliteOperationalStore {
 
     async fn invoice(&self, invoice_no: &str) -> Result<Option<Invoice>, StoreError> {
         let invoice_no = invoice_no.to_owned();
-        let path = self.db.path().to_owned();
         self.db
-            .read(move |conn| {
-                invoice_blocking(conn, &invoice_no).map_err(|e| StoreError::sqlite(&path, &e))
-            })
+            .read(move |conn| invoice_blocking(conn, &invoice_no))
             .await
     }
 
@@ -255,26 +297,29 @@ impl OperationalStore for SqliteOperationalStore {
         };
         let from = from.map(date_text).unwrap_or_default();
         let to = to.map(date_text).unwrap_or_else(|| "~".to_owned());
-        let path = self.db.path().to_owned();
         self.db
-            .read(move |conn| {
-                customer_invoices_blocking(conn, customer_id, &from, &to)
-                    .map_err(|e| StoreError::sqlite(&path, &e))
-            })
+            .read(move |conn| customer_invoices_blocking(conn, customer_id, &from, &to))
             .await
     }
 
-    /// Exact: SQLite sums the integer millionths (and fails rather than round on overflow).
+    /// Exact: the integer millionths of every line, added in 128 bits in Rust (SQLite's `SUM()`
+    /// of `i64`s overflows after ten extreme lines). Reads the whole table: for reconciliation
+    /// and tests.
     async fn totals(&self) -> Result<(u64, Money), StoreError> {
         let path = self.db.path().to_owned();
         self.db
             .read(move |conn| {
-                conn.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(line_total_micros), 0) FROM invoice_lines",
-                    [],
-                    |r| Ok((r.get::<_, i64>(0)? as u64, micros_to_money(r.get(1)?))),
-                )
-                .map_err(|e| StoreError::sqlite(&path, &e))
+                let fail = |e: rusqlite::Error| StoreError::sqlite(&path, &e);
+                let mut stmt = conn
+                    .prepare_cached("SELECT line_total_micros FROM invoice_lines")
+                    .map_err(fail)?;
+                let mut rows = stmt.query([]).map_err(fail)?;
+                let (mut count, mut sum) = (0u64, MoneySum::default());
+                while let Some(r) = rows.next().map_err(fail)? {
+                    count += 1;
+                    sum.add_micros(r.get(0).map_err(fail)?, "the total of all lines")?;
+                }
+                Ok((count, sum.money("the total of all lines")?))
             })
             .await
     }

@@ -70,8 +70,8 @@ pub struct ProductRevenue {
     pub stock_code: String,
     /// The latest description seen for the code (the dataset varies them slightly).
     pub description: Option<String>,
-    /// Net units sold.
-    pub quantity: i64,
+    /// Net units sold (128 bits, as the rollups keep it: see `crate::store::sum`).
+    pub quantity: i128,
     #[serde(with = "rust_decimal::serde::str")]
     pub revenue: Money,
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rollup::Changes;
 use super::SOURCE_IMPORT;
 use crate::store::row::instant_text;
 use crate::store::warehouse::{BulkFile, LedgerEntry, LoadCounts, LoadedInto};
@@ -117,36 +118,58 @@ pub(super) fn record(
 }
 
 /// Removes the `sales` rows a file loaded before (`source = sales_source(id)`) and takes them out
-/// of the warehouse's rollups (`sales_daily`, `sales_products`, `sales_invoices`) in the same
+/// of the warehouse's rollups (`sales_daily_sums`, `sales_product_sums`, `sales_invoices`) in the same
 /// transaction, so the dashboard figures stay those of the fact table. Returns the rows removed.
 ///
 /// # Errors
 /// The SQLite error, as [`StoreError::sqlite`].
 pub(super) fn remove_sales(tx: &Connection, id: i64) -> Result<u64, StoreError> {
-    remove_sales_sql(tx, id).map_err(sql(tx))
+    remove_sales_sql(tx, id)
 }
 
-fn remove_sales_sql(tx: &Connection, id: i64) -> rusqlite::Result<u64> {
+fn remove_sales_sql(tx: &Connection, id: i64) -> Result<u64, StoreError> {
     let source = sales_source(id);
-    tx.execute(
-        "UPDATE sales_daily SET lines = lines - d.n, cancellation_lines = cancellation_lines - d.c,
-             revenue_micros = revenue_micros - d.r
-         FROM (SELECT substr(invoice_date, 1, 10) AS day, country, COUNT(*) AS n,
-                   SUM(is_cancellation) AS c, SUM(line_total_micros) AS r
-               FROM sales WHERE source = ?1 GROUP BY 1, 2) AS d
-         WHERE sales_daily.day = d.day AND sales_daily.country = d.country",
-        [&source],
-    )?;
-    tx.execute("DELETE FROM sales_daily WHERE lines = 0", [])?;
-    tx.execute(
-        "UPDATE sales_products SET quantity = quantity - p.q, lines = lines - p.n,
-             revenue_micros = revenue_micros - p.r
-         FROM (SELECT stock_code, SUM(quantity) AS q, COUNT(*) AS n, SUM(line_total_micros) AS r
-               FROM sales WHERE source = ?1 GROUP BY stock_code) AS p
-         WHERE sales_products.stock_code = p.stock_code",
-        [&source],
-    )?;
-    tx.execute("DELETE FROM sales_products WHERE lines = 0", [])?;
+    // Summed in Rust, as the rollups are (`super::rollup`): a file's lines can add up past what
+    // SQLite's `SUM()` holds.
+    let mut changes = Changes::default();
+    {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT substr(invoice_date, 1, 10), country, stock_code, is_cancellation,
+                     quantity, line_total_micros
+                 FROM sales WHERE source = ?1",
+            )
+            .map_err(sql(tx))?;
+        let mut rows = stmt.query([&source]).map_err(sql(tx))?;
+        while let Some(r) = rows.next().map_err(sql(tx))? {
+            let get = || -> rusqlite::Result<_> {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            };
+            let (day, country, code, cancellation, quantity, micros) = get().map_err(sql(tx))?;
+            changes.line(
+                -1,
+                &day,
+                &country,
+                &code,
+                None,
+                cancellation,
+                quantity,
+                micros,
+            );
+        }
+    }
+    changes.apply(tx, Path::new(tx.path().unwrap_or("warehouse")))?;
+    remove_rows_sql(tx, &source).map_err(sql(tx))
+}
+
+fn remove_rows_sql(tx: &Connection, source: &str) -> rusqlite::Result<u64> {
     tx.execute(
         "CREATE TEMP TABLE IF NOT EXISTS reload_invoices (invoice_no TEXT PRIMARY KEY)",
         [],
