@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::model::{LineError, LinePosition};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,6 +34,21 @@ pub enum ApiError {
     },
     #[error("a backend is unavailable: {0}; retry later (line ids make retries safe)")]
     Unavailable(String),
+    /// A store answered with a fault that trying again cannot fix (a sum out of range): no
+    /// `Retry-After`, and 500 rather than 503, so that clients and probes do not retry it.
+    #[error("{0}; retrying will not help: report it to the operator")]
+    StoreFault(String),
+}
+
+/// A store's failure as the API answers it: [`StoreError::Aggregate`] is never transient, every
+/// other failure is answered as unavailable (retry later).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Aggregate(_) => ApiError::StoreFault(e.to_string()),
+            e => ApiError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 /// One rejected line in an answer.
@@ -84,6 +100,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::Busy { .. } => "busy",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::StoreFault(_) => "store_fault",
         }
     }
 }
@@ -99,6 +116,7 @@ impl ResponseError for ApiError {
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Busy { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StoreFault(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -127,5 +145,23 @@ impl ResponseError for ApiError {
             message: self.to_string(),
             rejected,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sum_out_of_range_is_a_500_without_retry_after() {
+        let fault = ApiError::from(StoreError::Aggregate("revenue overflows".into()));
+        assert_eq!(fault.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(fault
+            .error_response()
+            .headers()
+            .get(header::RETRY_AFTER)
+            .is_none());
+        let busy = ApiError::from(StoreError::Unavailable("database is locked".into()));
+        assert_eq!(busy.status_code(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

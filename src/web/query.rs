@@ -26,7 +26,7 @@ async fn invoice(
         Ok(None) => Err(ApiError::NotFound {
             what: format!("invoice {invoice_no:?}"),
         }),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -72,7 +72,7 @@ async fn customer_invoices(
         .operational
         .customer_invoices(customer_id, from, to)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(ApiError::from)?;
     if invoices.is_empty() && from.is_none() && to.is_none() {
         return Err(ApiError::NotFound {
             what: format!("customer {customer_id}"),
@@ -90,6 +90,6 @@ async fn sales_summary(state: web::Data<AppState>) -> Result<HttpResponse, ApiEr
         Ok(None) => Err(ApiError::NotFound {
             what: "a sales summary (the warehouse backend, Firehose, cannot be queried from here; query Redshift)".into(),
         }),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
