@@ -2,6 +2,11 @@
 -- the embedded `sales` table, see src/store/warehouse/mod.rs) into `sales_staging`; Firehose
 -- delivers at least once, so a scheduled query merges the staging rows into `sales` by line_id,
 -- which makes the load idempotent like every other sink.
+--
+-- Sums: add up line_total (DECIMAL(24, 6); Redshift's SUM of it is DECIMAL(38, 6)), not
+-- line_total_micros (BIGINT; its SUM is a BIGINT, which ten lines at shopstream's validation
+-- bounds, 10^18 millionths each, overflow). The bounds keep unit_price and line_total inside
+-- their types: at most 10^6 and 10^12 pounds.
 
 CREATE TABLE IF NOT EXISTS sales_staging (
     line_id            CHAR(32)       NOT NULL,
