@@ -20,6 +20,18 @@ pub enum ApiError {
     TooManyLines { count: usize, limit: usize },
     #[error("{0}")]
     BadInput(String),
+    /// A `Content-Type` the ingest cannot parse.
+    #[error("unsupported Content-Type `{media_type}`: send {accepted}, or no Content-Type to have the body sniffed")]
+    UnsupportedMediaType {
+        media_type: String,
+        accepted: &'static str,
+    },
+    /// A `Content-Encoding` the ingest cannot decode.
+    #[error("unsupported Content-Encoding `{encoding}`: send {accepted}")]
+    UnsupportedEncoding {
+        encoding: String,
+        accepted: &'static str,
+    },
     #[error("{message}")]
     Rejected {
         message: String,
@@ -96,6 +108,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::TooManyLines { .. } => "too_many_lines",
             ApiError::BadInput(_) => "bad_input",
+            ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            ApiError::UnsupportedEncoding { .. } => "unsupported_encoding",
             ApiError::Rejected { .. } => "rejected",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Busy { .. } => "busy",
@@ -113,6 +127,9 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::BadInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType { .. } | ApiError::UnsupportedEncoding { .. } => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Busy { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,6 +150,10 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // RFC 7694: a 415 for a content coding says which codings are accepted.
+            ApiError::UnsupportedEncoding { .. } => {
+                response.insert_header((header::ACCEPT_ENCODING, "gzip, identity"));
             }
             _ => {}
         }

@@ -51,6 +51,9 @@ async fn ingest(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let store = state.authenticate(&req)?;
+    // The headers are checked before a permit is taken: a body we cannot read costs nothing.
+    let content_type = media_type(&req)?;
+    let encoding = content_encoding(&req)?;
     // Admission: a bounded number of requests is parsed and appended at once; the rest are told
     // to come back, so memory stays bounded however hard stores push.
     let _permit = state.admit()?;
@@ -59,25 +62,26 @@ async fn ingest(
     }
     let limit = state.limits.max_body_bytes;
     let body = read_body(&req, payload, limit).await?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let opts = ParseOptions {
         date_order: query.date_order.unwrap_or(state.limits.date_order),
         ..ParseOptions::default()
     };
-    let big = body.len() > PARSE_INLINE_MAX_BYTES;
-    let parse = move || parse_body(&body, content_type.as_deref(), &opts);
+    // A small gzip body can inflate to `limit` bytes, so it is decoded off the worker too.
+    let big = body.len() > PARSE_INLINE_MAX_BYTES || encoding == Encoding::Gzip;
+    let parse = move || {
+        let body = match encoding {
+            Encoding::Identity => body,
+            Encoding::Gzip => gunzip(&body, limit)?,
+        };
+        parse_body(&body, content_type, &opts).map_err(|e| ApiError::BadInput(e.to_string()))
+    };
     let parsed = if big {
         web::block(parse)
             .await
             .map_err(|e| ApiError::Unavailable(format!("parser task failed: {e}")))?
     } else {
         parse()
-    }
-    .map_err(|e| ApiError::BadInput(e.to_string()))?;
+    }?;
 
     let count = parsed.lines.len() + parsed.errors.len();
     if count > state.limits.max_lines_per_request {
@@ -123,6 +127,80 @@ async fn ingest(
         line_ids: parsed.lines.iter().map(|l| l.line_id.as_str()).collect(),
         rejected,
     }))
+}
+
+/// The media types the ingest parses, as the 415 answer names them.
+const ACCEPTED_TYPES: &str = "application/json, application/x-ndjson (or application/ndjson, application/jsonl), text/csv or text/plain";
+
+/// The request's `Content-Type` as the parser should see it: `None` (sniff the body) when it is
+/// missing or `text/plain`, the canonical name of a JSON, NDJSON or CSV type, and 415 otherwise
+/// (an `image/png` body must not be parsed as JSON). Parameters such as `charset` are ignored.
+fn media_type(req: &HttpRequest) -> Result<Option<&'static str>, ApiError> {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let unsupported = |media_type: String| ApiError::UnsupportedMediaType {
+        media_type,
+        accepted: ACCEPTED_TYPES,
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| unsupported(String::from_utf8_lossy(value.as_bytes()).into_owned()))?;
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let is = |name: &str| essence.eq_ignore_ascii_case(name);
+    if essence.is_empty() || is("text/plain") {
+        Ok(None)
+    } else if is("application/json") {
+        Ok(Some("application/json"))
+    } else if is("application/x-ndjson") || is("application/ndjson") || is("application/jsonl") {
+        Ok(Some("application/x-ndjson"))
+    } else if is("text/csv") {
+        Ok(Some("text/csv"))
+    } else {
+        Err(unsupported(essence.to_owned()))
+    }
+}
+
+/// The `Content-Encoding`s the ingest decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The request's `Content-Encoding`: none or `identity`, `gzip` (or `x-gzip`); anything else,
+/// including a chain of codings, is a 415.
+fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
+    let Some(value) = req.headers().get(header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let coding = value.trim();
+    if coding.is_empty() || coding.eq_ignore_ascii_case("identity") {
+        Ok(Encoding::Identity)
+    } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+        Ok(Encoding::Gzip)
+    } else {
+        Err(ApiError::UnsupportedEncoding {
+            encoding: coding.to_owned(),
+            accepted: "gzip, or no Content-Encoding (identity)",
+        })
+    }
+}
+
+/// Decompresses a gzip body, stopping as soon as the output passes `limit`: the limit holds for
+/// what is parsed, so a small bomb that inflates to gigabytes costs at most `limit` + 1 bytes.
+fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, ApiError> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    flate2::read::MultiGzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::BadInput(format!("the gzip body cannot be decoded: {e}")))?;
+    if out.len() > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(Bytes::from(out))
 }
 
 /// Reads the body up to `limit` bytes; a larger one is refused as soon as it is known to be larger.
@@ -193,5 +271,31 @@ impl AppState {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_holds_the_decompressed_size_to_the_limit() {
+        let data = vec![b'x'; 1000];
+        assert_eq!(gunzip(&gzip(&data), 1000).unwrap().len(), 1000);
+        assert!(matches!(
+            gunzip(&gzip(&data), 999),
+            Err(ApiError::BodyTooLarge { limit: 999 })
+        ));
+        assert!(matches!(
+            gunzip(b"not gzip", 1000),
+            Err(ApiError::BadInput(_))
+        ));
     }
 }

@@ -74,8 +74,7 @@ impl AppState {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         self.auth
             .store_for_key(key)
@@ -114,6 +113,15 @@ impl AppState {
         }
         Ok(())
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name is case-insensitive
+/// (RFC 7235 section 2.1), so `bearer` and `BEARER` are the same scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim_start();
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Every route of the API.
@@ -177,4 +185,25 @@ pub fn server(
         .bind((settings.server.bind.as_str(), settings.server.port))?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer k1",
+            "bearer k1",
+            "BEARER k1",
+            "BeArEr   k1 ",
+            "bearer\tk1",
+        ] {
+            assert_eq!(bearer_token(v), Some("k1"), "{v:?}");
+        }
+        for v in ["Bearerk1", "Basic k1", "Bearer ", "Bearer", "k1"] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
 }
