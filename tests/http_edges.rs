@@ -98,12 +98,15 @@ fn content_types_the_ingest_cannot_parse_are_a_415() {
             && message.contains("text/csv"),
         "{message}"
     );
-    // The accepted types, with parameters and in any case, and a missing type, still parse.
+    // The accepted types, with parameters and in any case, and a missing type, still parse; so
+    // do the types that say nothing about the format, curl's default for `-d` among them.
     for content_type in [
         Some("application/json; charset=utf-8"),
         Some("Application/X-NDJSON"),
         Some("application/ndjson"),
         Some("text/plain"),
+        Some("application/octet-stream"),
+        Some("application/x-www-form-urlencoded"),
         None,
     ] {
         let mut headers = vec![("authorization", auth.as_str())];

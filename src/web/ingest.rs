@@ -130,10 +130,12 @@ async fn ingest(
 }
 
 /// The media types the ingest parses, as the 415 answer names them.
-const ACCEPTED_TYPES: &str = "application/json, application/x-ndjson (or application/ndjson, application/jsonl), text/csv or text/plain";
+const ACCEPTED_TYPES: &str = "application/json, application/x-ndjson (or application/ndjson, application/jsonl), text/csv, or text/plain, application/octet-stream or application/x-www-form-urlencoded (sniffed)";
 
 /// The request's `Content-Type` as the parser should see it: `None` (sniff the body) when it is
-/// missing or `text/plain`, the canonical name of a JSON, NDJSON or CSV type, and 415 otherwise
+/// missing or a type that says nothing about the format (`text/plain`, `application/octet-stream`,
+/// and `application/x-www-form-urlencoded`, which `curl -d @lines.csv` sends unless told
+/// otherwise: a real client's default, not a claim about the body), the canonical name of a JSON, NDJSON or CSV type, and 415 otherwise
 /// (an `image/png` body must not be parsed as JSON). Parameters such as `charset` are ignored.
 fn media_type(req: &HttpRequest) -> Result<Option<&'static str>, ApiError> {
     let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
@@ -148,7 +150,11 @@ fn media_type(req: &HttpRequest) -> Result<Option<&'static str>, ApiError> {
         .map_err(|_| unsupported(String::from_utf8_lossy(value.as_bytes()).into_owned()))?;
     let essence = value.split(';').next().unwrap_or("").trim();
     let is = |name: &str| essence.eq_ignore_ascii_case(name);
-    if essence.is_empty() || is("text/plain") {
+    if essence.is_empty()
+        || is("text/plain")
+        || is("application/octet-stream")
+        || is("application/x-www-form-urlencoded")
+    {
         Ok(None)
     } else if is("application/json") {
         Ok(Some("application/json"))
