@@ -40,7 +40,7 @@ pub fn run(args: AwsArgs, config: Option<&std::path::Path>) -> anyhow::Result<()
             let clients = AwsClients::from_config(&settings.aws).await;
             let steps = init(&clients, &settings, Duration::from_secs(300)).await?;
             for step in steps {
-                println!("{step}");
+                out!("{step}");
             }
             Ok(())
         }),

@@ -29,6 +29,7 @@ pub enum Command {
 pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
     let settings = super::load_settings(config)?;
     super::init_logging(&settings);
+    super::require_data_dir(&settings)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +46,7 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                         || "(undecodable record)".to_owned(),
                         |l| format!("invoice {} line {}", l.line.invoice_no, l.line.line_id),
                     );
-                    println!(
+                    out!(
                         "{} {} {}: {} ({})",
                         letter.failed_at.format("%Y-%m-%d %H:%M:%S"),
                         letter.sink,
@@ -54,7 +55,7 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                         meta.key
                     );
                 }
-                println!("{} dead letters", keys.len());
+                out!("{} dead letters", keys.len());
                 Ok(())
             }
             Command::Redrive { sink } => {
@@ -76,7 +77,7 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                             .or_default()
                             .push((meta.key, line)),
                         None => {
-                            println!(
+                            out!(
                                 "kept {}: the record could not be decoded into lines",
                                 meta.key
                             );
@@ -108,12 +109,12 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                             done += entries.len() as u64;
                         }
                         Err(e) => {
-                            println!("kept {} letters of {kind} on {shard}: {e}", entries.len());
+                            out!("kept {} letters of {kind} on {shard}: {e}", entries.len());
                             kept += entries.len() as u64;
                         }
                     }
                 }
-                println!("re-driven: {done} written, {kept} kept");
+                out!("re-driven: {done} written, {kept} kept");
                 if kept > 0 {
                     anyhow::bail!("{kept} dead letters could not be written; see above");
                 }

@@ -54,7 +54,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
                 .data_dir
                 .join(format!("demo-online-retail-{}.csv", args.lines));
             if !path.is_file() {
-                println!(
+                out!(
                     "generating {} lines of online-retail data into {} ...",
                     args.lines,
                     path.display()
@@ -87,7 +87,7 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             .next()
             .cloned()
             .context("auth.stores has no store key to replay with")?;
-        println!("replaying {} ...", file.display());
+        out!("replaying {} ...", file.display());
         let started = Instant::now();
         let input = std::fs::File::open(&file)
             .with_context(|| format!("cannot open {}", file.display()))?;
@@ -126,26 +126,26 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             .totals()
             .await
             .context("cannot read the operational store's totals")?;
-        println!();
-        println!(
+        out!();
+        out!(
             "in every sink {:.2} s after the replay started: {lines} lines, revenue £{revenue}",
             in_all.as_secs_f64()
         );
-        println!();
-        println!("where to look:");
-        println!("  dashboard         {base}/");
-        println!("  an invoice        {base}/v1/invoices/536365");
-        println!(
+        out!();
+        out!("where to look:");
+        out!("  dashboard         {base}/");
+        out!("  an invoice        {base}/v1/invoices/536365");
+        out!(
             "  a customer        {base}/v1/customers/17850/invoices?from=2010-12-01&to=2011-12-31"
         );
-        println!("  sales summary     {base}/v1/sales/summary");
-        println!("  pipeline status   {base}/v1/status");
-        println!("  metrics           {base}/metrics");
-        println!("  data folder       {}", settings.data_dir.display());
-        println!("  send more         shopstream replay FILE --url {base}");
+        out!("  sales summary     {base}/v1/sales/summary");
+        out!("  pipeline status   {base}/v1/status");
+        out!("  metrics           {base}/metrics");
+        out!("  data folder       {}", settings.data_dir.display());
+        out!("  send more         shopstream replay FILE --url {base}");
         if !args.exit {
-            println!();
-            println!("serving until Ctrl-C ...");
+            out!();
+            out!("serving until Ctrl-C ...");
             let signal = wait_for_signal().await?;
             tracing::info!(signal, "Shutting down.");
         }

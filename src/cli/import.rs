@@ -92,12 +92,12 @@ pub fn run(args: Args, config: Option<&std::path::Path>) -> anyhow::Result<()> {
         anyhow::Ok(summary)
     })?;
     if args.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&summary).context("cannot encode the summary")?
         );
     } else {
-        println!("{summary}");
+        out!("{summary}");
     }
     anyhow::ensure!(
         summary.failed == 0,

@@ -1,5 +1,18 @@
 //! The `shopstream` command line: one subcommand per file in this folder.
 
+/// `println!` that never panics: a closed stdout (`shopstream serve | true`, a reader that went
+/// away) must not bring down a command, least of all a running server. The error is logged at
+/// debug level and otherwise ignored; what the commands print is also in the logs or the exit
+/// status.
+macro_rules! out {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod aws;
 mod dead_letter;
 mod demo;
@@ -69,6 +82,44 @@ pub fn load_settings(config: Option<&std::path::Path>) -> anyhow::Result<Setting
     Settings::load(config).context("cannot start")
 }
 
+/// Writes to stdout, ignoring (and logging) a write error; see `out!`.
+#[doc(hidden)]
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        tracing::debug!(error = %e, "Cannot write to stdout; the output is dropped.");
+    }
+}
+
+/// For commands that only read the data folder (`dead-letter list`, `dead-letter redrive`):
+/// refuses a `data_dir` that does not exist instead of creating an empty one and reporting
+/// nothing, which is what a mistyped path would otherwise do. Only matters when a stage uses
+/// the embedded backends (the aws ones keep nothing there).
+///
+/// # Errors
+/// `data_dir` is used and is not an existing folder.
+pub fn require_data_dir(settings: &Settings) -> anyhow::Result<()> {
+    use crate::config::Backend;
+    let uses_folder = [
+        settings.stream.backend,
+        settings.archive.backend,
+        settings.operational.backend,
+        settings.warehouse.backend,
+        settings.dead_letter.backend,
+    ]
+    .contains(&Backend::Embedded);
+    let dir = &settings.data_dir;
+    if uses_folder && !dir.is_dir() {
+        anyhow::bail!(
+            "data folder {} does not exist (or is not a folder); check `data_dir` in the settings \
+             file or SHOPSTREAM__DATA_DIR: it must name the folder `shopstream serve` writes to",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Sets up `tracing` as the settings say; `RUST_LOG` overrides the level. Safe to call twice.
 pub fn init_logging(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
@@ -81,4 +132,12 @@ pub fn init_logging(settings: &Settings) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    // Once per process, whichever command calls first: a misspelt override (one underscore
+    // after SHOPSTREAM) is otherwise ignored without a word.
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        for warning in crate::config::stray_env_vars(std::env::vars_os()) {
+            tracing::warn!("{warning}");
+        }
+    });
 }

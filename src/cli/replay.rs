@@ -97,19 +97,24 @@ fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
 
 pub fn print_summary(summary: &ReplaySummary, url: &str, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
+        out!("{}", serde_json::to_string_pretty(summary)?);
         return Ok(());
     }
-    println!("replayed to {url} in {:.2} s", summary.seconds);
-    println!(
+    out!("replayed to {url} in {:.2} s", summary.seconds);
+    out!(
         "  lines: {} sent, {} accepted, {} rejected, {} not acknowledged",
-        summary.lines_sent, summary.lines_accepted, summary.lines_rejected, summary.lines_failed
+        summary.lines_sent,
+        summary.lines_accepted,
+        summary.lines_rejected,
+        summary.lines_failed
     );
-    println!(
+    out!(
         "  requests: {} ({} retries, {} busy answers honoured)",
-        summary.requests, summary.retries, summary.busy_answers
+        summary.requests,
+        summary.retries,
+        summary.busy_answers
     );
-    println!(
+    out!(
         "  throughput: {:.0} lines/s acknowledged; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         summary.lines_per_second,
         summary.latency_p50_ms,
@@ -117,7 +122,7 @@ pub fn print_summary(summary: &ReplaySummary, url: &str, json: bool) -> anyhow::
         summary.latency_max_ms
     );
     for e in &summary.errors {
-        println!("  error: {e}");
+        out!("  error: {e}");
     }
     Ok(())
 }

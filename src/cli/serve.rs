@@ -1,7 +1,6 @@
 //! `shopstream serve`: the pipeline and its HTTP API, until SIGTERM or SIGINT.
 
 use anyhow::Context;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -93,9 +92,8 @@ impl Running {
         let import_stop = start_import_watcher(settings).await?;
         for addr in &addrs {
             tracing::info!(%addr, data_dir = %settings.data_dir.display(), "shopstream is listening.");
-            println!("shopstream listening on http://{addr}");
+            out!("shopstream listening on http://{addr}");
         }
-        let _ = std::io::stdout().flush();
         Ok(Running {
             server: handle,
             server_task,

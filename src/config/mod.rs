@@ -28,6 +28,44 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// Prefix of environment overrides; `__` separates section and key.
 pub const ENV_PREFIX: &str = "SHOPSTREAM__";
 
+/// Variables that start with `SHOPSTREAM_` but are not settings: read by the command line
+/// (`--config`, `replay --key`) and the benchmarks. Every other `SHOPSTREAM_*` variable outside
+/// [`ENV_PREFIX`] is a mistake that would otherwise be ignored without a word.
+pub const OTHER_ENV_VARS: &[&str] = &[
+    "SHOPSTREAM_CONFIG",
+    "SHOPSTREAM_KEY",
+    "SHOPSTREAM_BENCH_CSV",
+    "SHOPSTREAM_BENCH_NDJSON",
+];
+
+/// One warning per environment variable that looks meant for shopstream but is read by nothing:
+/// it starts with `SHOPSTREAM_`, not with [`ENV_PREFIX`] (unknown keys there already stop the
+/// start), and is not one of [`OTHER_ENV_VARS`]. Each names the variable and the spelling a
+/// setting takes (`SHOPSTREAM_SERVER__PORT` -> `SHOPSTREAM__SERVER__PORT`).
+pub fn stray_env_vars<I>(vars: I) -> Vec<String>
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    let mut warnings: Vec<String> = vars
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let name = name.to_string_lossy().into_owned();
+            let rest = name.strip_prefix("SHOPSTREAM_")?;
+            if name.starts_with(ENV_PREFIX) || OTHER_ENV_VARS.contains(&name.as_str()) {
+                return None;
+            }
+            Some(format!(
+                "environment variable {name} is not a setting and is ignored; settings are \
+                 {ENV_PREFIX}SECTION__KEY with two underscores after SHOPSTREAM (did you mean \
+                 {ENV_PREFIX}{}?)",
+                rest.trim_start_matches('_')
+            ))
+        })
+        .collect();
+    warnings.sort();
+    warnings
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -187,6 +225,25 @@ mod tests {
             assert_eq!(s.server.port, 9191);
             Ok(())
         });
+    }
+
+    #[test]
+    fn stray_shopstream_variables_are_named_with_the_right_spelling() {
+        let vars = [
+            ("SHOPSTREAM_SERVER__PORT", "9090"),
+            ("SHOPSTREAM__SERVER__PORT", "9090"),
+            ("SHOPSTREAM_CONFIG", "x.toml"),
+            ("SHOPSTREAM_KEY", "k"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()));
+        let warnings = stray_env_vars(vars);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("SHOPSTREAM_SERVER__PORT")
+                && warnings[0].contains("did you mean SHOPSTREAM__SERVER__PORT?"),
+            "{warnings:?}"
+        );
     }
 
     fn load_toml(text: &str) -> Result<Settings, ConfigError> {
