@@ -76,15 +76,7 @@ impl Backends {
                 .as_ref()
                 .expect("clients exist when a stage uses aws")
         };
-        let uses_folder = [
-            settings.stream.backend,
-            settings.archive.backend,
-            settings.operational.backend,
-            settings.warehouse.backend,
-            settings.dead_letter.backend,
-        ]
-        .contains(&Backend::Embedded);
-        if uses_folder {
+        if settings.uses_data_dir() {
             std::fs::create_dir_all(&settings.data_dir).with_context(|| {
                 format!("cannot create data_dir {}", settings.data_dir.display())
             })?;

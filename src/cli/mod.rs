@@ -100,15 +100,7 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
 /// # Errors
 /// `data_dir` is used and is not an existing folder.
 pub fn require_data_dir(settings: &Settings) -> anyhow::Result<()> {
-    use crate::config::Backend;
-    let uses_folder = [
-        settings.stream.backend,
-        settings.archive.backend,
-        settings.operational.backend,
-        settings.warehouse.backend,
-        settings.dead_letter.backend,
-    ]
-    .contains(&Backend::Embedded);
+    let uses_folder = settings.uses_data_dir();
     let dir = &settings.data_dir;
     if uses_folder && !dir.is_dir() {
         anyhow::bail!(

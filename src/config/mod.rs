@@ -95,6 +95,18 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// Whether any stage keeps its data in `data_dir` (runs on an embedded backend).
+    pub fn uses_data_dir(&self) -> bool {
+        [
+            self.stream.backend,
+            self.archive.backend,
+            self.operational.backend,
+            self.warehouse.backend,
+            self.dead_letter.backend,
+        ]
+        .contains(&Backend::Embedded)
+    }
+
     /// Loads the layers in order (defaults, `file`, environment) and validates the result.
     ///
     /// # Errors
