@@ -6,6 +6,7 @@ set -euo pipefail
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)   # promtool checks /metrics
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)       # handy for people reading the stores
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium fonts-liberation)  # the dashboard's real-browser test
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   SUDO=""

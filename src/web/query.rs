@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::store::warehouse::DayRange;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/invoices/{invoice_no}", web::get().to(invoice))
@@ -13,7 +14,8 @@ pub fn config(cfg: &mut web::ServiceConfig) {
             "/v1/customers/{customer_id}/invoices",
             web::get().to(customer_invoices),
         )
-        .route("/v1/sales/summary", web::get().to(sales_summary));
+        .route("/v1/sales/summary", web::get().to(sales_summary))
+        .route("/v1/sales/customers", web::get().to(sales_customers));
 }
 
 async fn invoice(
@@ -84,11 +86,96 @@ async fn customer_invoices(
     })))
 }
 
-async fn sales_summary(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.warehouse.summary().await {
+/// `from` / `to` of the sales figures: whole days, both inclusive.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SalesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    /// How many customers `/v1/sales/customers` lists (default 10, at most 1,000).
+    limit: Option<String>,
+}
+
+/// Customers listed by `/v1/sales/customers` unless the caller says otherwise, and at most.
+const DEFAULT_CUSTOMERS: usize = 10;
+const MAX_CUSTOMERS: usize = 1_000;
+
+impl SalesQuery {
+    fn range(&self) -> Result<DayRange, ApiError> {
+        let day = |name: &str, value: Option<&str>| -> Result<Option<NaiveDate>, ApiError> {
+            match value.map(str::trim).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                    .map(Some)
+                    .map_err(|_| {
+                        ApiError::BadInput(format!(
+                        "query parameter {name}={v:?} is not a day: use YYYY-MM-DD, e.g. 2011-01-31"
+                    ))
+                    }),
+            }
+        };
+        let range = DayRange {
+            from: day("from", self.from.as_deref())?,
+            to: day("to", self.to.as_deref())?,
+        };
+        if let (Some(from), Some(to)) = (range.from, range.to) {
+            if from > to {
+                return Err(ApiError::BadInput(format!(
+                    "from={from} is after to={to}: the range is empty; swap them"
+                )));
+            }
+        }
+        Ok(range)
+    }
+
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit.as_deref().map(str::trim) {
+            None | Some("") => Ok(DEFAULT_CUSTOMERS),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_CUSTOMERS).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadInput(format!(
+                        "query parameter limit={v:?} is not a whole number from 1 to {MAX_CUSTOMERS}"
+                    ))
+                }),
+        }
+    }
+}
+
+/// Said when the warehouse cannot be queried from here.
+const NOT_QUERYABLE: &str =
+    "sales figures (the warehouse backend, Firehose, cannot be queried from here; query Redshift)";
+
+async fn sales_summary(
+    query: web::Query<SalesQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let range = query.range()?;
+    match state.warehouse.summary_in(range).await {
         Ok(Some(summary)) => Ok(HttpResponse::Ok().json(summary)),
         Ok(None) => Err(ApiError::NotFound {
-            what: "a sales summary (the warehouse backend, Firehose, cannot be queried from here; query Redshift)".into(),
+            what: NOT_QUERYABLE.into(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET /v1/sales/customers?from=&to=&limit=`: the best customers by net revenue.
+async fn sales_customers(
+    query: web::Query<SalesQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (range, limit) = (query.range()?, query.limit()?);
+    match state.warehouse.top_customers(range, limit).await {
+        Ok(Some(customers)) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "from": range.from,
+            "to": range.to,
+            "customers": customers,
+        }))),
+        Ok(None) => Err(ApiError::NotFound {
+            what: NOT_QUERYABLE.into(),
         }),
         Err(e) => Err(e.into()),
     }

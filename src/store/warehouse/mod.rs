@@ -7,6 +7,7 @@ pub mod firehose;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use serde::Serialize;
 
 pub use bulk::{
@@ -62,6 +63,63 @@ pub struct SalesSummary {
     pub by_month: Vec<(String, Money)>,
     /// The ten products with the largest net revenue (cancellations subtract), largest first.
     pub top_products: Vec<ProductRevenue>,
+    /// The first day the figures cover, when the caller asked for a range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<NaiveDate>,
+    /// The last day (inclusive) the figures cover, when the caller asked for a range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<NaiveDate>,
+}
+
+/// Invoice days a summary covers, both ends inclusive and either open. Days are the invoice's own
+/// calendar day as the store sent it (no time zone is applied).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayRange {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+impl DayRange {
+    /// Every day.
+    pub const ALL: DayRange = DayRange {
+        from: None,
+        to: None,
+    };
+
+    pub fn is_all(&self) -> bool {
+        self.from.is_none() && self.to.is_none()
+    }
+
+    /// The first and last day as `YYYY-MM-DD` text, open ends as text below and above any day.
+    pub fn day_bounds(&self) -> (String, String) {
+        (
+            self.from
+                .map_or_else(|| "0000-00-00".into(), |d| d.to_string()),
+            self.to
+                .map_or_else(|| "9999-99-99".into(), |d| d.to_string()),
+        )
+    }
+
+    /// Bounds on `invoice_date` text (`YYYY-MM-DDTHH:MM:SS`): at or after the first, before the
+    /// second (the day after `to`).
+    pub fn date_bounds(&self) -> (String, String) {
+        (
+            self.from.map_or_else(|| "0000".into(), |d| d.to_string()),
+            self.to
+                .and_then(|d| d.succ_opt())
+                .map_or_else(|| "9999-99-99".into(), |d| d.to_string()),
+        )
+    }
+}
+
+/// One customer's net purchases, for the dashboard's best customers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CustomerRevenue {
+    pub customer_id: u64,
+    pub invoices: u64,
+    pub lines: u64,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub revenue: Money,
 }
 
 /// One product's net sales, for the dashboard's best sellers.
@@ -82,7 +140,25 @@ pub trait Warehouse: Send + Sync + 'static {
     async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError>;
 
     /// Aggregates over the fact table. Backends that cannot query (Firehose) answer `None`.
-    async fn summary(&self) -> Result<Option<SalesSummary>, StoreError>;
+    async fn summary(&self) -> Result<Option<SalesSummary>, StoreError> {
+        self.summary_in(DayRange::ALL).await
+    }
+
+    /// Aggregates over the lines of the days of `range`. Backends that cannot query (Firehose)
+    /// answer `None`.
+    async fn summary_in(&self, _range: DayRange) -> Result<Option<SalesSummary>, StoreError> {
+        Ok(None)
+    }
+
+    /// The `limit` customers with the largest net revenue in `range`, largest first. Backends
+    /// that cannot query answer `None`.
+    async fn top_customers(
+        &self,
+        _range: DayRange,
+        _limit: usize,
+    ) -> Result<Option<Vec<CustomerRevenue>>, StoreError> {
+        Ok(None)
+    }
 
     async fn health(&self) -> Result<(), StoreError>;
 

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, Transaction};
 
 use super::{
-    BulkFile, FileLoadStart, LedgerEntry, LoadCounts, LoadedInto, SalesSummary, Warehouse,
-    SALES_DDL,
+    BulkFile, CustomerRevenue, DayRange, FileLoadStart, LedgerEntry, LoadCounts, LoadedInto,
+    SalesSummary, Warehouse, SALES_DDL,
 };
 use crate::model::IngestedLine;
 use crate::sqlite::{Database, SqliteOptions};
@@ -193,11 +193,25 @@ impl Warehouse for SqliteWarehouse {
             .map(drop)
     }
 
-    /// Read from the rollups: a few milliseconds whatever the size of `sales`.
-    async fn summary(&self) -> Result<Option<SalesSummary>, StoreError> {
+    /// Read from the rollups: a few milliseconds whatever the size of `sales`. A range also
+    /// reads the lines of its days from `sales` (invoices, customers and products have no
+    /// rollup by day).
+    async fn summary_in(&self, range: DayRange) -> Result<Option<SalesSummary>, StoreError> {
         let path = self.db.path().to_owned();
         self.db
-            .read(move |conn| rollup::summary(conn, &path).map(Some))
+            .read(move |conn| rollup::summary(conn, &path, range).map(Some))
+            .await
+    }
+
+    /// Read from `sales`: a pass over the lines of `range` (every line when it is open).
+    async fn top_customers(
+        &self,
+        range: DayRange,
+        limit: usize,
+    ) -> Result<Option<Vec<CustomerRevenue>>, StoreError> {
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| rollup::top_customers(conn, &path, range, limit).map(Some))
             .await
     }
 

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::model::Money;
 use crate::store::sum;
-use crate::store::warehouse::{ProductRevenue, SalesSummary};
+use crate::store::warehouse::{CustomerRevenue, DayRange, ProductRevenue, SalesSummary};
 use crate::store::StoreError;
 
 /// The rollup tables, and the move of an older file's rollups into them.
@@ -267,9 +267,14 @@ impl Changes {
 /// # Errors
 /// The SQLite error as [`StoreError::sqlite`]; [`StoreError::Aggregate`] for a figure beyond what
 /// an exact decimal holds.
-pub(super) fn summary(conn: &Connection, path: &Path) -> Result<SalesSummary, StoreError> {
+pub(super) fn summary(
+    conn: &Connection,
+    path: &Path,
+    range: DayRange,
+) -> Result<SalesSummary, StoreError> {
     let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
     let tx = conn.unchecked_transaction().map_err(fail)?;
+    let (first_day, last_day) = range.day_bounds();
     let (mut lines, mut cancellation_lines, mut revenue) = (0i128, 0i128, 0i128);
     let mut by_country: HashMap<String, i128> = HashMap::new();
     let mut by_day: BTreeMap<String, i128> = BTreeMap::new();
@@ -278,10 +283,10 @@ pub(super) fn summary(conn: &Connection, path: &Path) -> Result<SalesSummary, St
         let mut stmt = tx
             .prepare_cached(
                 "SELECT day, country, lines, cancellation_lines, revenue_micros
-                 FROM sales_daily_sums",
+                 FROM sales_daily_sums WHERE day >= ?1 AND day <= ?2",
             )
             .map_err(fail)?;
-        let mut rows = stmt.query([]).map_err(fail)?;
+        let mut rows = stmt.query(params![first_day, last_day]).map_err(fail)?;
         while let Some(r) = rows.next().map_err(fail)? {
             let day: String = r.get(0).map_err(fail)?;
             let country: String = r.get(1).map_err(fail)?;
@@ -304,14 +309,14 @@ pub(super) fn summary(conn: &Connection, path: &Path) -> Result<SalesSummary, St
             }
         }
     }
-    let (invoices, customers) = tx
-        .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT customer_id) FROM sales_invoices",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )
-        .map_err(fail)?;
-    let mut products = {
+    let (invoices, customers, mut products) = if range.is_all() {
+        let (invoices, customers) = tx
+            .query_row(
+                "SELECT COUNT(*), COUNT(DISTINCT customer_id) FROM sales_invoices",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .map_err(fail)?;
         let mut stmt = tx
             .prepare_cached(
                 "SELECT stock_code, description, quantity, revenue_micros FROM sales_product_sums",
@@ -327,7 +332,10 @@ pub(super) fn summary(conn: &Connection, path: &Path) -> Result<SalesSummary, St
                 ))
             })
             .map_err(fail)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(fail)?
+        let products = rows.collect::<rusqlite::Result<Vec<_>>>().map_err(fail)?;
+        (invoices as u64, customers as u64, products)
+    } else {
+        in_range(&tx, path, range)?
     };
     products.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.0.cmp(&b.0)));
     let top_products = products
@@ -353,13 +361,109 @@ pub(super) fn summary(conn: &Connection, path: &Path) -> Result<SalesSummary, St
     let count = |n: i128| u64::try_from(n).unwrap_or(0);
     Ok(SalesSummary {
         lines: count(lines),
-        invoices: invoices as u64,
-        customers: customers as u64,
+        invoices,
+        customers,
         revenue: sum::micros_to_money(revenue, "revenue")?,
         cancellation_lines: count(cancellation_lines),
         by_country: money(by_country, "revenue of a country")?,
         by_day: money(by_day.into_iter().collect(), "revenue of a day")?,
         by_month: money(by_month.into_iter().collect(), "revenue of a month")?,
         top_products,
+        from: range.from,
+        to: range.to,
     })
+}
+
+/// Products sold in a part of the time: (stock code, latest description, quantity, revenue).
+type ProductSums = Vec<(String, Option<String>, i128, i128)>;
+
+/// Invoices, customers and product sums of the lines of `range`, read from `sales` through its
+/// `invoice_date` index (the rollups have no date for these). A range of a few months reads a
+/// few hundred thousand rows at most: fine for a person filtering the dashboard.
+fn in_range(
+    tx: &Connection,
+    path: &Path,
+    range: DayRange,
+) -> Result<(u64, u64, ProductSums), StoreError> {
+    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
+    let (low, high) = range.date_bounds();
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT invoice_no, customer_id, stock_code, description, quantity, line_total_micros
+             FROM sales WHERE invoice_date >= ?1 AND invoice_date < ?2",
+        )
+        .map_err(fail)?;
+    let mut rows = stmt.query(params![low, high]).map_err(fail)?;
+    let mut invoices = std::collections::HashSet::new();
+    let mut customers = std::collections::HashSet::new();
+    let mut products: HashMap<String, (Option<String>, i128, i128)> = HashMap::new();
+    while let Some(r) = rows.next().map_err(fail)? {
+        let invoice: String = r.get(0).map_err(fail)?;
+        invoices.insert(invoice);
+        if let Some(c) = r.get::<_, Option<i64>>(1).map_err(fail)? {
+            customers.insert(c);
+        }
+        let code: String = r.get(2).map_err(fail)?;
+        let description: Option<String> = r.get(3).map_err(fail)?;
+        let quantity: i64 = r.get(4).map_err(fail)?;
+        let micros: i64 = r.get(5).map_err(fail)?;
+        let p = products.entry(code).or_default();
+        if description.is_some() {
+            p.0 = description;
+        }
+        p.1 = sum::add(p.1, i128::from(quantity), "a product's quantity")?;
+        p.2 = sum::add(p.2, i128::from(micros), "a product's revenue")?;
+    }
+    let products = products
+        .into_iter()
+        .map(|(code, (description, quantity, micros))| (code, description, quantity, micros))
+        .collect();
+    Ok((invoices.len() as u64, customers.len() as u64, products))
+}
+
+/// The `limit` customers with the largest net revenue in `range` (cancellations subtract), read
+/// from `sales`: lines without a customer id are left out.
+///
+/// # Errors
+/// As [`summary`].
+pub(super) fn top_customers(
+    conn: &Connection,
+    path: &Path,
+    range: DayRange,
+    limit: usize,
+) -> Result<Vec<CustomerRevenue>, StoreError> {
+    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
+    let (low, high) = range.date_bounds();
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT customer_id, invoice_no, line_total_micros FROM sales
+             WHERE invoice_date >= ?1 AND invoice_date < ?2 AND customer_id IS NOT NULL",
+        )
+        .map_err(fail)?;
+    let mut rows = stmt.query(params![low, high]).map_err(fail)?;
+    let mut by_customer: HashMap<i64, (std::collections::HashSet<String>, u64, i128)> =
+        HashMap::new();
+    while let Some(r) = rows.next().map_err(fail)? {
+        let customer: i64 = r.get(0).map_err(fail)?;
+        let invoice: String = r.get(1).map_err(fail)?;
+        let micros: i64 = r.get(2).map_err(fail)?;
+        let c = by_customer.entry(customer).or_default();
+        c.0.insert(invoice);
+        c.1 += 1;
+        c.2 = sum::add(c.2, i128::from(micros), "a customer's revenue")?;
+    }
+    let mut customers: Vec<_> = by_customer.into_iter().collect();
+    customers.sort_by(|a, b| b.1 .2.cmp(&a.1 .2).then_with(|| a.0.cmp(&b.0)));
+    customers
+        .into_iter()
+        .take(limit)
+        .map(|(customer_id, (invoices, lines, micros))| {
+            Ok(CustomerRevenue {
+                customer_id: u64::try_from(customer_id).unwrap_or_default(),
+                invoices: invoices.len() as u64,
+                lines,
+                revenue: sum::micros_to_money(micros, "a customer's revenue")?,
+            })
+        })
+        .collect()
 }
