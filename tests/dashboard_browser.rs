@@ -99,7 +99,12 @@ fn get_json(server: &Server, path: &str) -> serde_json::Value {
 fn check_view(server: &Server, profile: &Path, shots: &Path, name: &str, query: &str) {
     let summary = get_json(server, &format!("/v1/sales/summary{query}"));
     let customers = get_json(server, &format!("/v1/sales/customers{query}"));
-    let dom = browse(profile, &server.url(&format!("/{query}")), None);
+    let page = server.url(&format!("/{query}#key={READER_KEY}"));
+    let dom = browse(profile, &page, None);
+    assert!(
+        dom.contains(r#"<form id="keyform" onsubmit="useKey(event)" hidden="">"#),
+        "{name}: the page asks for a key although it was given one:\n{dom}"
+    );
     let shown: std::collections::HashMap<String, String> =
         figures(&dom, "data-figure").into_iter().collect();
     for field in ["lines", "invoices", "customers", "cancellation_lines"] {
@@ -148,7 +153,7 @@ fn check_view(server: &Server, profile: &Path, shots: &Path, name: &str, query: 
     );
 
     let png = shots.join(format!("{name}.png"));
-    browse(profile, &server.url(&format!("/{query}")), Some(&png));
+    browse(profile, &page, Some(&png));
     let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
     assert!(
         size > 20_000,
@@ -187,7 +192,16 @@ fn the_dashboard_shows_what_the_api_answers_for_every_day_and_for_a_range() {
         "lines, invoices, customers, cancellation lines and revenue of 2011-01-01..=2011-03-31"
     );
 
+    // Without a key the page shows no figures and asks for one.
     let profile = dir.path().join("chromium");
+    let locked = browse(&profile, &server.url("/"), None);
+    assert!(
+        figures(&locked, "data-figure")
+            .iter()
+            .all(|(name, _)| name == "error")
+            && locked.contains(r#"<form id="keyform" onsubmit="useKey(event)">"#),
+        "without a key the page must ask for one and show no figures:\n{locked}"
+    );
     check_view(&server, &profile, &shots, "all-days", "");
     check_view(
         &server,

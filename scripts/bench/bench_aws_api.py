@@ -38,6 +38,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 OUT = os.path.join(ROOT, "bench-out")
 BIN = os.path.join(ROOT, "target", "release", "shopstream")
 KEY = "demo-key-change-me"
+# Reads (/v1/status) take a reader key (auth.readers); this is config/default.toml's demo one.
+READER_KEY = os.environ.get("SHOPSTREAM_READER_KEY", "demo-reader-key-change-me")
+
+
+def read_request(url):
+    return urllib.request.Request(url, headers={"Authorization": "Bearer " + READER_KEY})
+
 ENV = dict(
     os.environ,
     AWS_ACCESS_KEY_ID="test",
@@ -128,7 +135,7 @@ def proxy_call(url, path, method="GET"):
 
 
 def status(url):
-    with urllib.request.urlopen(url + "/v1/status", timeout=10) as r:
+    with urllib.request.urlopen(read_request(url + "/v1/status"), timeout=10) as r:
         return json.load(r)
 
 

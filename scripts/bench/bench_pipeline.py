@@ -31,6 +31,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 OUT = os.path.join(ROOT, "bench-out")
 BIN = os.path.join(ROOT, "target", "release", "shopstream")
 KEY = "demo-key-change-me"
+# Reads (/v1/status) take a reader key (auth.readers); this is config/default.toml's demo one.
+READER_KEY = os.environ.get("SHOPSTREAM_READER_KEY", "demo-reader-key-change-me")
+
+
+def read_request(url):
+    return urllib.request.Request(url, headers={"Authorization": "Bearer " + READER_KEY})
+
 
 CONFIG = """
 [server]
@@ -82,7 +89,7 @@ class Server:
         return float("nan")
 
     def status(self):
-        with urllib.request.urlopen(self.url + "/v1/status") as r:
+        with urllib.request.urlopen(read_request(self.url + "/v1/status")) as r:
             return json.load(r)
 
     def wait_caught_up(self, limit=600):

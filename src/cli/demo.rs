@@ -132,8 +132,17 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             in_all.as_secs_f64()
         );
         out!();
+        // Reads take a reader key (auth.readers); the dashboard link carries it in its fragment,
+        // which the browser never sends to the server, and the page drops from its address.
+        let reader_key = settings.auth.readers.values().next();
         out!("where to look:");
-        out!("  dashboard         {base}/");
+        match reader_key {
+            Some(key) => {
+                out!("  dashboard         {base}/#key={key}");
+                out!("  (reads need the reader key: curl -H 'Authorization: Bearer {key}' URL)");
+            }
+            None => out!("  dashboard         {base}/ (set a reader key: auth.readers)"),
+        }
         out!("  an invoice        {base}/v1/invoices/536365");
         out!(
             "  a customer        {base}/v1/customers/17850/invoices?from=2010-12-01&to=2011-12-31"

@@ -10,6 +10,7 @@ use crate::actors::pipeline::Pipeline;
 use crate::actors::progress::Progress;
 use crate::app::{start_pipeline, Backends};
 use crate::config::Settings;
+use crate::web::access::RateLimits;
 use crate::web::{AppState, Limits};
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +45,40 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
     })
 }
 
+/// The keys `serve` takes: every configured key, except the demo keys when the server listens
+/// beyond loopback (a key printed in the README must never open a reachable server). What is
+/// left out, and a server no one can read from, are logged.
+fn served_keys(settings: &Settings) -> crate::config::AuthConfig {
+    let mut auth = settings.auth.clone();
+    let loopback = settings.server.bind == "localhost"
+        || settings
+            .server
+            .bind
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        let dropped = auth.drop_demo_keys();
+        if !dropped.is_empty() {
+            tracing::warn!(
+                bind = %settings.server.bind,
+                keys = %dropped.join(", "),
+                "Demo keys are ignored off loopback: set real keys in the environment \
+                 (SHOPSTREAM__AUTH__STORES__<STORE_ID>, SHOPSTREAM__AUTH__READERS__<NAME>)."
+            );
+        }
+    }
+    if auth.stores.is_empty() {
+        tracing::warn!("No store key is configured: every ingest request will be answered 401.");
+    }
+    if auth.readers.is_empty() {
+        tracing::warn!(
+            "No reader key is configured: look-ups, sales figures, the status and the dashboard's \
+             data need one (SHOPSTREAM__AUTH__READERS__<NAME>=<key>)."
+        );
+    }
+    auth
+}
+
 /// A running pipeline and HTTP server.
 pub struct Running {
     pub server: actix_web::dev::ServerHandle,
@@ -66,6 +101,7 @@ impl Running {
         let progress = Arc::new(Progress::default());
         let sinks = backends.sinks(settings);
         let pipeline = start_pipeline(settings, &backends, sinks.clone(), progress.clone()).await?;
+        let auth = served_keys(settings);
         let state = Arc::new(AppState {
             instance: backends.instance.clone(),
             stream: backends.stream.clone(),
@@ -74,7 +110,8 @@ impl Running {
             sinks,
             dead_letter_store: backends.dead_letter.clone(),
             progress,
-            auth: settings.auth.clone(),
+            auth: auth.clone(),
+            rate_limits: RateLimits::new(&settings.rate_limits, &auth),
             limits: Limits::from_settings(settings),
             inflight_appends: AtomicUsize::new(0),
             ingest_permits: Arc::new(tokio::sync::Semaphore::new(

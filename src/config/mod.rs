@@ -15,7 +15,10 @@ pub use pipeline::{
     ArchiveConfig, Backend, DeadLetterConfig, OperationalConfig, RetryConfig, SinksConfig,
     StreamConfig, WarehouseConfig,
 };
-pub use server::{AuthConfig, LogConfig, LogFormat, ServerConfig};
+pub use server::{
+    AuthConfig, LogConfig, LogFormat, RateLimitConfig, ReadAccess, ServerConfig, StoreRate,
+    StoreReads,
+};
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -73,6 +76,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub rate_limits: RateLimitConfig,
     pub log: LogConfig,
     pub stream: StreamConfig,
     pub sinks: SinksConfig,
@@ -136,6 +140,8 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.auth.validate()?;
+        self.rate_limits
+            .validate(&self.auth, self.server.max_lines_per_request)?;
         self.stream.validate()?;
         self.sinks.validate()?;
         self.archive.validate()?;
@@ -218,6 +224,63 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.port"), "{err}");
+    }
+
+    #[test]
+    fn keys_name_one_store_or_reader_and_demo_keys_can_be_dropped() {
+        let err = load_toml("[auth.readers]\nbi = \"demo-key-change-me\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("store \"demo\" and reader \"bi\" share one key"),
+            "{err}"
+        );
+        let err = load_toml("[auth.readers]\nbi = \"short\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reader \"bi\" is shorter than 8"), "{err}");
+        let mut s = load_toml("[auth.readers]\nbi = \"a-real-reader-key\"").unwrap();
+        assert_eq!(
+            s.auth.read_access("a-real-reader-key"),
+            Ok(ReadAccess::Everything)
+        );
+        assert_eq!(
+            s.auth.read_access("demo-key-change-me"),
+            Ok(ReadAccess::OwnStore("demo".into()))
+        );
+        assert_eq!(s.auth.read_access("nobody's key"), Err(None));
+        assert_eq!(
+            s.auth.drop_demo_keys(),
+            vec!["auth.stores.demo", "auth.readers.demo"]
+        );
+        assert!(s.auth.stores.is_empty());
+        assert_eq!(s.auth.readers.keys().collect::<Vec<_>>(), ["bi"]);
+    }
+
+    #[test]
+    fn rate_limits_let_a_full_request_pass_and_name_known_stores() {
+        let err = load_toml("[rate_limits]\nlines_per_second = 10\nburst_lines = 100")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rate_limits.burst_lines") && err.contains("50000"),
+            "{err}"
+        );
+        let err =
+            load_toml("[rate_limits.stores.leeds]\nlines_per_second = 10\nburst_lines = 60000")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("\"leeds\" has a rate limit but no key"),
+            "{err}"
+        );
+        let s = load_toml("[rate_limits.stores.demo]\nlines_per_second = 10\nburst_lines = 60000")
+            .unwrap();
+        assert_eq!(
+            s.rate_limits.for_store("demo").unwrap().lines_per_second,
+            10
+        );
+        assert_eq!(s.rate_limits.for_store("other"), None, "off by default");
     }
 
     #[test]

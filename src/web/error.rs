@@ -14,6 +14,20 @@ pub enum ApiError {
         "missing or unknown API key: send `Authorization: Bearer <key>` with the key of your store"
     )]
     Unauthorized,
+    #[error(
+        "missing or unknown API key: reads need `Authorization: Bearer <key>` with a reader key (auth.readers)"
+    )]
+    ReaderUnauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    /// A store over its rate limit (`rate_limits`): 429, unlike the 503 of a busy server.
+    #[error("store {store:?} is over its rate limit of {} lines a second (burst {}): these {lines} lines were not taken; retry after {retry_after_secs} s", rate.lines_per_second, rate.burst_lines)]
+    RateLimited {
+        store: String,
+        lines: usize,
+        rate: crate::config::StoreRate,
+        retry_after_secs: u64,
+    },
     #[error("the body is larger than {limit} bytes; split it into several requests")]
     BodyTooLarge { limit: usize },
     #[error("the request has {count} lines, more than the limit of {limit}; split it into several requests")]
@@ -104,7 +118,9 @@ struct Body<'a> {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::ReaderUnauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::TooManyLines { .. } => "too_many_lines",
             ApiError::BadInput(_) => "bad_input",
@@ -122,7 +138,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::ReaderUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyLines { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -142,13 +160,16 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Busy {
                 retry_after_secs, ..
+            }
+            | ApiError::RateLimited {
+                retry_after_secs, ..
             } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             ApiError::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::ReaderUnauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             // RFC 7694: a 415 for a content coding says which codings are accepted.

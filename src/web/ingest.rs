@@ -113,6 +113,10 @@ async fn ingest(
         ));
     }
 
+    if !query.dry_run {
+        // Counted in valid lines, before anything is written: a refused request takes nothing.
+        state.rate_limits.check(&store, parsed.lines.len())?;
+    }
     let records =
         record::encode(&store, &parsed.lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
     if !query.dry_run {

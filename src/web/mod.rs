@@ -1,6 +1,7 @@
 //! The HTTP API (actix-web): ingest, look-ups, dashboard, metrics, health. Each route group is a
 //! file with a `config` function; errors become answers in one place ([`error::ApiError`]).
 
+pub mod access;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub dead_letter_store: Arc<dyn ObjectStore>,
     pub progress: Arc<Progress>,
     pub auth: AuthConfig,
+    /// Per-store token buckets of lines (`rate_limits`).
+    pub rate_limits: access::RateLimits,
     pub limits: Limits,
     /// Appends waiting for the stream right now.
     pub inflight_appends: AtomicUsize,

@@ -1,10 +1,11 @@
 //! Operations: Prometheus metrics, liveness, readiness and the pipeline's progress.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::error::ApiError;
 use super::AppState;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -72,14 +73,15 @@ fn outcome(result: Result<Result<(), String>, tokio::time::error::Elapsed>) -> S
     }
 }
 
-async fn status(state: web::Data<AppState>) -> HttpResponse {
+async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.authorize_read_all(&req, "the pipeline's status")?;
     let shards = state.progress.snapshot();
     let caught_up = shards.iter().all(|s| s.backlog_records == 0);
-    HttpResponse::Ok().json(serde_json::json!({
+    Ok(HttpResponse::Ok().json(serde_json::json!({
         "instance": state.instance,
         "caught_up": caught_up,
         "max_backlog_records": shards.iter().map(|s| s.backlog_records).max().unwrap_or(0),
         "high_water_records": state.limits.backlog_high_water_records,
         "shards": shards,
-    }))
+    })))
 }

@@ -1,11 +1,13 @@
 //! Look-ups: invoices and customers from the operational store, sales figures from the warehouse.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDate, NaiveDateTime};
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::ReadAccess;
+use crate::store::operational::invoice_total;
 use crate::store::warehouse::DayRange;
 
 pub fn config(cfg: &mut web::ServiceConfig) {
@@ -19,17 +21,29 @@ pub fn config(cfg: &mut web::ServiceConfig) {
 }
 
 async fn invoice(
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let access = state.authorize_read(&req, "invoices")?;
     let invoice_no = path.into_inner();
-    match state.operational.invoice(&invoice_no).await {
-        Ok(Some(invoice)) => Ok(HttpResponse::Ok().json(invoice)),
-        Ok(None) => Err(ApiError::NotFound {
-            what: format!("invoice {invoice_no:?}"),
-        }),
-        Err(e) => Err(e.into()),
+    let not_found = || ApiError::NotFound {
+        what: format!("invoice {invoice_no:?}"),
+    };
+    let mut invoice = state
+        .operational
+        .invoice(&invoice_no)
+        .await?
+        .ok_or_else(not_found)?;
+    if let ReadAccess::OwnStore(store) = access {
+        // A store sees the lines it sent; an invoice it sent none of does not exist for it.
+        invoice.lines.retain(|l| l.store_id == store);
+        if invoice.lines.is_empty() {
+            return Err(not_found());
+        }
+        invoice.total = invoice_total(&invoice.lines)?;
     }
+    Ok(HttpResponse::Ok().json(invoice))
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,10 +72,12 @@ fn parse_bound(name: &str, value: Option<&str>) -> Result<Option<NaiveDateTime>,
 }
 
 async fn customer_invoices(
+    req: HttpRequest,
     path: web::Path<String>,
     range: web::Query<Range>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize_read_all(&req, "customers' purchase histories")?;
     let raw = path.into_inner();
     let customer_id: u64 = raw.trim().parse().map_err(|_| {
         ApiError::BadInput(format!(
@@ -149,9 +165,11 @@ const NOT_QUERYABLE: &str =
     "sales figures (the warehouse backend, Firehose, cannot be queried from here; query Redshift)";
 
 async fn sales_summary(
+    req: HttpRequest,
     query: web::Query<SalesQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize_read_all(&req, "sales figures")?;
     let range = query.range()?;
     match state.warehouse.summary_in(range).await {
         Ok(Some(summary)) => Ok(HttpResponse::Ok().json(summary)),
@@ -164,9 +182,11 @@ async fn sales_summary(
 
 /// `GET /v1/sales/customers?from=&to=&limit=`: the best customers by net revenue.
 async fn sales_customers(
+    req: HttpRequest,
     query: web::Query<SalesQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    state.authorize_read_all(&req, "sales figures")?;
     let (range, limit) = (query.range()?, query.limit()?);
     match state.warehouse.top_customers(range, limit).await {
         Ok(Some(customers)) => Ok(HttpResponse::Ok().json(serde_json::json!({

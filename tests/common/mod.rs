@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shopstream");
 pub const DEMO_KEY: &str = "demo-key-change-me";
+/// The demo reader key of `config/default.toml`: [`client`] sends it with every request that
+/// sets no `Authorization` of its own, so reads work as they would for an analyst.
+pub const READER_KEY: &str = "demo-reader-key-change-me";
 
 /// A running `shopstream serve`.
 pub struct Server {
@@ -303,11 +306,30 @@ fn merge_toml(base: &str, extra: &str) -> String {
     out
 }
 
+/// An HTTP client that reads with [`READER_KEY`] (a request's own `bearer_auth` replaces it).
 pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(reader_headers())
+        .build()
+        .unwrap()
+}
+
+/// Client without any key, for tests of what an anonymous caller gets.
+pub fn anonymous_client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+pub fn reader_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {READER_KEY}").parse().unwrap(),
+    );
+    headers
 }
 
 /// A free loopback port (for a server that must come back on the same one).
