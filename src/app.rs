@@ -16,6 +16,7 @@ use crate::actors::warehouse::WarehouseForwarder;
 use crate::config::{Backend, Settings};
 use crate::object_store::ObjectStore;
 use crate::store::{OperationalStore, Warehouse};
+use crate::stream::line_index::LineIndex;
 use crate::stream::{AllShards, CheckpointStore, ShardOwnership, Stream};
 
 /// The backend of every stage.
@@ -24,6 +25,8 @@ pub struct Backends {
     /// This instance's name: the lease owner on Kinesis (ECS task id or host and pid).
     pub instance: String,
     pub stream: Arc<dyn Stream>,
+    /// Line ids and idempotency keys beside the stream (docs/line-identity.md).
+    pub line_index: Arc<dyn LineIndex>,
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Which shards this instance reads: all embedded; on Kinesis, those whose lease it holds
     /// (several instances share one stream).
@@ -56,7 +59,7 @@ impl Backends {
         use crate::store::warehouse::firehose::FirehoseWarehouse;
         use crate::store::warehouse::sqlite::SqliteWarehouse;
         use crate::stream::embedded::EmbeddedStream;
-        use crate::stream::kinesis::{KinesisStream, LeaseCoordinator};
+        use crate::stream::kinesis::{DynamoLineIndex, KinesisStream, LeaseCoordinator};
 
         let uses_aws = [
             settings.stream.backend,
@@ -83,8 +86,9 @@ impl Backends {
         }
 
         let instance = instance_name();
-        let (stream, checkpoints, ownership): (
+        let (stream, line_index, checkpoints, ownership): (
             Arc<dyn Stream>,
+            Arc<dyn LineIndex>,
             Arc<dyn CheckpointStore>,
             Arc<dyn ShardOwnership>,
         ) = match settings.stream.backend {
@@ -99,13 +103,28 @@ impl Backends {
                 let checkpoints = stream
                     .checkpoints()
                     .context("cannot open the checkpoints beside the embedded stream")?;
-                (Arc::new(stream), Arc::new(checkpoints), Arc::new(AllShards))
+                let stream = Arc::new(stream);
+                (
+                    stream.clone(),
+                    stream,
+                    Arc::new(checkpoints),
+                    Arc::new(AllShards),
+                )
             }
             Backend::Aws => {
                 let kinesis = &settings.stream.kinesis;
                 let leases = LeaseCoordinator::from_config(aws(), kinesis, instance.clone());
+                let stream: Arc<dyn Stream> =
+                    Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis));
+                let line_index = Arc::new(DynamoLineIndex::new(
+                    aws().dynamodb.clone(),
+                    &kinesis.line_index_table,
+                    stream.clone(),
+                    kinesis.line_index_retention,
+                ));
                 (
-                    Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis)),
+                    stream,
+                    line_index,
                     Arc::new(leases.checkpoints()),
                     Arc::new(leases),
                 )
@@ -159,6 +178,7 @@ impl Backends {
         Ok(Backends {
             instance,
             stream,
+            line_index,
             checkpoints,
             ownership,
             archive,
