@@ -176,15 +176,15 @@ fn stored_in_request(
 fn conflict(invoice_no: &str, origin: &LineOrigin, differs: &str) -> Rejection {
     let (field, line) = match origin.line_no {
         Some(n) => (Some("LineNo"), format!("line {n}")),
-        None => (None, "a line with the same content".to_owned()),
+        None => (None, "this line (same content)".to_owned()),
     };
     Rejection::at(
         origin.position,
         field,
         format!(
-            "invoice {invoice_no} {line} is already stored with other content or from another store ({differs}); \
-             the stored line is kept: send a correction as a new line (or a cancellation invoice), \
-             and a different line under a line number of its own"
+            "invoice {invoice_no} {line} is already stored and differs ({differs}); the stored line \
+             is kept: send a correction as a new line (or a cancellation invoice), and another \
+             store's lines under invoice or line numbers of their own"
         ),
     )
 }
