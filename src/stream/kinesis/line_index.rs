@@ -10,7 +10,8 @@
 //!   blocks a later request; a crash between the steps leaves a pending claim that the same
 //!   content takes over (it is written again) and other content is refused by.
 //! - An `Idempotency-Key` is item `key#<store length>#<store>#<key>` with `Fingerprint`,
-//!   `StartedAt`, and once answered `Status` and `Answer`.
+//!   `StartedAt`, and once answered `Status` and `Answer`. A committed line also has `LandedShard`
+//!   and `LandedSeq`: where its record landed.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
@@ -251,7 +252,9 @@ impl LineIndex for DynamoLineIndex {
                     .update_item()
                     .table_name(&self.table)
                     .key("Id", s(line_key(&id)))
-                    .update_expression("SET #st = :committed, Shard = :shard, Seq = :seq")
+                    .update_expression(
+                        "SET #st = :committed, LandedShard = :shard, LandedSeq = :seq",
+                    )
                     .condition_expression("#tok = :token")
                     .expression_attribute_names("#st", "State")
                     .expression_attribute_names("#tok", "Token")
