@@ -37,6 +37,14 @@ pub struct Backends {
     pub dead_letter: Arc<dyn ObjectStore>,
 }
 
+/// The stream, its line-id index, its checkpoint store and which of its shards this instance reads.
+type StreamParts = (
+    Arc<dyn Stream>,
+    Arc<dyn LineIndex>,
+    Arc<dyn CheckpointStore>,
+    Arc<dyn ShardOwnership>,
+);
+
 /// A path from the settings: absolute as given, relative ones under `data_dir`.
 pub fn data_path(settings: &Settings, p: &Path) -> PathBuf {
     if p.is_absolute() {
@@ -86,50 +94,46 @@ impl Backends {
         }
 
         let instance = instance_name();
-        let (stream, line_index, checkpoints, ownership): (
-            Arc<dyn Stream>,
-            Arc<dyn LineIndex>,
-            Arc<dyn CheckpointStore>,
-            Arc<dyn ShardOwnership>,
-        ) = match settings.stream.backend {
-            Backend::Embedded => {
-                let stream = EmbeddedStream::open(
-                    &settings.data_dir.join("stream.sqlite"),
-                    settings.stream.shards,
-                    settings.stream.retention,
-                    settings.stream.max_pending_appends,
-                )
-                .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
-                let checkpoints = stream
-                    .checkpoints()
-                    .context("cannot open the checkpoints beside the embedded stream")?;
-                let stream = Arc::new(stream);
-                (
-                    stream.clone(),
-                    stream,
-                    Arc::new(checkpoints),
-                    Arc::new(AllShards),
-                )
-            }
-            Backend::Aws => {
-                let kinesis = &settings.stream.kinesis;
-                let leases = LeaseCoordinator::from_config(aws(), kinesis, instance.clone());
-                let stream: Arc<dyn Stream> =
-                    Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis));
-                let line_index = Arc::new(DynamoLineIndex::new(
-                    aws().dynamodb.clone(),
-                    &kinesis.line_index_table,
-                    stream.clone(),
-                    kinesis.line_index_retention,
-                ));
-                (
-                    stream,
-                    line_index,
-                    Arc::new(leases.checkpoints()),
-                    Arc::new(leases),
-                )
-            }
-        };
+        let (stream, line_index, checkpoints, ownership): StreamParts =
+            match settings.stream.backend {
+                Backend::Embedded => {
+                    let stream = EmbeddedStream::open(
+                        &settings.data_dir.join("stream.sqlite"),
+                        settings.stream.shards,
+                        settings.stream.retention,
+                        settings.stream.max_pending_appends,
+                    )
+                    .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
+                    let checkpoints = stream
+                        .checkpoints()
+                        .context("cannot open the checkpoints beside the embedded stream")?;
+                    let stream = Arc::new(stream);
+                    (
+                        stream.clone(),
+                        stream,
+                        Arc::new(checkpoints),
+                        Arc::new(AllShards),
+                    )
+                }
+                Backend::Aws => {
+                    let kinesis = &settings.stream.kinesis;
+                    let leases = LeaseCoordinator::from_config(aws(), kinesis, instance.clone());
+                    let stream: Arc<dyn Stream> =
+                        Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis));
+                    let line_index = Arc::new(DynamoLineIndex::new(
+                        aws().dynamodb.clone(),
+                        &kinesis.line_index_table,
+                        stream.clone(),
+                        kinesis.line_index_retention,
+                    ));
+                    (
+                        stream,
+                        line_index,
+                        Arc::new(leases.checkpoints()),
+                        Arc::new(leases),
+                    )
+                }
+            };
         let objects = |backend: Backend,
                        dir: &Path,
                        key: &str|

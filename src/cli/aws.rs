@@ -21,7 +21,7 @@ pub struct AwsArgs {
 #[derive(Debug, Subcommand)]
 pub enum AwsCommand {
     /// Creates what is missing of the Kinesis stream, the S3 bucket, the DynamoDB invoices table
-    /// (with its customers index) and lease table, and the Firehose delivery stream (only with
+    /// (with its customers index), lease table and line-id table, and the Firehose delivery stream (only with
     /// `warehouse.firehose.role_arn` set: S3 destination, for the local servers). Existing resources
     /// are left as they are, so running it again is safe. Prints what it created or found.
     Init,

@@ -58,6 +58,7 @@ pub struct ReplaySummary {
     /// 503 answers (backpressure) that were retried after their Retry-After.
     pub busy_answers: u64,
     pub seconds: f64,
+    /// Lines acknowledged (accepted or already stored) per second.
     pub lines_per_second: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -141,7 +142,10 @@ pub async fn replay<R: Read + Send + 'static>(
                 let chunk = { rx.lock().await.recv().await };
                 let Some(chunk) = chunk else { break };
                 send(&client, &endpoint, &opts, &shared, chunk).await;
-                let acked = shared.summary.lock().expect("summary lock").lines_accepted;
+                let acked = {
+                    let s = shared.summary.lock().expect("summary lock");
+                    s.lines_accepted + s.lines_duplicate
+                };
                 on_progress(bytes_read.load(std::sync::atomic::Ordering::Relaxed), acked);
             }
         }));
@@ -156,7 +160,8 @@ pub async fn replay<R: Read + Send + 'static>(
     let mut summary = shared.summary.lock().expect("summary lock").clone();
     let latency = shared.latency.lock().expect("latency lock");
     summary.seconds = started.elapsed().as_secs_f64();
-    summary.lines_per_second = summary.lines_accepted as f64 / summary.seconds.max(1e-9);
+    summary.lines_per_second =
+        (summary.lines_accepted + summary.lines_duplicate) as f64 / summary.seconds.max(1e-9);
     if !latency.is_empty() {
         summary.latency_p50_ms = latency.value_at_quantile(0.50) as f64 / 1000.0;
         summary.latency_p99_ms = latency.value_at_quantile(0.99) as f64 / 1000.0;
