@@ -30,12 +30,20 @@ CREATE TABLE IF NOT EXISTS sales (LIKE sales_staging)
     DISTKEY (invoice_no) SORTKEY (invoice_date);
 
 -- Run every few minutes (Redshift scheduled query): new lines in, duplicates out, staging emptied.
+-- A line id is written once, first version kept (docs/line-identity.md, rule 7): a line already in
+-- `sales` is left alone, and of several staging rows of one new line id the first ingested wins.
 BEGIN;
 LOCK sales_staging;
 INSERT INTO sales
-SELECT DISTINCT s.*
-FROM sales_staging s
-LEFT JOIN sales t ON t.line_id = s.line_id
-WHERE t.line_id IS NULL;
+SELECT line_id, invoice_no, stock_code, description, quantity, invoice_date, unit_price,
+       line_total, line_total_micros, customer_id, country, is_cancellation, store_id,
+       ingested_at, source
+FROM (
+    SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.line_id ORDER BY s.ingested_at, s.source) AS nth
+    FROM sales_staging s
+    LEFT JOIN sales t ON t.line_id = s.line_id
+    WHERE t.line_id IS NULL
+) first_versions
+WHERE nth = 1;
 DELETE FROM sales_staging;
 COMMIT;

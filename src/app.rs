@@ -16,6 +16,7 @@ use crate::actors::warehouse::WarehouseForwarder;
 use crate::config::{Backend, Settings};
 use crate::object_store::ObjectStore;
 use crate::store::{OperationalStore, Warehouse};
+use crate::stream::line_index::LineIndex;
 use crate::stream::{AllShards, CheckpointStore, ShardOwnership, Stream};
 
 /// The backend of every stage.
@@ -24,6 +25,8 @@ pub struct Backends {
     /// This instance's name: the lease owner on Kinesis (ECS task id or host and pid).
     pub instance: String,
     pub stream: Arc<dyn Stream>,
+    /// Line ids and idempotency keys beside the stream (docs/line-identity.md).
+    pub line_index: Arc<dyn LineIndex>,
     pub checkpoints: Arc<dyn CheckpointStore>,
     /// Which shards this instance reads: all embedded; on Kinesis, those whose lease it holds
     /// (several instances share one stream).
@@ -33,6 +36,14 @@ pub struct Backends {
     pub warehouse: Arc<dyn Warehouse>,
     pub dead_letter: Arc<dyn ObjectStore>,
 }
+
+/// The stream, its line-id index, its checkpoint store and which of its shards this instance reads.
+type StreamParts = (
+    Arc<dyn Stream>,
+    Arc<dyn LineIndex>,
+    Arc<dyn CheckpointStore>,
+    Arc<dyn ShardOwnership>,
+);
 
 /// A path from the settings: absolute as given, relative ones under `data_dir`.
 pub fn data_path(settings: &Settings, p: &Path) -> PathBuf {
@@ -56,7 +67,7 @@ impl Backends {
         use crate::store::warehouse::firehose::FirehoseWarehouse;
         use crate::store::warehouse::sqlite::SqliteWarehouse;
         use crate::stream::embedded::EmbeddedStream;
-        use crate::stream::kinesis::{KinesisStream, LeaseCoordinator};
+        use crate::stream::kinesis::{DynamoLineIndex, KinesisStream, LeaseCoordinator};
 
         let uses_aws = [
             settings.stream.backend,
@@ -83,34 +94,46 @@ impl Backends {
         }
 
         let instance = instance_name();
-        let (stream, checkpoints, ownership): (
-            Arc<dyn Stream>,
-            Arc<dyn CheckpointStore>,
-            Arc<dyn ShardOwnership>,
-        ) = match settings.stream.backend {
-            Backend::Embedded => {
-                let stream = EmbeddedStream::open(
-                    &settings.data_dir.join("stream.sqlite"),
-                    settings.stream.shards,
-                    settings.stream.retention,
-                    settings.stream.max_pending_appends,
-                )
-                .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
-                let checkpoints = stream
-                    .checkpoints()
-                    .context("cannot open the checkpoints beside the embedded stream")?;
-                (Arc::new(stream), Arc::new(checkpoints), Arc::new(AllShards))
-            }
-            Backend::Aws => {
-                let kinesis = &settings.stream.kinesis;
-                let leases = LeaseCoordinator::from_config(aws(), kinesis, instance.clone());
-                (
-                    Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis)),
-                    Arc::new(leases.checkpoints()),
-                    Arc::new(leases),
-                )
-            }
-        };
+        let (stream, line_index, checkpoints, ownership): StreamParts =
+            match settings.stream.backend {
+                Backend::Embedded => {
+                    let stream = EmbeddedStream::open(
+                        &settings.data_dir.join("stream.sqlite"),
+                        settings.stream.shards,
+                        settings.stream.retention,
+                        settings.stream.max_pending_appends,
+                    )
+                    .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
+                    let checkpoints = stream
+                        .checkpoints()
+                        .context("cannot open the checkpoints beside the embedded stream")?;
+                    let stream = Arc::new(stream);
+                    (
+                        stream.clone(),
+                        stream,
+                        Arc::new(checkpoints),
+                        Arc::new(AllShards),
+                    )
+                }
+                Backend::Aws => {
+                    let kinesis = &settings.stream.kinesis;
+                    let leases = LeaseCoordinator::from_config(aws(), kinesis, instance.clone());
+                    let stream: Arc<dyn Stream> =
+                        Arc::new(KinesisStream::from_config(aws(), &settings.aws, kinesis));
+                    let line_index = Arc::new(DynamoLineIndex::new(
+                        aws().dynamodb.clone(),
+                        &kinesis.line_index_table,
+                        stream.clone(),
+                        kinesis.line_index_retention,
+                    ));
+                    (
+                        stream,
+                        line_index,
+                        Arc::new(leases.checkpoints()),
+                        Arc::new(leases),
+                    )
+                }
+            };
         let objects = |backend: Backend,
                        dir: &Path,
                        key: &str|
@@ -159,6 +182,7 @@ impl Backends {
         Ok(Backends {
             instance,
             stream,
+            line_index,
             checkpoints,
             ownership,
             archive,

@@ -80,6 +80,10 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
     let (status, again) = post(&server, Some("leeds-secret-key"), json, GOOD, "");
     assert_eq!(status, 200);
     assert_eq!(again["line_ids"][0], id.as_str());
+    // ... and the answer says so: nothing new, one duplicate (docs/line-identity.md).
+    assert_eq!(again["accepted"], 0, "{again}");
+    assert_eq!(again["duplicates"]["count"], 1, "{again}");
+    assert_eq!(again["duplicates"]["lines"][0]["index"], 0, "{again}");
     assert_eq!(warehouse_lines(&server), 1);
     let invoice: serde_json::Value = client()
         .get(server.url("/v1/invoices/536365"))
@@ -114,7 +118,8 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
 
     // A bad line among good ones: the good ones go in, the bad one is named with field and reason.
     let mixed = format!(
-        "[{GOOD}, {}]",
+        "[{}, {}]",
+        GOOD.replace("536365", "536366"),
         GOOD.replace("\"Quantity\":6", "\"Quantity\":\"six\"")
             .replace("85123A", "71053")
     );
@@ -124,7 +129,9 @@ fn api_answers_with_the_right_status_and_a_clear_message() {
     assert_eq!(answer["rejected"][0]["index"], 1);
     assert_eq!(answer["rejected"][0]["field"], "Quantity");
     // atomic=true: nothing of it is written.
-    let atomic = mixed.replace("536365", "536999");
+    let atomic = mixed
+        .replace("536366", "536999")
+        .replace("536365", "536999");
     let (status, answer) = post(&server, Some(DEMO_KEY), json, atomic, "?atomic=true");
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["rejected"][0]["field"], "Quantity");

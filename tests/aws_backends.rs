@@ -187,12 +187,13 @@ mod cli {
             &file,
             format!(
                 "[stream]\nbackend = \"aws\"\n[stream.kinesis]\nstream_name = \"{}\"\nshards = 2\n\
-                 leases_table = \"{}\"\n[archive]\nbackend = \"aws\"\n[archive.s3]\nbucket = \"{}\"\n\
+                 leases_table = \"{}\"\nline_index_table = \"{}\"\n[archive]\nbackend = \"aws\"\n[archive.s3]\nbucket = \"{}\"\n\
                  [operational]\nbackend = \"aws\"\n[operational.dynamodb]\ninvoices_table = \"{}\"\n\
                  [warehouse]\nbackend = \"aws\"\n[warehouse.firehose]\ndelivery_stream = \"{}\"\n\
                  role_arn = \"{}\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
                 cfg.stream.kinesis.stream_name,
                 cfg.stream.kinesis.leases_table,
+                cfg.stream.kinesis.line_index_table,
                 cfg.archive.s3.bucket,
                 cfg.operational.dynamodb.invoices_table,
                 cfg.warehouse.firehose.delivery_stream,
@@ -217,13 +218,13 @@ mod cli {
             String::from_utf8(out.stdout).unwrap()
         };
         let first = run();
-        assert_eq!(first.matches("created ").count(), 5, "{first}");
+        assert_eq!(first.matches("created ").count(), 6, "{first}");
         assert!(first.contains(&format!(
             "kinesis stream {} (2 shards)",
             cfg.stream.kinesis.stream_name
         )));
         let second = run();
-        assert_eq!(second.matches("found ").count(), 5, "{second}");
+        assert_eq!(second.matches("found ").count(), 6, "{second}");
         assert!(!second.contains("created"), "{second}");
     }
 }

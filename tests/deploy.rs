@@ -53,6 +53,16 @@ fn template_creates_what_the_aws_config_names() {
         settings.stream.kinesis.leases_table.as_str()
     );
     assert_eq!(leases["KeySchema"][0]["AttributeName"], "ShardId");
+    let line_ids = resource(&t, "LineIds", "AWS::DynamoDB::Table");
+    assert_eq!(
+        line_ids["TableName"],
+        settings.stream.kinesis.line_index_table.as_str()
+    );
+    assert_eq!(line_ids["KeySchema"][0]["AttributeName"], "Id");
+    assert_eq!(
+        line_ids["TimeToLiveSpecification"]["AttributeName"],
+        "ExpiresAt"
+    );
     assert_eq!(
         resource(&t, "Sales", "AWS::KinesisFirehose::DeliveryStream")["DeliveryStreamName"],
         settings.warehouse.firehose.delivery_stream.as_str()

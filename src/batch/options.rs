@@ -56,6 +56,7 @@ impl ImportOptions {
             parse: ParseOptions {
                 date_order: import.date_order,
                 delimiter: None,
+                request_key: None,
             },
             reject_dir: settings.data_dir.join(&import.reject_dir),
             dry_run: false,

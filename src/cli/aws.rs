@@ -21,7 +21,7 @@ pub struct AwsArgs {
 #[derive(Debug, Subcommand)]
 pub enum AwsCommand {
     /// Creates what is missing of the Kinesis stream, the S3 bucket, the DynamoDB invoices table
-    /// (with its customers index) and lease table, and the Firehose delivery stream (only with
+    /// (with its customers index), lease table and line-id table, and the Firehose delivery stream (only with
     /// `warehouse.firehose.role_arn` set: S3 destination, for the local servers). Existing resources
     /// are left as they are, so running it again is safe. Prints what it created or found.
     Init,
@@ -103,6 +103,7 @@ pub async fn init(
         bucket(clients, cfg).await?,
         invoices_table(clients, cfg, wait).await?,
         leases_table(clients, cfg, wait).await?,
+        line_index_table(clients, cfg, wait).await?,
         delivery_stream(clients, cfg, wait).await?,
     ])
 }
@@ -366,6 +367,42 @@ async fn leases_table(
         wait,
     )
     .await
+}
+
+/// The line-id and idempotency-key table, with its TTL on `ExpiresAt`
+/// (`stream.kinesis.line_index_retention`).
+async fn line_index_table(
+    c: &AwsClients,
+    cfg: &Settings,
+    wait: Duration,
+) -> Result<InitStep, InitError> {
+    let name = &cfg.stream.kinesis.line_index_table;
+    let step = table(
+        c,
+        name,
+        |t| {
+            Ok(t.key_schema(key("Id", KeyType::Hash)?)
+                .attribute_definitions(attr("Id", ScalarAttributeType::S)?))
+        },
+        wait,
+    )
+    .await?;
+    if step.outcome == Outcome::Created {
+        let resource = format!("dynamodb table {name} (time to live)");
+        let ttl = aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+            .enabled(true)
+            .attribute_name("ExpiresAt")
+            .build()
+            .map_err(|e| aws_err(&resource, e))?;
+        c.dynamodb
+            .update_time_to_live()
+            .table_name(name)
+            .time_to_live_specification(ttl)
+            .send()
+            .await
+            .map_err(|e| aws_err(&resource, e))?;
+    }
+    Ok(step)
 }
 
 async fn delivery_stream(

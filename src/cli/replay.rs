@@ -12,6 +12,8 @@ use crate::sim::replay::{replay, ReplayOptions, ReplaySummary};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// CSV file to send: any export the parser reads (UTF-8 or Latin-1; comma, semicolon or tab).
+    /// Rows get a `LineNo` per invoice in file order unless the file has one, so any export
+    /// replays exactly and a second replay adds nothing (docs/line-identity.md).
     pub file: PathBuf,
     /// shopstream's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -102,9 +104,10 @@ pub fn print_summary(summary: &ReplaySummary, url: &str, json: bool) -> anyhow::
     }
     out!("replayed to {url} in {:.2} s", summary.seconds);
     out!(
-        "  lines: {} sent, {} accepted, {} rejected, {} not acknowledged",
+        "  lines: {} sent, {} accepted, {} already stored, {} rejected, {} not acknowledged",
         summary.lines_sent,
         summary.lines_accepted,
+        summary.lines_duplicate,
         summary.lines_rejected,
         summary.lines_failed
     );

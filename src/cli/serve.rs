@@ -105,6 +105,7 @@ impl Running {
         let state = Arc::new(AppState {
             instance: backends.instance.clone(),
             stream: backends.stream.clone(),
+            line_index: backends.line_index.clone(),
             operational: backends.operational.clone(),
             warehouse: backends.warehouse.clone(),
             sinks,

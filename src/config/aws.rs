@@ -117,6 +117,12 @@ pub struct KinesisConfig {
     /// A lease whose counter has not moved for this long is taken over by another instance.
     #[serde(with = "humantime_serde")]
     pub lease_duration: Duration,
+    /// DynamoDB table of line ids and `Idempotency-Key`s (docs/line-identity.md).
+    pub line_index_table: String,
+    /// How long the line-id table keeps an entry (its TTL); keep it at least the Kinesis stream's
+    /// retention period, so a redelivered or retried line is recognised as long as it can arrive.
+    #[serde(with = "humantime_serde")]
+    pub line_index_retention: Duration,
 }
 
 impl KinesisConfig {
@@ -124,6 +130,17 @@ impl KinesisConfig {
     pub fn validate(&self, backend: Backend, shard_refresh: Duration) -> Result<(), ConfigError> {
         need(backend, "stream.kinesis.stream_name", &self.stream_name)?;
         need(backend, "stream.kinesis.leases_table", &self.leases_table)?;
+        need(
+            backend,
+            "stream.kinesis.line_index_table",
+            &self.line_index_table,
+        )?;
+        if self.line_index_retention < Duration::from_secs(24 * 3600) {
+            return Err(bad(
+                "stream.kinesis.line_index_retention",
+                "must be at least 24h, the shortest retention of a Kinesis stream; keep it at least the stream's retention period",
+            ));
+        }
         if !(1..=10_000).contains(&self.shards) {
             return Err(bad("stream.kinesis.shards", "must be between 1 and 10000"));
         }

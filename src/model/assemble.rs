@@ -9,7 +9,8 @@
 use super::datetime::{DateValue, Evidence, SlashDate};
 use super::fields::Draft;
 use super::{
-    DateOrder, InputError, InvoiceLine, LineContent, LineError, LinePosition, OccurrenceCounter,
+    DateOrder, InputError, InvoiceLine, LineContent, LineError, LineId, LineOrigin, LinePosition,
+    OccurrenceCounter, RequestKey,
 };
 use std::collections::{HashMap, VecDeque};
 
@@ -109,11 +110,19 @@ pub(crate) struct Assembler<X> {
     /// Whether lines with an undecided date are held back (true) or rejected (false).
     hold: bool,
     held: VecDeque<Held<X>>,
-    ready: VecDeque<Assembled<X>>,
+    ready: VecDeque<(LineOrigin, Assembled<X>)>,
     occurrences: Occurrences,
+    /// Ids of unnumbered lines from the request key and the position, when the request has one.
+    request_key: Option<RequestKey>,
 }
 
 impl<X> Assembler<X> {
+    /// Ids of unnumbered lines come from `key` and their position instead of their content.
+    pub(crate) fn keyed(mut self, key: Option<RequestKey>) -> Self {
+        self.request_key = key;
+        self
+    }
+
     pub(crate) fn new(order: DateOrder, occurrences: Occurrences) -> Self {
         Assembler {
             order,
@@ -123,6 +132,7 @@ impl<X> Assembler<X> {
             held: VecDeque::new(),
             ready: VecDeque::new(),
             occurrences,
+            request_key: None,
         }
     }
 
@@ -205,8 +215,8 @@ impl<X> Assembler<X> {
         }
     }
 
-    /// The next finished line, in input order.
-    pub(crate) fn pop(&mut self) -> Option<Assembled<X>> {
+    /// The next finished line, in input order, with its place in the input.
+    pub(crate) fn pop_at(&mut self) -> Option<(LineOrigin, Assembled<X>)> {
         self.ready.pop_front()
     }
 
@@ -216,11 +226,12 @@ impl<X> Assembler<X> {
         draft: Result<Draft, LineError>,
         extra: impl FnOnce() -> X,
     ) {
+        let line_no = draft.as_ref().ok().and_then(|d| d.line_no);
         let line = draft.and_then(|d| {
             let date = self.date_of(position, &d.date)?;
-            let occurrence = match d.line_no {
-                Some(_) => 0,
-                None => self.occurrences.next(&LineContent {
+            let occurrence = match (d.line_no, self.request_key) {
+                (Some(_), _) | (None, Some(_)) => 0,
+                (None, None) => self.occurrences.next(&LineContent {
                     invoice_no: &d.invoice_no,
                     stock_code: &d.stock_code,
                     description: d.description.as_deref(),
@@ -231,7 +242,8 @@ impl<X> Assembler<X> {
                     country: &d.country,
                 }),
             };
-            Ok(InvoiceLine::new(
+            let keyed = d.line_no.is_none().then_some(self.request_key).flatten();
+            let mut line = InvoiceLine::new(
                 d.invoice_no,
                 d.stock_code,
                 d.description,
@@ -242,9 +254,19 @@ impl<X> Assembler<X> {
                 d.country,
                 d.line_no,
                 occurrence,
-            ))
+            );
+            if let Some(key) = keyed {
+                let at = match position {
+                    LinePosition::Index(i) => i as u64,
+                    LinePosition::Row(r) => r,
+                };
+                line.line_id = LineId::from_request_key(&key, at);
+            }
+            Ok(line)
         });
-        self.ready.push_back(line.map_err(|e| (e, extra())));
+        let origin = LineOrigin { position, line_no };
+        self.ready
+            .push_back((origin, line.map_err(|e| (e, extra()))));
     }
 
     fn date_of(
@@ -308,7 +330,7 @@ mod tests {
     }
 
     fn drain(a: &mut Assembler<usize>) -> Vec<Assembled<usize>> {
-        std::iter::from_fn(|| a.pop()).collect()
+        std::iter::from_fn(|| a.pop_at().map(|(_, line)| line)).collect()
     }
 
     #[test]
@@ -317,7 +339,7 @@ mod tests {
         a.push(LinePosition::Row(2), draft("1", "01/02/2011 10:00"), || 2);
         a.push(LinePosition::Row(3), draft("1", "2011-02-01 10:00"), || 3);
         assert!(
-            a.pop().is_none(),
+            a.pop_at().is_none(),
             "nothing leaves before the order is known"
         );
         a.push(LinePosition::Row(4), draft("1", "13/02/2011 10:00"), || 4);
@@ -351,7 +373,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(a.pop().is_none(), "nothing half-decided comes out");
+        assert!(a.pop_at().is_none(), "nothing half-decided comes out");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 use super::assemble::{Assembler, Occurrences, RecentInvoices};
 use super::fields::{Field, RawLine, Value};
 use super::{
-    shorten, DateOrder, InputError, InvoiceLine, LineError, LinePosition, ParseOptions, Parsed,
+    shorten, DateOrder, InputError, InvoiceLine, LineError, LineOrigin, LinePosition, ParseOptions,
+    Parsed,
 };
 use csv::ByteRecord;
 use encoding_rs::WINDOWS_1252;
@@ -55,9 +56,12 @@ pub struct RejectedRow {
 pub fn parse_csv(body: &[u8], opts: &ParseOptions) -> Result<Parsed, InputError> {
     let mut rows = CsvLines::open(body, opts, Limits::whole_body())?;
     let mut parsed = Parsed::default();
-    for row in rows.by_ref() {
+    while let Some(row) = rows.next() {
         match row {
-            Ok(line) => parsed.lines.push(line),
+            Ok(line) => {
+                parsed.lines.push(line);
+                parsed.origins.push(rows.last_row);
+            }
             Err(rejected) => parsed.errors.push(rejected.error),
         }
     }
@@ -111,6 +115,8 @@ pub struct CsvLines<R: Read> {
     read_error: Option<String>,
     /// Bytes before the csv reader's first byte (a BOM), for [`CsvLines::bytes_read`].
     skipped: u64,
+    /// Where the line `next` returned last was.
+    last_row: LineOrigin,
 }
 
 impl<R: Read> CsvLines<R> {
@@ -158,11 +164,15 @@ impl<R: Read> CsvLines<R> {
             width: header.len(),
             delimiter,
             record: ByteRecord::new(),
-            assembler: Assembler::new(opts.date_order, limits.occurrences),
+            assembler: Assembler::new(opts.date_order, limits.occurrences).keyed(opts.request_key),
             keep_raw: limits.keep_raw,
             done: false,
             read_error: None,
             skipped,
+            last_row: LineOrigin {
+                position: LinePosition::Row(1),
+                line_no: None,
+            },
         };
         if opts.date_order == DateOrder::Auto {
             lines.look_ahead(limits.look_ahead_rows, limits.rows_without_slash_dates)?;
@@ -251,7 +261,8 @@ impl<R: Read> Iterator for CsvLines<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(out) = self.assembler.pop() {
+            if let Some((row, out)) = self.assembler.pop_at() {
+                self.last_row = row;
                 return Some(out.map_err(|(error, raw)| RejectedRow { error, raw }));
             }
             if self.done {

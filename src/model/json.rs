@@ -32,7 +32,7 @@ pub fn parse_json(body: &[u8], opts: &ParseOptions) -> Result<Parsed, InputError
         .position(|b| !b.is_ascii_whitespace())
         .ok_or(InputError::Empty)?;
     let mut out = Collector {
-        assembler: Assembler::new(opts.date_order, Occurrences::whole()),
+        assembler: Assembler::new(opts.date_order, Occurrences::whole()).keyed(opts.request_key),
     };
     match body[start] {
         b'[' => out.array(utf8(body)?)?,
@@ -160,9 +160,12 @@ impl Collector {
     fn finish(mut self) -> Result<Parsed, InputError> {
         self.assembler.end()?;
         let mut parsed = Parsed::default();
-        while let Some(line) = self.assembler.pop() {
+        while let Some((origin, line)) = self.assembler.pop_at() {
             match line {
-                Ok(line) => parsed.lines.push(line),
+                Ok(line) => {
+                    parsed.lines.push(line);
+                    parsed.origins.push(origin);
+                }
                 Err((error, ())) => parsed.errors.push(error),
             }
         }

@@ -43,6 +43,24 @@ pub struct LineId(String);
 /// same id as a content hash.
 const ID_FROM_LINE_NO: &[u8] = b"shopstream.line-id.v1.line-no\0";
 const ID_FROM_CONTENT: &[u8] = b"shopstream.line-id.v1.content\0";
+const ID_FROM_REQUEST_KEY: &[u8] = b"shopstream.line-id.v1.request-key\0";
+
+/// The scope of a request's `Idempotency-Key`: the store that sent it and the key, hashed. Lines
+/// of a keyed request are identified by this scope and their position in the request, so two
+/// requests with different keys never share a line and a retry with the same key reproduces the
+/// same ids whatever its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestKey([u8; 32]);
+
+impl RequestKey {
+    pub fn new(store_id: &str, key: &str) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(ID_FROM_REQUEST_KEY);
+        field(&mut h, store_id.as_bytes());
+        field(&mut h, key.as_bytes());
+        RequestKey(*h.finalize().as_bytes())
+    }
+}
 
 impl LineId {
     /// The id of the line a client numbered itself: `(InvoiceNo, LineNo)` is then the line's key.
@@ -62,6 +80,16 @@ impl LineId {
         h.update(ID_FROM_CONTENT);
         content.hash_into(&mut h);
         h.update(&occurrence.to_le_bytes());
+        Self::finish(h)
+    }
+
+    /// The id of the line at `position` (its index or CSV row in the body) of a request sent with
+    /// an `Idempotency-Key`; see [`RequestKey`].
+    pub fn from_request_key(key: &RequestKey, position: u64) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(ID_FROM_REQUEST_KEY);
+        h.update(&key.0);
+        h.update(&position.to_le_bytes());
         Self::finish(h)
     }
 
@@ -215,6 +243,53 @@ impl InvoiceLine {
             customer_id: self.customer_id,
             country: &self.country,
         }
+    }
+
+    /// The content fields in which `other` differs from this line, each as `field: this -> other`
+    /// (empty when the content is the same; the price compares by value, so `2.55` equals `2.550`).
+    pub fn differences(&self, other: &InvoiceLine) -> Vec<String> {
+        fn show<T: fmt::Display>(v: &Option<T>) -> String {
+            v.as_ref()
+                .map_or_else(|| "(none)".to_owned(), |v| format!("'{v}'"))
+        }
+        let mut out = Vec::new();
+        let mut note = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} -> {b}"));
+            }
+        };
+        note(
+            "StockCode",
+            self.stock_code.clone(),
+            other.stock_code.clone(),
+        );
+        note(
+            "Description",
+            show(&self.description.as_deref()),
+            show(&other.description.as_deref()),
+        );
+        note(
+            "Quantity",
+            self.quantity.to_string(),
+            other.quantity.to_string(),
+        );
+        note(
+            "InvoiceDate",
+            self.invoice_date.to_string(),
+            other.invoice_date.to_string(),
+        );
+        note(
+            "UnitPrice",
+            self.unit_price.normalize().to_string(),
+            other.unit_price.normalize().to_string(),
+        );
+        note(
+            "CustomerID",
+            show(&self.customer_id),
+            show(&other.customer_id),
+        );
+        note("Country", self.country.clone(), other.country.clone());
+        out
     }
 
     /// Quantity times unit price, exact.

@@ -17,7 +17,7 @@ pub use fields::{
 };
 pub use line::{
     micros_to_money, money_to_micros, IngestedLine, InvoiceLine, LineContent, LineId, Money,
-    OccurrenceCounter, MAX_PRICE_SCALE,
+    OccurrenceCounter, RequestKey, MAX_PRICE_SCALE,
 };
 
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,18 @@ pub enum DateOrder {
 #[derive(Debug, Default)]
 pub struct Parsed {
     pub lines: Vec<InvoiceLine>,
+    /// Where each of `lines` is in the input and the client's line number of it (same length,
+    /// same order).
+    pub origins: Vec<LineOrigin>,
     pub errors: Vec<LineError>,
+}
+
+/// Where a parsed line was in its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineOrigin {
+    pub position: LinePosition,
+    /// The client's `LineNo`, when it sent one.
+    pub line_no: Option<u64>,
 }
 
 /// How to read an input. Everything has a default that fits the UCI dataset.
@@ -50,6 +61,9 @@ pub struct ParseOptions {
     pub date_order: DateOrder,
     /// CSV field delimiter; `None` detects comma, semicolon or tab from the header row.
     pub delimiter: Option<u8>,
+    /// The request's `Idempotency-Key` scope: unnumbered lines then get ids from it and their
+    /// position ([`LineId::from_request_key`]) instead of from their content.
+    pub request_key: Option<RequestKey>,
 }
 
 /// Parses a request body by its content type: `text/csv` (any parameters) as CSV;

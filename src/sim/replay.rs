@@ -4,7 +4,12 @@
 //! Rows are sent as they are in the file (CSV, in the file's own encoding and delimiter): the
 //! server is the one that validates, so a file with bad rows shows exactly what stores would be
 //! told. Lines of one invoice always travel in one request (unless the invoice alone exceeds the
-//! batch size), which keeps their content-derived line ids the same on every retry.
+//! batch size).
+//!
+//! Every row gets a `LineNo` of its own (unless the file has that column): its position among the
+//! rows of its invoice, in file order, from 1, counted per invoice (memory grows with invoices,
+//! not rows). So any export, grouped by invoice or not, replays exactly, exact duplicate rows
+//! included, and a second replay of the same file adds nothing (docs/line-identity.md, rule 4).
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -40,7 +45,10 @@ pub struct ReplayOptions {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReplaySummary {
     pub lines_sent: u64,
+    /// Lines the server wrote now (new to it).
     pub lines_accepted: u64,
+    /// Lines the server already held (a second replay of a file): written nowhere again.
+    pub lines_duplicate: u64,
     pub lines_rejected: u64,
     /// Lines of requests that failed for good (connection errors, 4xx other than per-line
     /// rejections); they were not acknowledged.
@@ -50,6 +58,7 @@ pub struct ReplaySummary {
     /// 503 answers (backpressure) that were retried after their Retry-After.
     pub busy_answers: u64,
     pub seconds: f64,
+    /// Lines acknowledged (accepted or already stored) per second.
     pub lines_per_second: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -133,7 +142,10 @@ pub async fn replay<R: Read + Send + 'static>(
                 let chunk = { rx.lock().await.recv().await };
                 let Some(chunk) = chunk else { break };
                 send(&client, &endpoint, &opts, &shared, chunk).await;
-                let acked = shared.summary.lock().expect("summary lock").lines_accepted;
+                let acked = {
+                    let s = shared.summary.lock().expect("summary lock");
+                    s.lines_accepted + s.lines_duplicate
+                };
                 on_progress(bytes_read.load(std::sync::atomic::Ordering::Relaxed), acked);
             }
         }));
@@ -148,7 +160,8 @@ pub async fn replay<R: Read + Send + 'static>(
     let mut summary = shared.summary.lock().expect("summary lock").clone();
     let latency = shared.latency.lock().expect("latency lock");
     summary.seconds = started.elapsed().as_secs_f64();
-    summary.lines_per_second = summary.lines_accepted as f64 / summary.seconds.max(1e-9);
+    summary.lines_per_second =
+        (summary.lines_accepted + summary.lines_duplicate) as f64 / summary.seconds.max(1e-9);
     if !latency.is_empty() {
         summary.latency_p50_ms = latency.value_at_quantile(0.50) as f64 / 1000.0;
         summary.latency_p99_ms = latency.value_at_quantile(0.99) as f64 / 1000.0;
@@ -179,9 +192,16 @@ struct Answer {
     #[serde(default)]
     accepted: u64,
     #[serde(default)]
+    duplicates: Option<AnswerDuplicates>,
+    #[serde(default)]
     rejected: Vec<serde_json::Value>,
     #[serde(default)]
     message: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerDuplicates {
+    count: u64,
 }
 
 async fn send(
@@ -230,6 +250,10 @@ async fn send(
                     let (accepted, rejected) = answer
                         .as_ref()
                         .map_or((0, 0), |a| (a.accepted, a.rejected.len() as u64));
+                    let duplicate = answer
+                        .as_ref()
+                        .and_then(|a| a.duplicates.as_ref())
+                        .map_or(0, |d| d.count);
                     if status.is_success() {
                         let _ = shared
                             .latency
@@ -239,6 +263,7 @@ async fn send(
                     }
                     let mut s = shared.summary.lock().expect("summary lock");
                     s.lines_accepted += accepted;
+                    s.lines_duplicate += duplicate;
                     s.lines_rejected += rejected;
                     return;
                 }
@@ -275,7 +300,8 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Reads the CSV and cuts it into request bodies of whole invoices (consecutive rows with the
-/// same InvoiceNo), each with the header row.
+/// same InvoiceNo), each with the header row, numbering the rows of each invoice (`LineNo`) when
+/// the file does not.
 fn chunk_csv<R: Read>(
     input: R,
     batch: usize,
@@ -288,24 +314,31 @@ fn chunk_csv<R: Read>(
         .delimiter(delimiter)
         .flexible(true)
         .from_reader(input);
-    let header = reader.byte_headers()?.clone();
-    let invoice_col = header
-        .iter()
-        .position(|h| {
+    let mut header = reader.byte_headers()?.clone();
+    let column = |names: [&str; 2]| {
+        header.iter().position(|h| {
             let h = String::from_utf8_lossy(h)
                 .trim()
                 .trim_start_matches('\u{feff}')
                 .to_ascii_lowercase();
-            h == "invoiceno" || h == "invoice_no"
+            names.contains(&h.as_str())
         })
-        .ok_or_else(|| {
-            ReplayError::NoInvoiceColumn(
-                header
-                    .iter()
-                    .map(|h| String::from_utf8_lossy(h).into_owned())
-                    .collect(),
-            )
-        })?;
+    };
+    let number_lines = column(["lineno", "line_no"]).is_none();
+    let invoice_col = column(["invoiceno", "invoice_no"]).ok_or_else(|| {
+        ReplayError::NoInvoiceColumn(
+            header
+                .iter()
+                .map(|h| String::from_utf8_lossy(h).into_owned())
+                .collect(),
+        )
+    })?;
+    let width = header.len();
+    if number_lines {
+        header.push_field(b"LineNo");
+    }
+    // Per invoice, the rows seen so far: the next row's LineNo is this + 1.
+    let mut line_nos: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
     let new_writer = || {
         let mut w = csv::WriterBuilder::new()
             .delimiter(delimiter)
@@ -335,6 +368,15 @@ fn chunk_csv<R: Read>(
         }
         if invoice != current.as_slice() {
             current = invoice.to_vec();
+        }
+        if number_lines {
+            let n = line_nos.entry(current.clone()).or_insert(0);
+            *n += 1;
+            let n = *n;
+            while record.len() < width {
+                record.push_field(b"");
+            }
+            record.push_field(n.to_string().as_bytes());
         }
         writer.write_byte_record(&record)?;
         lines += 1;
@@ -382,9 +424,27 @@ mod tests {
         assert_eq!(bodies[0].1, 3);
         assert!(bodies[0]
             .0
-            .starts_with("InvoiceNo,StockCode,Quantity\n1,A,1\n"));
+            .starts_with("InvoiceNo,StockCode,Quantity,LineNo\n1,A,1,1\n1,B,2,2\n"));
         assert_eq!(bodies[1].1, 3);
-        assert!(bodies[1].0.contains("2,A,1\n3,A,1\n3,B,1\n"));
+        assert!(bodies[1].0.contains("2,A,1,1\n3,A,1,1\n3,B,1,2\n"));
+    }
+
+    #[test]
+    fn rows_of_an_invoice_are_numbered_in_file_order_wherever_they_are() {
+        // Invoice 1's rows are apart and one is an exact duplicate: each gets its own LineNo.
+        let csv = "InvoiceNo,StockCode\n1,A\n2,A\n1,A\n1,B\n";
+        let (tx, mut rx) = mpsc::channel(16);
+        let bytes = std::sync::atomic::AtomicU64::new(0);
+        chunk_csv(csv.as_bytes(), 100, tx, &bytes).unwrap();
+        let body = rx.try_recv().unwrap().body;
+        assert_eq!(
+            &body[..],
+            b"InvoiceNo,StockCode,LineNo\n1,A,1\n2,A,1\n1,A,2\n1,B,3\n"
+        );
+        // A file with its own line numbers is sent as it is.
+        let (tx, mut rx) = mpsc::channel(16);
+        chunk_csv("InvoiceNo,LineNo\n1,7\n".as_bytes(), 100, tx, &bytes).unwrap();
+        assert_eq!(&rx.try_recv().unwrap().body[..], b"InvoiceNo,LineNo\n1,7\n");
     }
 
     #[test]
@@ -395,7 +455,7 @@ mod tests {
         chunk_csv(csv.as_bytes(), 10, tx, &bytes).unwrap();
         let body = rx.try_recv().unwrap().body;
         // The field with the delimiter in it stays quoted.
-        assert_eq!(&body[..], b"InvoiceNo;StockCode\n1;\"A;B\"\n");
+        assert_eq!(&body[..], b"InvoiceNo;StockCode;LineNo\n1;\"A;B\";1\n");
         let (tx, _rx) = mpsc::channel(4);
         let err = chunk_csv("Foo,Bar\n1,2\n".as_bytes(), 10, tx, &bytes).unwrap_err();
         assert!(err.to_string().contains("InvoiceNo"), "{err}");

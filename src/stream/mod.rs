@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod kinesis;
+pub mod line_index;
 mod ownership;
 pub(crate) mod record;
 
@@ -118,6 +119,10 @@ pub enum StreamError {
         "a record of {size} bytes (partition key included) exceeds the {max}-byte record limit"
     )]
     RecordTooLarge { size: usize, max: usize },
+    /// Another request claimed some of these line ids since they were looked up; nothing of the
+    /// append was written (see `stream::line_index`).
+    #[error("{} line ids were claimed by another request meanwhile", .0.len())]
+    LinesTaken(Vec<crate::model::LineId>),
     #[error("unknown shard {0}")]
     UnknownShard(ShardId),
     #[error("stream backend error: {0}")]

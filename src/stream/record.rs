@@ -54,10 +54,14 @@ struct LineBatchRef<'a> {
 /// record per invoice, split in order when an invoice does not fit one record. Keeping an
 /// invoice's lines in one record keeps them on one shard, in order, and costs one Kinesis PUT
 /// payload unit per ~25 KB instead of one per line.
+/// Returns each record with the indexes into `lines` of the lines it carries.
 ///
 /// # Errors
 /// A line that cannot be serialized (not expected for a parsed line).
-pub fn encode(store_id: &str, lines: &[InvoiceLine]) -> Result<Vec<PutRecord>, serde_json::Error> {
+pub fn encode_indexed(
+    store_id: &str,
+    lines: &[InvoiceLine],
+) -> Result<Vec<(PutRecord, Vec<usize>)>, serde_json::Error> {
     encode_within(store_id, Utc::now(), lines, MAX_RECORD_BYTES)
 }
 
@@ -67,17 +71,17 @@ fn encode_within(
     ingested_at: DateTime<Utc>,
     lines: &[InvoiceLine],
     max_bytes: usize,
-) -> Result<Vec<PutRecord>, serde_json::Error> {
+) -> Result<Vec<(PutRecord, Vec<usize>)>, serde_json::Error> {
     let mut order: Vec<&str> = Vec::new();
-    let mut by_invoice: HashMap<&str, Vec<&InvoiceLine>> = HashMap::new();
-    for line in lines {
+    let mut by_invoice: HashMap<&str, Vec<(usize, &InvoiceLine)>> = HashMap::new();
+    for (i, line) in lines.iter().enumerate() {
         by_invoice
             .entry(line.invoice_no.as_str())
             .or_insert_with(|| {
                 order.push(line.invoice_no.as_str());
                 Vec::new()
             })
-            .push(line);
+            .push((i, line));
     }
     let mut records = Vec::with_capacity(order.len());
     for invoice in order {
@@ -106,24 +110,26 @@ impl Batch<'_> {
     /// with [`StreamError::RecordTooLarge`](super::StreamError::RecordTooLarge).
     fn push_records(
         &self,
-        lines: &[&InvoiceLine],
-        out: &mut Vec<PutRecord>,
+        indexed: &[(usize, &InvoiceLine)],
+        out: &mut Vec<(PutRecord, Vec<usize>)>,
     ) -> Result<(), serde_json::Error> {
+        let lines: Vec<&InvoiceLine> = indexed.iter().map(|(_, l)| *l).collect();
         let batch = LineBatchRef {
             store_id: self.store_id,
             ingested_at: self.ingested_at,
-            lines,
+            lines: &lines,
         };
         let data = serde_json::to_vec(&batch)?;
         if data.len() + self.invoice.len() <= self.max_bytes || lines.len() == 1 {
-            out.push(PutRecord {
+            let record = PutRecord {
                 partition_key: self.invoice.to_owned(),
                 data: Bytes::from(data),
-                dedup_key: Some(dedup_key(lines)),
-            });
+                dedup_key: Some(dedup_key(&lines)),
+            };
+            out.push((record, indexed.iter().map(|(i, _)| *i).collect()));
             return Ok(());
         }
-        let (a, b) = lines.split_at(lines.len() / 2);
+        let (a, b) = indexed.split_at(indexed.len() / 2);
         self.push_records(a, out)?;
         self.push_records(b, out)
     }
@@ -210,11 +216,12 @@ mod tests {
     #[test]
     fn a_retried_request_makes_the_same_records() {
         let lines: Vec<_> = (0..3).map(|i| line("536365", "x".into(), i)).collect();
-        let a = encode("demo", &lines).unwrap();
-        let b = encode("demo", &lines).unwrap();
+        let a = encode_indexed("demo", &lines).unwrap();
+        let b = encode_indexed("demo", &lines).unwrap();
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].dedup_key, b[0].dedup_key);
-        assert_eq!(a[0].partition_key, "536365");
+        assert_eq!(a[0].0.dedup_key, b[0].0.dedup_key);
+        assert_eq!(a[0].0.partition_key, "536365");
+        assert_eq!(a[0].1, [0, 1, 2]);
     }
 
     proptest! {
@@ -234,7 +241,8 @@ mod tests {
             let at = Utc::now();
             let records = encode_within("store-9", at, &lines, max_bytes).unwrap();
             let mut back: Vec<InvoiceLine> = Vec::new();
-            for r in &records {
+            for (r, indexes) in &records {
+                let carried: Vec<&InvoiceLine> = indexes.iter().map(|&i| &lines[i]).collect();
                 let batch = decode(&r.data).unwrap();
                 prop_assert_eq!(&batch.store_id, "store-9");
                 prop_assert_eq!(batch.ingested_at, at);
@@ -248,6 +256,7 @@ mod tests {
                 );
                 let refs: Vec<&InvoiceLine> = batch.lines.iter().collect();
                 prop_assert_eq!(r.dedup_key, Some(dedup_key(&refs)));
+                prop_assert_eq!(carried, refs);
                 back.extend(batch.lines);
             }
             let mut want = lines.clone();

@@ -51,6 +51,19 @@ pub enum ApiError {
         message: String,
         rejected: Vec<Rejection>,
     },
+    /// Lines whose ids are taken by other content or another store (docs/line-identity.md): the
+    /// request was atomic, or every line conflicts. Nothing was written.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        rejected: Vec<Rejection>,
+    },
+    /// A request with the same `Idempotency-Key` is still being processed.
+    #[error("a request with Idempotency-Key `{key}` is still being processed; retry once it is answered")]
+    KeyInFlight { key: String },
+    /// The `Idempotency-Key` was used before with another body.
+    #[error("Idempotency-Key `{key}` was used before with a different body; a key names one request: send a new key for new lines")]
+    KeyReused { key: String },
     #[error("{what} not found")]
     NotFound { what: String },
     #[error("shopstream is busy ({reason}); retry after {retry_after_secs} s")]
@@ -91,6 +104,23 @@ pub struct Rejection {
     pub reason: String,
 }
 
+impl Rejection {
+    /// A rejection of the line at `position` for `reason` (not of one field).
+    pub fn at(position: LinePosition, field: Option<&'static str>, reason: String) -> Self {
+        let (index, row) = match position {
+            LinePosition::Index(i) => (Some(i), None),
+            LinePosition::Row(r) => (None, Some(r)),
+        };
+        Rejection {
+            index,
+            row,
+            field,
+            value: None,
+            reason,
+        }
+    }
+}
+
 impl From<&LineError> for Rejection {
     fn from(e: &LineError) -> Self {
         let (index, row) = match e.position {
@@ -127,6 +157,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::UnsupportedEncoding { .. } => "unsupported_encoding",
             ApiError::Rejected { .. } => "rejected",
+            ApiError::Conflict { .. } => "conflict",
+            ApiError::KeyInFlight { .. } => "idempotency_key_in_flight",
+            ApiError::KeyReused { .. } => "idempotency_key_reused",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Busy { .. } => "busy",
             ApiError::Unavailable(_) => "unavailable",
@@ -148,7 +181,10 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType { .. } | ApiError::UnsupportedEncoding { .. } => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
-            ApiError::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Rejected { .. } | ApiError::KeyReused { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Conflict { .. } | ApiError::KeyInFlight { .. } => StatusCode::CONFLICT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Busy { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StoreFault(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -179,7 +215,9 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let rejected = match self {
-            ApiError::Rejected { rejected, .. } => Some(rejected.as_slice()),
+            ApiError::Rejected { rejected, .. } | ApiError::Conflict { rejected, .. } => {
+                Some(rejected.as_slice())
+            }
             _ => None,
         };
         response.json(Body {

@@ -10,9 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::error::{ApiError, Rejection};
+use super::line_identity::{append_new_lines, fingerprint, idempotency_key, Duplicates};
 use super::AppState;
-use crate::model::{parse_body, DateOrder, ParseOptions};
-use crate::stream::{record, PutRecord, StreamError};
+use crate::model::{parse_body, DateOrder, LineId, ParseOptions, RequestKey};
+use crate::stream::line_index::{KeyState, LineClaim, StoredAnswer};
+use crate::stream::{PutRecord, StreamError};
 
 pub(crate) fn config(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/invoices", web::post().to(ingest));
@@ -33,10 +35,13 @@ pub(crate) struct IngestQuery {
 }
 
 #[derive(Debug, Serialize)]
-struct Accepted<'a> {
+struct Accepted {
+    /// Lines new to shopstream, written now.
     accepted: usize,
-    /// The ids of the accepted lines, in the order they were sent.
-    line_ids: Vec<&'a str>,
+    /// The ids of the lines that were not rejected (new and duplicates), in the order sent.
+    line_ids: Vec<LineId>,
+    /// Lines already stored (or sent twice in this request): written nowhere again.
+    duplicates: Duplicates,
     rejected: Vec<Rejection>,
 }
 
@@ -54,6 +59,7 @@ async fn ingest(
     // The headers are checked before a permit is taken: a body we cannot read costs nothing.
     let content_type = media_type(&req)?;
     let encoding = content_encoding(&req)?;
+    let key = idempotency_key(&req)?;
     // Admission: a bounded number of requests is parsed and appended at once; the rest are told
     // to come back, so memory stays bounded however hard stores push.
     let _permit = state.admit()?;
@@ -62,8 +68,84 @@ async fn ingest(
     }
     let limit = state.limits.max_body_bytes;
     let body = read_body(&req, payload, limit).await?;
+    let Some(key) = key.filter(|_| !query.dry_run) else {
+        let answer =
+            ingest_body(&state, &store, None, body, content_type, encoding, &query).await?;
+        return Ok(json_answer(200, answer));
+    };
+    // A request with an Idempotency-Key is answered once: a retry gets the first answer again.
+    let keys = &state.line_index;
+    let unavailable = |e: StreamError| ApiError::Unavailable(e.to_string());
+    match keys
+        .begin_key(&store, &key, &fingerprint(&req, &body))
+        .await
+        .map_err(unavailable)?
+    {
+        KeyState::Started => {}
+        KeyState::Answered(answer) => {
+            let mut response = json_answer(answer.status, answer.body);
+            response.headers_mut().insert(
+                header::HeaderName::from_static("idempotent-replayed"),
+                header::HeaderValue::from_static("true"),
+            );
+            return Ok(response);
+        }
+        KeyState::InFlight => return Err(ApiError::KeyInFlight { key }),
+        KeyState::Mismatch => return Err(ApiError::KeyReused { key }),
+    }
+    let answer = ingest_body(
+        &state,
+        &store,
+        Some(&key),
+        body,
+        content_type,
+        encoding,
+        &query,
+    )
+    .await;
+    match &answer {
+        Ok(body) => {
+            let stored = StoredAnswer {
+                status: 200,
+                body: body.clone(),
+            };
+            keys.finish_key(&store, &key, &stored)
+                .await
+                .map_err(unavailable)?;
+        }
+        // Nothing lasting was decided (busy, invalid, conflicting): the key may be used again.
+        Err(_) => {
+            if let Err(e) = keys.abandon_key(&store, &key).await {
+                tracing::warn!(error = %e, "An Idempotency-Key of a failed request could not be released.");
+            }
+        }
+    }
+    answer.map(|body| json_answer(200, body))
+}
+
+fn json_answer(status: u16, body: String) -> HttpResponse {
+    HttpResponse::build(
+        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK),
+    )
+    .content_type("application/json")
+    .body(body)
+}
+
+/// Parses `body` and appends its new lines. Returns the JSON of the 200 answer, kept as a string
+/// so that a request with an `Idempotency-Key` can store it.
+async fn ingest_body(
+    state: &AppState,
+    store: &str,
+    key: Option<&str>,
+    body: Bytes,
+    content_type: Option<&'static str>,
+    encoding: Encoding,
+    query: &IngestQuery,
+) -> Result<String, ApiError> {
+    let limit = state.limits.max_body_bytes;
     let opts = ParseOptions {
         date_order: query.date_order.unwrap_or(state.limits.date_order),
+        request_key: key.map(|k| RequestKey::new(store, k)),
         ..ParseOptions::default()
     };
     // A small gzip body can inflate to `limit` bytes, so it is decoded off the worker too.
@@ -92,10 +174,10 @@ async fn ingest(
     }
     for e in &parsed.errors {
         crate::metrics::LINES_REJECTED
-            .with_label_values(&[store.as_str(), e.field.unwrap_or("line")])
+            .with_label_values(&[store, e.field.unwrap_or("line")])
             .inc();
     }
-    let rejected: Vec<Rejection> = parsed.errors.iter().map(Rejection::from).collect();
+    let mut rejected: Vec<Rejection> = parsed.errors.iter().map(Rejection::from).collect();
     if !rejected.is_empty() && (query.atomic || parsed.lines.is_empty()) {
         let message = if query.atomic {
             format!(
@@ -115,22 +197,27 @@ async fn ingest(
 
     if !query.dry_run {
         // Counted in valid lines, before anything is written: a refused request takes nothing.
-        state.rate_limits.check(&store, parsed.lines.len())?;
+        state.rate_limits.check(store, parsed.lines.len())?;
     }
-    let records =
-        record::encode(&store, &parsed.lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
+    let outcome = append_new_lines(state, store, &parsed, query.atomic, query.dry_run).await?;
     if !query.dry_run {
-        state.append(records).await?;
         crate::metrics::LINES_ACCEPTED
-            .with_label_values(&[store.as_str()])
-            .inc_by(parsed.lines.len() as u64);
+            .with_label_values(&[store])
+            .inc_by(outcome.accepted as u64);
     }
-
-    Ok(HttpResponse::Ok().json(Accepted {
-        accepted: parsed.lines.len(),
-        line_ids: parsed.lines.iter().map(|l| l.line_id.as_str()).collect(),
+    for _ in &outcome.conflicts {
+        crate::metrics::LINES_REJECTED
+            .with_label_values(&[store, "line_id"])
+            .inc();
+    }
+    rejected.extend(outcome.conflicts);
+    serde_json::to_string(&Accepted {
+        accepted: outcome.accepted,
+        line_ids: outcome.line_ids,
+        duplicates: outcome.duplicates,
         rejected,
-    }))
+    })
+    .map_err(|e| ApiError::Unavailable(format!("cannot write the answer: {e}")))
 }
 
 /// The media types the ingest parses, as the 415 answer names them.
@@ -239,16 +326,25 @@ async fn read_body(
 }
 
 impl AppState {
-    /// Appends records durably; a saturated stream is a 503 with Retry-After, so stores slow down
-    /// instead of shopstream buffering in memory.
-    pub async fn append(&self, records: Vec<PutRecord>) -> Result<(), ApiError> {
+    /// Appends records durably, claiming the line ids of `claims` (per record); a saturated
+    /// stream is a 503 with Retry-After, so stores slow down instead of shopstream buffering in
+    /// memory. `Ok(false)` when another request claimed some of the ids first: nothing was
+    /// written, and the caller sorts its lines again.
+    pub async fn append(
+        &self,
+        records: Vec<PutRecord>,
+        claims: Vec<Vec<LineClaim>>,
+    ) -> Result<bool, ApiError> {
         let started = Instant::now();
         let depth = self.inflight_appends.fetch_add(1, Ordering::Relaxed) + 1;
         crate::metrics::MAILBOX_DEPTH
             .with_label_values(&["stream_append"])
             .set(depth as i64);
-        let result =
-            tokio::time::timeout(self.limits.request_timeout, self.stream.put(records)).await;
+        let result = tokio::time::timeout(
+            self.limits.request_timeout,
+            self.line_index.append(records, claims),
+        )
+        .await;
         let depth = self.inflight_appends.fetch_sub(1, Ordering::Relaxed) - 1;
         crate::metrics::MAILBOX_DEPTH
             .with_label_values(&["stream_append"])
@@ -261,6 +357,7 @@ impl AppState {
                 ),
                 retry_after_secs: 1,
             }),
+            Ok(Err(StreamError::LinesTaken(_))) => Ok(false),
             Ok(Err(StreamError::Saturated(reason))) => Err(ApiError::Busy {
                 reason,
                 retry_after_secs: 1,
@@ -278,7 +375,7 @@ impl AppState {
                     micros = started.elapsed().as_micros() as u64,
                     "Appended to the stream."
                 );
-                Ok(())
+                Ok(true)
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
+mod line_identity;
 pub mod ops;
 pub mod query;
 
@@ -22,6 +23,7 @@ use crate::config::{AuthConfig, Settings};
 use crate::model::DateOrder;
 use crate::object_store::ObjectStore;
 use crate::store::{OperationalStore, Warehouse};
+use crate::stream::line_index::LineIndex;
 use crate::stream::Stream;
 use error::ApiError;
 
@@ -54,6 +56,8 @@ pub struct AppState {
     /// This instance's name (its lease owner name on Kinesis), shown by `/v1/status`.
     pub instance: String,
     pub stream: Arc<dyn Stream>,
+    /// The line-id index and idempotency keys beside the stream (docs/line-identity.md).
+    pub line_index: Arc<dyn LineIndex>,
     pub operational: Arc<dyn OperationalStore>,
     pub warehouse: Arc<dyn Warehouse>,
     /// The sinks, for readiness.

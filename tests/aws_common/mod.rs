@@ -259,6 +259,8 @@ pub fn aws_config(test: &str) -> Settings {
         shards: 4,
         leases_table: format!("{name}-leases"),
         lease_duration: Duration::from_millis(800),
+        line_index_table: format!("{name}-line-ids"),
+        line_index_retention: Duration::from_secs(7 * 24 * 3600),
     };
     s.archive.s3 = S3Config {
         bucket: format!("{name}-bucket"),
@@ -304,6 +306,7 @@ backend = "aws"
 [stream.kinesis]
 stream_name = "{stream}"
 leases_table = "{leases}"
+line_index_table = "{line_ids}"
 lease_duration = "{lease}ms"
 [archive]
 backend = "aws"
@@ -344,6 +347,7 @@ partial_retry_max_backoff = "200ms"
         bucket = cfg.archive.s3.bucket,
         invoices = cfg.operational.dynamodb.invoices_table,
         leases = cfg.stream.kinesis.leases_table,
+        line_ids = cfg.stream.kinesis.line_index_table,
         lease = cfg.stream.kinesis.lease_duration.as_millis(),
         sales = cfg.warehouse.firehose.delivery_stream,
         prefix = cfg.warehouse.firehose.prefix,

@@ -20,9 +20,11 @@ use crate::store::sum::MoneySum;
 use crate::store::StoreError;
 
 /// One row per line, keyed by `(invoice_no, line_id)` (why that key and not the line id alone: the
-/// `crate::store::row` module docs). The implicit rowid is the insertion order, which an upsert
-/// of a known line keeps (`ON CONFLICT DO UPDATE`, not `INSERT OR REPLACE`), so an invoice's lines
-/// read back in the order they first arrived. The key's index also serves the invoice look-up.
+/// `crate::store::row` module docs). A line is written once: the first version of a line id is
+/// kept (`ON CONFLICT DO NOTHING`, as the warehouse's insert-or-ignore and DynamoDB's conditional
+/// put; docs/line-identity.md, rule 7). The implicit rowid is the insertion order, so an
+/// invoice's lines read back in the order they first arrived. The key's index also serves the
+/// invoice look-up.
 ///
 /// Files written before this key have `line_id TEXT PRIMARY KEY` and an `(invoice_no,
 /// invoice_date)` index; opening one adds the key index, and both layouts take the same SQL.
@@ -50,21 +52,14 @@ CREATE INDEX IF NOT EXISTS invoice_lines_by_customer ON invoice_lines (customer_
     WHERE customer_id IS NOT NULL;
 ";
 
-const UPSERT: &str = "
+const INSERT_FIRST: &str = "
 INSERT INTO invoice_lines (line_id, invoice_no, stock_code, description, quantity, invoice_date,
     unit_price, unit_price_micros, line_total, line_total_micros, customer_id, country,
     is_cancellation, store_id, ingested_at)
 VALUES (:line_id, :invoice_no, :stock_code, :description, :quantity, :invoice_date,
     :unit_price, :unit_price_micros, :line_total, :line_total_micros, :customer_id, :country,
     :is_cancellation, :store_id, :ingested_at)
-ON CONFLICT (invoice_no, line_id) DO UPDATE SET
-    stock_code = excluded.stock_code,
-    description = excluded.description, quantity = excluded.quantity,
-    invoice_date = excluded.invoice_date, unit_price = excluded.unit_price,
-    unit_price_micros = excluded.unit_price_micros, line_total = excluded.line_total,
-    line_total_micros = excluded.line_total_micros, customer_id = excluded.customer_id,
-    country = excluded.country, is_cancellation = excluded.is_cancellation,
-    store_id = excluded.store_id, ingested_at = excluded.ingested_at";
+ON CONFLICT (invoice_no, line_id) DO NOTHING";
 
 const INVOICE_LINES: &str = "
 SELECT line_id, invoice_no, stock_code, description, quantity, invoice_date, unit_price,
@@ -123,7 +118,7 @@ fn upsert_blocking(conn: &mut Connection, path: &Path, rows: &[LineRow]) -> Resu
     let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
     let tx = conn.transaction().map_err(fail)?;
     {
-        let mut stmt = tx.prepare_cached(UPSERT).map_err(fail)?;
+        let mut stmt = tx.prepare_cached(INSERT_FIRST).map_err(fail)?;
         let params = LineParams::of(&stmt).map_err(fail)?;
         for row in rows {
             row.execute(&mut stmt, &params)

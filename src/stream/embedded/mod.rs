@@ -7,12 +7,14 @@
 //!   the same file, so a copy of `stream.sqlite` holds the log and every sink's progress together.
 
 mod checkpoints;
+mod line_index;
 mod reader;
 mod schema;
 mod writer;
 
 pub use checkpoints::EmbeddedCheckpoints;
 
+use super::line_index::LineClaim;
 use super::{
     CheckpointError, Position, PutRecord, PutResult, ReadBatch, SequenceNumber, ShardId, ShardInfo,
     Stream, StreamError, MAX_RECORD_BYTES,
@@ -201,9 +203,14 @@ impl EmbeddedStream {
     }
 }
 
-#[async_trait]
-impl Stream for EmbeddedStream {
-    async fn put(&self, records: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
+impl EmbeddedStream {
+    /// Appends `records`, each claiming the line ids of `claims` at the same index (or none when
+    /// `claims` is shorter), in one transaction.
+    async fn append(
+        &self,
+        records: Vec<PutRecord>,
+        claims: Vec<Vec<LineClaim>>,
+    ) -> Result<Vec<PutResult>, StreamError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -225,6 +232,7 @@ impl Stream for EmbeddedStream {
         let request = AppendRequest {
             records,
             shards: record_shards,
+            claims,
             reply,
         };
         let queue = self
@@ -253,6 +261,13 @@ impl Stream for EmbeddedStream {
                     .into(),
             )
         })?
+    }
+}
+
+#[async_trait]
+impl Stream for EmbeddedStream {
+    async fn put(&self, records: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
+        self.append(records, Vec::new()).await
     }
 
     async fn list_shards(&self) -> Result<Vec<ShardInfo>, StreamError> {

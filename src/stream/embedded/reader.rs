@@ -119,6 +119,15 @@ pub(super) fn release_records(
         "DELETE FROM record_keys WHERE shard = ?1 AND seq <= ?2 AND arrived_at_ms < ?3",
     )?;
     keys.execute(params![shard, upto, cutoff_ms])?;
+    // So are the line ids and the idempotency keys: the window in which a repeat is recognised is
+    // the stream's retention (docs/line-identity.md).
+    let mut ids = conn.prepare_cached(
+        "DELETE FROM line_ids WHERE arrived_at_ms < ?3 AND shard = ?1 AND seq <= ?2",
+    )?;
+    ids.execute(params![shard, upto, cutoff_ms])?;
+    let mut request_keys =
+        conn.prepare_cached("DELETE FROM idempotency_keys WHERE started_at_ms < ?1")?;
+    request_keys.execute(params![cutoff_ms])?;
     Ok(removed)
 }
 

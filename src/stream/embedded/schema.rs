@@ -4,7 +4,10 @@
 //! the end of one B-tree and a read is a range scan, with no secondary index to maintain. The
 //! shard count never changes for a file (the embedded log cannot be resharded), so a fixed set
 //! of tables fits. `shards` holds each shard's last sequence number apart from the records, so
-//! numbering survives the removal of every record by retention.
+//! numbering survives the removal of every record by retention. `record_keys` holds the dedup key
+//! of every record, `line_ids` the id, store and content of every line claimed by ingest (written
+//! in the append's transaction) and `idempotency_keys` the `Idempotency-Key`s of recent requests
+//! with their answers (see `docs/line-identity.md`).
 
 use super::super::StreamError;
 use rusqlite::{Connection, OptionalExtension};
@@ -81,6 +84,24 @@ pub(super) fn prepare(
              shard         INTEGER NOT NULL,
              seq           INTEGER NOT NULL,
              arrived_at_ms INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS line_ids (
+             line_id       TEXT    PRIMARY KEY,
+             store_id      TEXT    NOT NULL,
+             line          TEXT    NOT NULL,
+             shard         INTEGER NOT NULL,
+             seq           INTEGER NOT NULL,
+             arrived_at_ms INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS line_ids_by_arrival ON line_ids (arrived_at_ms);
+         CREATE TABLE IF NOT EXISTS idempotency_keys (
+             store_id      TEXT    NOT NULL,
+             key           TEXT    NOT NULL,
+             fingerprint   TEXT    NOT NULL,
+             status        INTEGER,
+             answer        TEXT,
+             started_at_ms INTEGER NOT NULL,
+             PRIMARY KEY (store_id, key)
          ) WITHOUT ROWID;",
     )
     .map_err(backend)?;

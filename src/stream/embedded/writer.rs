@@ -6,6 +6,7 @@
 
 use super::schema::records_table;
 use crate::metrics::{STREAM_APPEND_DURATION, STREAM_APPEND_RECORDS};
+use crate::stream::line_index::LineClaim;
 use crate::stream::{PutRecord, PutResult, SequenceNumber, ShardId, StreamError};
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,9 @@ const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct AppendRequest {
     pub records: Vec<PutRecord>,
     pub shards: Vec<u32>,
+    /// Per record, the line ids it claims in `line_ids` (empty for a plain `put`); a request one
+    /// of whose ids is already taken writes nothing and is answered `LinesTaken`.
+    pub claims: Vec<Vec<LineClaim>>,
     pub reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
 }
 
@@ -95,6 +99,7 @@ impl Writer {
         let mut last = self.last.clone();
         match write_group(&mut self.conn, insert_sql, &mut last, &group, arrived_at_ms) {
             Ok((records, landed)) => {
+                let landed: Vec<Result<Vec<(u32, u64)>, StreamError>> = landed;
                 STREAM_APPEND_DURATION
                     .with_label_values(&["embedded"])
                     .observe(started.elapsed().as_secs_f64());
@@ -108,15 +113,17 @@ impl Writer {
                 }
                 self.last = last;
                 for (request, landed) in group.into_iter().zip(landed) {
-                    let results = landed
-                        .into_iter()
-                        .map(|(shard, seq)| PutResult {
-                            shard_id: self.shard_ids[shard as usize].clone(),
-                            sequence_number: SequenceNumber::from(seq),
-                        })
-                        .collect();
+                    let results = landed.map(|landed| {
+                        landed
+                            .into_iter()
+                            .map(|(shard, seq)| PutResult {
+                                shard_id: self.shard_ids[shard as usize].clone(),
+                                sequence_number: SequenceNumber::from(seq),
+                            })
+                            .collect()
+                    });
                     // The caller may have given up waiting; its records are durable anyway.
-                    let _ = request.reply.send(Ok(results));
+                    let _ = request.reply.send(results);
                 }
             }
             Err(e) => {
@@ -131,8 +138,9 @@ impl Writer {
     }
 }
 
-/// Where each record of each request landed: (shard, sequence number).
-type Landed = Vec<Vec<(u32, u64)>>;
+/// Where each record of each request landed: (shard, sequence number), or why the request was
+/// not written (`LinesTaken`).
+type Landed = Vec<Result<Vec<(u32, u64)>, StreamError>>;
 
 /// Writes every record of `group` in one transaction and commits it. Advances `last` as it
 /// numbers records; the caller keeps the old counters if this fails (the transaction is rolled
@@ -151,6 +159,11 @@ fn write_group(
     let mut written = 0;
     let mut landed = Vec::with_capacity(group.len());
     for request in group {
+        let taken = taken_ids(&tx, &request.claims)?;
+        if !taken.is_empty() {
+            landed.push(Err(StreamError::LinesTaken(taken)));
+            continue;
+        }
         let mut places = Vec::with_capacity(request.records.len());
         for (record, &shard) in request.records.iter().zip(&request.shards) {
             let index = shard as usize;
@@ -170,6 +183,13 @@ fn write_group(
                     let (first_shard, seq): (u32, i64) =
                         find.query_row([&key[..]], |row| Ok((row.get(0)?, row.get(1)?)))?;
                     places.push((first_shard, seq as u64));
+                    claim_ids(
+                        &tx,
+                        request.claims.get(places.len() - 1),
+                        first_shard,
+                        seq,
+                        arrived_at_ms,
+                    )?;
                     continue;
                 }
             }
@@ -182,9 +202,16 @@ fn write_group(
                 arrived_at_ms
             ])?;
             places.push((shard, last[index]));
+            claim_ids(
+                &tx,
+                request.claims.get(places.len() - 1),
+                shard,
+                last[index] as i64,
+                arrived_at_ms,
+            )?;
             written += 1;
         }
-        landed.push(places);
+        landed.push(Ok(places));
     }
     {
         let mut update = tx.prepare_cached("UPDATE shards SET last_seq = ?2 WHERE shard = ?1")?;
@@ -196,6 +223,46 @@ fn write_group(
     }
     tx.commit()?;
     Ok((written, landed))
+}
+
+/// The ids among `claims` that `line_ids` holds already, or that the request claims twice.
+fn taken_ids(
+    tx: &rusqlite::Transaction<'_>,
+    claims: &[Vec<LineClaim>],
+) -> rusqlite::Result<Vec<crate::model::LineId>> {
+    let mut taken = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut find = tx.prepare_cached("SELECT 1 FROM line_ids WHERE line_id = ?1")?;
+    for claim in claims.iter().flatten() {
+        if !seen.insert(&claim.line_id) || find.exists([claim.line_id.as_str()])? {
+            taken.push(claim.line_id.clone());
+        }
+    }
+    Ok(taken)
+}
+
+/// Records the claims of a record that landed at (`shard`, `seq`).
+fn claim_ids(
+    tx: &rusqlite::Transaction<'_>,
+    claims: Option<&Vec<LineClaim>>,
+    shard: u32,
+    seq: i64,
+    arrived_at_ms: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO line_ids (line_id, store_id, line, shard, seq, arrived_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for claim in claims.into_iter().flatten() {
+        insert.execute(params![
+            claim.line_id.as_str(),
+            claim.store_id,
+            claim.line,
+            shard,
+            seq,
+            arrived_at_ms
+        ])?;
+    }
+    Ok(())
 }
 
 struct AliveGuard(Arc<AtomicBool>);

@@ -1,0 +1,219 @@
+//! The line-id index: which line ids the stream already holds, with the content and the store of
+//! each, and the `Idempotency-Key`s of recent requests. Ingest consults it to tell every line new,
+//! a repeat or a conflict, and claims the new lines' ids as it appends them; see
+//! `docs/line-identity.md` for the rules.
+//!
+//! Two implementations: the embedded log claims ids in the same SQLite transaction as the append
+//! (`stream::embedded`), and on AWS a DynamoDB table takes conditional claims around PutRecords
+//! (`stream::kinesis::line_index`).
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use super::{PutRecord, PutResult, StreamError};
+use crate::model::{InvoiceLine, LineId};
+
+/// A new line's claim on its id, appended with the record that carries the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineClaim {
+    pub line_id: LineId,
+    pub store_id: String,
+    /// The line as JSON (an [`InvoiceLine`]), so a later conflict can say what differs.
+    pub line: String,
+}
+
+impl LineClaim {
+    pub fn new(store_id: &str, line: &InvoiceLine) -> Result<Self, serde_json::Error> {
+        Ok(LineClaim {
+            line_id: line.line_id.clone(),
+            store_id: store_id.to_owned(),
+            line: serde_json::to_string(line)?,
+        })
+    }
+}
+
+/// What the index holds for an id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLine {
+    pub store_id: String,
+    pub line: InvoiceLine,
+    /// Claimed by a request that has not yet seen its records durable (AWS only: the embedded
+    /// log claims and appends in one transaction).
+    pub pending: bool,
+}
+
+impl StoredLine {
+    /// # Errors
+    /// The stored JSON is not a line (a damaged index entry).
+    pub fn decode(store_id: String, line: &str, pending: bool) -> Result<Self, StreamError> {
+        let line = serde_json::from_str(line).map_err(|e| {
+            StreamError::Backend(format!("a line-id index entry cannot be read: {e}"))
+        })?;
+        Ok(StoredLine {
+            store_id,
+            line,
+            pending,
+        })
+    }
+}
+
+/// How a line of a request relates to what the stream holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its id is not taken: it is appended.
+    New,
+    /// Its id is taken by the same content from the same store: nothing is written.
+    Repeat,
+    /// Its id is taken by other content or another store: refused, with what differs.
+    Conflict(String),
+}
+
+/// Tells `line`, sent by `store_id`, against the index entry of its id (if any).
+pub fn verdict(store_id: &str, line: &InvoiceLine, stored: Option<&StoredLine>) -> Verdict {
+    let Some(stored) = stored else {
+        return Verdict::New;
+    };
+    let mut differs = stored.line.differences(line);
+    if stored.store_id != store_id {
+        differs.insert(0, format!("store: {} -> {store_id}", stored.store_id));
+    }
+    if stored.line.invoice_no != line.invoice_no {
+        differs.insert(
+            0,
+            format!(
+                "InvoiceNo: {} -> {}",
+                stored.line.invoice_no, line.invoice_no
+            ),
+        );
+    }
+    if differs.is_empty() {
+        // A pending claim of the same content is an earlier attempt of this very line that was
+        // never acknowledged: it is written again, so nothing unacknowledged is blocked.
+        if stored.pending {
+            Verdict::New
+        } else {
+            Verdict::Repeat
+        }
+    } else {
+        Verdict::Conflict(differs.join(", "))
+    }
+}
+
+/// The state of an `Idempotency-Key` when a request with it begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// First use (or an earlier attempt that never finished and was abandoned): go ahead.
+    Started,
+    /// A request with this key and the same body was answered: this answer, again.
+    Answered(StoredAnswer),
+    /// A request with this key is still being processed.
+    InFlight,
+    /// The key was used with another body.
+    Mismatch,
+}
+
+/// An answer kept for an `Idempotency-Key`: the HTTP status and the JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredAnswer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A request with a key still marked in flight after this long is taken as abandoned (its
+/// process crashed before answering) and may be taken over by a retry. Ingest answers within
+/// `server.request_timeout` (seconds), so a live request is never this old.
+pub const KEY_IN_FLIGHT_ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The line-id index and the idempotency keys beside a stream.
+#[async_trait]
+pub trait LineIndex: Send + Sync + 'static {
+    /// The entries of those of `ids` that are taken.
+    async fn lookup(&self, ids: &[LineId]) -> Result<HashMap<LineId, StoredLine>, StreamError>;
+
+    /// Appends `records`, claiming `claims[i]` (the new lines of `records[i]`) as they become
+    /// durable.
+    ///
+    /// # Errors
+    /// [`StreamError::LinesTaken`] when another request claimed one of the ids since `lookup`:
+    /// nothing of this call is appended, and the caller looks the lines up again.
+    async fn append(
+        &self,
+        records: Vec<PutRecord>,
+        claims: Vec<Vec<LineClaim>>,
+    ) -> Result<Vec<PutResult>, StreamError>;
+
+    /// Begins a request with `key` from `store_id` whose body hashes to `fingerprint`.
+    async fn begin_key(
+        &self,
+        store_id: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<KeyState, StreamError>;
+
+    /// Keeps `answer` for the key begun with [`begin_key`](Self::begin_key).
+    async fn finish_key(
+        &self,
+        store_id: &str,
+        key: &str,
+        answer: &StoredAnswer,
+    ) -> Result<(), StreamError>;
+
+    /// Forgets a key whose request failed without a lasting answer (busy, invalid), so a retry
+    /// runs again.
+    async fn abandon_key(&self, store_id: &str, key: &str) -> Result<(), StreamError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+    use rust_decimal::Decimal;
+
+    fn line(quantity: i64) -> InvoiceLine {
+        InvoiceLine::new(
+            "536365".into(),
+            "85123A".into(),
+            None,
+            quantity,
+            NaiveDate::from_ymd_opt(2010, 12, 1)
+                .unwrap()
+                .and_hms_opt(8, 26, 0)
+                .unwrap(),
+            Decimal::new(255, 2),
+            None,
+            "United Kingdom".into(),
+            Some(1),
+            0,
+        )
+    }
+
+    fn stored(store: &str, quantity: i64, pending: bool) -> StoredLine {
+        StoredLine {
+            store_id: store.into(),
+            line: line(quantity),
+            pending,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict("a", &line(6), None), Verdict::New);
+        assert_eq!(
+            verdict("a", &line(6), Some(&stored("a", 6, false))),
+            Verdict::Repeat
+        );
+        assert_eq!(
+            verdict("a", &line(6), Some(&stored("a", 6, true))),
+            Verdict::New
+        );
+        assert_eq!(
+            verdict("a", &line(4), Some(&stored("a", 6, false))),
+            Verdict::Conflict("Quantity: 6 -> 4".into())
+        );
+        assert_eq!(
+            verdict("b", &line(6), Some(&stored("a", 6, true))),
+            Verdict::Conflict("store: a -> b".into())
+        );
+    }
+}
