@@ -104,6 +104,13 @@ impl Pipeline {
                 let parts = ShardSinkParts {
                     sink: sink.clone(),
                     shard: shard.id.clone(),
+                    // The worker checks these again itself before it reads.
+                    parents: shard
+                        .parents
+                        .iter()
+                        .filter(|p| known.contains(p))
+                        .cloned()
+                        .collect(),
                     stream: self.parts.stream.clone(),
                     checkpoints: self.parts.checkpoints.clone(),
                     dead_letters: self.parts.dead_letters.clone(),

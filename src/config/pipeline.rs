@@ -88,7 +88,9 @@ impl SinksConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Attempts per batch before its lines go to the dead-letter store one by one.
+    /// Attempts in a row of a call to the stream, the checkpoint store or the dead-letter store
+    /// before the (sink, shard) worker restarts from its checkpoint. A sink's transient failures
+    /// are retried without limit; only lines the backend refuses go to dead letters.
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
