@@ -30,12 +30,22 @@ CREATE TABLE IF NOT EXISTS sales (LIKE sales_staging)
     DISTKEY (invoice_no) SORTKEY (invoice_date);
 
 -- Run every few minutes (Redshift scheduled query): new lines in, duplicates out, staging emptied.
+-- A line can reach staging more than once (Firehose redelivers; a client resends a request whose
+-- Kinesis puts partly succeeded), each copy with its own ingested_at: the merge keeps one row per
+-- line_id, by line_id alone (the earliest copy), and never adds a line_id `sales` already has.
 BEGIN;
 LOCK sales_staging;
 INSERT INTO sales
-SELECT DISTINCT s.*
-FROM sales_staging s
-LEFT JOIN sales t ON t.line_id = s.line_id
-WHERE t.line_id IS NULL;
+SELECT line_id, invoice_no, stock_code, description, quantity, invoice_date, unit_price,
+       line_total, line_total_micros, customer_id, country, is_cancellation, store_id,
+       ingested_at, source
+FROM (
+    SELECT s.*,
+           ROW_NUMBER() OVER (PARTITION BY s.line_id ORDER BY s.ingested_at, s.source) AS copy_no
+    FROM sales_staging s
+    LEFT JOIN sales t ON t.line_id = s.line_id
+    WHERE t.line_id IS NULL
+) AS fresh
+WHERE copy_no = 1;
 DELETE FROM sales_staging;
 COMMIT;
