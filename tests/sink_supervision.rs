@@ -26,7 +26,8 @@ fn sink_counter(server: &Server, name: &str, sink: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-/// Files under the dead-letter folder.
+/// Dead letters: files under the dead-letter store's `dead-letter/` prefix (the store keeps the
+/// workers' dedup windows beside them).
 fn dead_letter_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -39,7 +40,7 @@ fn dead_letter_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     let mut files = Vec::new();
-    walk(&data.join("dead-letter"), &mut files);
+    walk(&data.join("dead-letter/dead-letter"), &mut files);
     files
 }
 

@@ -66,6 +66,14 @@ pub struct SinksConfig {
     /// records).
     #[serde(with = "humantime_serde")]
     pub shard_refresh: Duration,
+    /// Ids of the last this many lines each (sink, shard) worker read, kept to drop a line the
+    /// stream holds twice (a client resent a request whose Kinesis puts partly succeeded); 0
+    /// turns the dedup off. 16 bytes each when saved, about 64 in memory.
+    pub dedup_window_lines: usize,
+    /// Least time between two saves of a worker's dedup window (saved with a checkpoint, and when
+    /// the worker stops).
+    #[serde(with = "humantime_serde")]
+    pub dedup_save_interval: Duration,
     pub retry: RetryConfig,
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+use super::dedup::{DedupWindows, LineWindow};
 use crate::actors::dead_letter::{DeadLetter, DeadLetters};
 use crate::actors::progress::Progress;
 use crate::actors::sink::{FlushPolicy, SinkFailure, SinkUnit, SinkWriter};
@@ -27,6 +28,10 @@ pub struct ShardSinkSettings {
     pub poll_interval: Duration,
     pub checkpoint_interval: Duration,
     pub retry: RetryConfig,
+    /// Line ids kept per (sink, shard) to drop duplicates (0: no dedup); see [`super::dedup`].
+    pub dedup_window_lines: usize,
+    /// Least time between two saves of the dedup window.
+    pub dedup_save_interval: Duration,
 }
 
 /// Everything a worker needs, shared as one `Arc` by every run of it: a restart keeps nothing of
@@ -40,6 +45,7 @@ pub struct ShardSinkParts {
     pub stream: Arc<dyn Stream>,
     pub checkpoints: Arc<dyn CheckpointStore>,
     pub dead_letters: DeadLetters,
+    pub dedup: DedupWindows,
     pub progress: Arc<Progress>,
     pub settings: ShardSinkSettings,
 }
@@ -151,6 +157,9 @@ pub struct ShardLoop {
     /// Whether this run saved a checkpoint: a run that moved on before failing restarts without
     /// the delay of one that fails at once.
     progressed: bool,
+    /// Ids of the lines read lately, to drop a line the stream holds twice.
+    window: LineWindow,
+    window_saved: Instant,
 }
 
 impl ShardLoop {
@@ -163,6 +172,8 @@ impl ShardLoop {
             written: None,
             last_saved: Instant::now(),
             progressed: false,
+            window: LineWindow::default(),
+            window_saved: Instant::now(),
         }
     }
 
@@ -224,6 +235,7 @@ impl ShardLoop {
                 return Ok(Step::Finished);
             }
         }
+        self.load_window().await?;
         // A unit announced before a crash is written again exactly as cut, so the archive object
         // it names is overwritten rather than duplicated under another range.
         if !p.sink.exact_units() {
@@ -274,6 +286,7 @@ impl ShardLoop {
         if *self.stop.borrow() {
             self.flush().await?;
             self.save_written().await?;
+            self.save_window(true).await?;
             return Ok(Step::Finished);
         }
         let batch = self.read(self.read_from()).await?;
@@ -348,7 +361,16 @@ impl ShardLoop {
     /// (it can never be written, and must not wedge the shard).
     async fn add_record(&mut self, record: Record) -> Result<(), RunError> {
         match crate::stream::record::decode(&record.data) {
-            Ok(batch) => {
+            Ok(mut batch) => {
+                let before = batch.lines.len();
+                batch.lines.retain(|l| self.window.insert(&l.line_id));
+                let dropped = before - batch.lines.len();
+                if dropped > 0 {
+                    tracing::info!(sink = %self.kind(), shard = %self.parts.shard, sequence_number = %record.sequence_number, lines = dropped, "Dropped lines this worker read lately (a resent request).");
+                    crate::metrics::SINK_DUPLICATE_LINES
+                        .with_label_values(&[self.kind().as_str()])
+                        .inc_by(dropped as u64);
+                }
                 self.unit
                     .push(record.sequence_number, record.data.len(), batch);
             }
@@ -419,13 +441,62 @@ impl ShardLoop {
         Ok(())
     }
 
-    /// Checkpoints what was written, if anything.
+    /// Checkpoints what was written, if anything, and then the dedup window when it is due.
     async fn save_written(&mut self) -> Result<(), RunError> {
         if let Some((seq, lines)) = self.written.clone() {
             self.save_checkpoint(seq.clone(), lines).await?;
             self.written = None;
             self.checkpoint = Some(seq);
+            self.save_window(false).await?;
         }
+        Ok(())
+    }
+
+    /// Loads the window saved with an earlier checkpoint; an unreadable one is dropped (a window
+    /// only ever dedups, so starting empty loses nothing).
+    async fn load_window(&mut self) -> Result<(), RunError> {
+        let p = self.parts.clone();
+        let kind = self.kind();
+        let capacity = p.settings.dedup_window_lines;
+        self.window = LineWindow::new(capacity);
+        if capacity == 0 {
+            return Ok(());
+        }
+        let saved = self
+            .retry_bounded("load dedup window", || p.dedup.load(kind, &p.shard))
+            .await?;
+        if let Some(bytes) = saved {
+            match LineWindow::from_bytes(capacity, &bytes) {
+                Ok(w) => self.window = w,
+                Err(e) => {
+                    tracing::warn!(sink = %kind, shard = %p.shard, error = %e, "The saved dedup window is not readable; starting with an empty one.")
+                }
+            }
+        }
+        self.window_saved = Instant::now();
+        Ok(())
+    }
+
+    /// Saves the window when it changed and `sinks.dedup_save_interval` has passed (or `force`).
+    /// Only right after a checkpoint with nothing read beyond it: the saved window then holds no
+    /// line after the checkpoint, so a re-read after a restart never drops an unwritten line.
+    async fn save_window(&mut self, force: bool) -> Result<(), RunError> {
+        let p = self.parts.clone();
+        let due = force || self.window_saved.elapsed() >= p.settings.dedup_save_interval;
+        if !(due
+            && self.window.is_enabled()
+            && self.window.is_dirty()
+            && self.unit.is_empty()
+            && self.written.is_none())
+        {
+            return Ok(());
+        }
+        let kind = self.kind();
+        let window = &self.window;
+        self.retry_bounded("save dedup window", || p.dedup.save(kind, &p.shard, window))
+            .await?;
+        self.window.mark_saved();
+        self.window_saved = Instant::now();
         Ok(())
     }
 

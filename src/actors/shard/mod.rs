@@ -12,6 +12,7 @@
 //! and the supervisor starts it again from the durable checkpoint after a capped backoff.
 
 mod core;
+pub mod dedup;
 #[cfg(test)]
 mod tests;
 

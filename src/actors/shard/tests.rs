@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::core::{RunError, ShardLoop, ShardSinkParts, ShardSinkSettings};
+use super::dedup::DedupWindows;
 use crate::actors::dead_letter::{DeadLetter, DeadLetters};
 use crate::actors::progress::Progress;
 use crate::actors::sink::{SinkFailure, SinkUnit, SinkWriter};
@@ -303,6 +304,7 @@ struct Fixture {
     checkpoints: Arc<FakeCheckpoints>,
     sink: Arc<FakeSink>,
     dead_letters: DeadLetters,
+    dedup: DedupWindows,
     progress: Arc<Progress>,
     _dir: tempfile::TempDir,
 }
@@ -310,7 +312,7 @@ struct Fixture {
 impl Fixture {
     fn new(stream: Arc<FakeStream>, sink: FakeSink) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalObjectStore::new(dir.path().join("dead")).unwrap();
+        let store = Arc::new(LocalObjectStore::new(dir.path().join("dead")).unwrap());
         let events = sink.events.clone();
         Fixture {
             stream,
@@ -319,7 +321,8 @@ impl Fixture {
                 ..FakeCheckpoints::default()
             }),
             sink: Arc::new(sink),
-            dead_letters: DeadLetters::new(Arc::new(store), "dead-letters"),
+            dead_letters: DeadLetters::new(store.clone(), "dead-letters"),
+            dedup: DedupWindows::new(store),
             progress: Arc::new(Progress::default()),
             _dir: dir,
         }
@@ -333,6 +336,7 @@ impl Fixture {
             stream: self.stream.clone(),
             checkpoints: self.checkpoints.clone(),
             dead_letters: self.dead_letters.clone(),
+            dedup: self.dedup.clone(),
             progress: self.progress.clone(),
             settings: ShardSinkSettings {
                 read_batch_records: 2,
@@ -343,6 +347,8 @@ impl Fixture {
                     initial_backoff: Duration::from_millis(1),
                     max_backoff: Duration::from_millis(5),
                 },
+                dedup_window_lines: 100,
+                dedup_save_interval: Duration::ZERO,
             },
         })
     }
@@ -518,6 +524,59 @@ async fn a_child_shard_is_read_only_after_its_parent_is_finished() {
         .unwrap();
     let child_write = events.iter().position(|e| e == "write child 1").unwrap();
     assert!(parent_end < child_write, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_line_the_stream_holds_twice_is_written_once() {
+    // Record 3 is a client's resend of record 1 (Kinesis took both).
+    let stream = FakeStream::with(vec![(
+        "s0",
+        vec![
+            record(1, &["A", "B"]),
+            record(2, &["C"]),
+            record(3, &["A", "B"]),
+        ],
+        true,
+    )]);
+    let f = Fixture::new(stream, FakeSink::default());
+    f.run("s0", &[]).await.unwrap();
+    let stored = f.sink.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+    assert!(f.finished("s0"));
+}
+
+#[tokio::test]
+async fn the_dedup_window_is_saved_with_the_checkpoint_and_survives_a_restart() {
+    let stream = FakeStream::with(vec![("s0", vec![record(1, &["A", "B"])], false)]);
+    let f = Arc::new(Fixture::new(stream, FakeSink::default()));
+    let run_until_checkpoint = |seq: u64| {
+        let f = f.clone();
+        async move {
+            let (stop_tx, stop) = watch::channel(false);
+            let parts = f.parts("s0", &[]);
+            let worker = tokio::spawn(async move { ShardLoop::new(parts, stop).run().await });
+            while f.checkpoints.get(SinkKind::Warehouse, "s0") != Some(SequenceNumber::from(seq)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stop_tx.send_replace(true);
+            worker.await.unwrap().unwrap();
+        }
+    };
+    run_until_checkpoint(1).await;
+    // The resend arrives after the restart, with a new line.
+    f.stream
+        .shards
+        .lock()
+        .unwrap()
+        .get_mut(&ShardId("s0".into()))
+        .unwrap()
+        .records
+        .push(record(2, &["A", "C"]));
+    run_until_checkpoint(2).await;
+    let stored = f.sink.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 3);
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
 }
 
 /// The actor under actix's supervisor: a run that panics (here in the checkpoint store) is
