@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS sales (LIKE sales_staging)
 -- Run every few minutes (Redshift scheduled query): new lines in, duplicates out, staging emptied.
 -- A line id is written once, first version kept (docs/line-identity.md, rule 7): a line already in
 -- `sales` is left alone, and of several staging rows of one new line id the first ingested wins.
+-- Copies of one line (Firehose redelivers; a resent request) carry their own ingested_at, so the
+-- merge ranks by line_id alone, not SELECT DISTINCT.
 BEGIN;
 LOCK sales_staging;
 INSERT INTO sales

@@ -10,6 +10,7 @@ use crate::actors::dead_letter::DeadLetters;
 use crate::actors::operational::OperationalWriter;
 use crate::actors::pipeline::{Pipeline, PipelineParts};
 use crate::actors::progress::Progress;
+use crate::actors::shard::dedup::DedupWindows;
 use crate::actors::shard::ShardSinkSettings;
 use crate::actors::sink::SinkWriter;
 use crate::actors::warehouse::WarehouseForwarder;
@@ -241,6 +242,7 @@ pub async fn start_pipeline(
         checkpoints: backends.checkpoints.clone(),
         sinks,
         dead_letters: backends.dead_letters(settings),
+        dedup: DedupWindows::new(backends.dead_letter.clone()),
         progress,
         ownership: backends.ownership.clone(),
         settings: ShardSinkSettings {
@@ -248,6 +250,8 @@ pub async fn start_pipeline(
             poll_interval: settings.sinks.poll_interval,
             checkpoint_interval: settings.sinks.checkpoint_interval,
             retry: settings.sinks.retry.clone(),
+            dedup_window_lines: settings.sinks.dedup_window_lines,
+            dedup_save_interval: settings.sinks.dedup_save_interval,
         },
         shard_refresh: settings.sinks.shard_refresh,
     };

@@ -191,6 +191,14 @@ pub static SINK_FLUSH_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+pub static SINK_DUPLICATE_LINES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "sink_duplicate_lines_total",
+        "Lines a sink worker dropped because it had read the same line id lately (a resent request), by sink.",
+        &["sink"],
+    )
+});
+
 pub static SINK_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter(
         "sink_retries_total",
@@ -269,6 +277,7 @@ pub fn init() {
     LazyLock::force(&SINK_FLUSH_DURATION);
     LazyLock::force(&SINK_RETRIES);
     LazyLock::force(&SINK_RESTARTS);
+    LazyLock::force(&SINK_DUPLICATE_LINES);
     LazyLock::force(&DEAD_LETTERS);
     LazyLock::force(&MAILBOX_DEPTH);
     LazyLock::force(&IMPORT_FILES);

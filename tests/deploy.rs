@@ -107,3 +107,63 @@ fn the_task_runs_the_aws_config_and_has_time_to_shut_down() {
         settings.server.port
     );
 }
+
+/// The merge of `deploy/redshift.sql`, run on SQLite (it uses only what both dialects share):
+/// copies of one line in staging, with different `ingested_at`, end as one row in `sales`, and a
+/// line already in `sales` is not added again.
+#[test]
+fn the_redshift_merge_keeps_each_line_id_once() {
+    let sql = std::fs::read_to_string(root().join("deploy/redshift.sql")).unwrap();
+    let statement = |start: &str| -> String {
+        let from = sql
+            .find(start)
+            .unwrap_or_else(|| panic!("{start} in redshift.sql"));
+        let len = sql[from..].find(';').unwrap();
+        sql[from..from + len].to_owned()
+    };
+    let staging = statement("CREATE TABLE IF NOT EXISTS sales_staging");
+    let merge = statement("INSERT INTO sales");
+    let empty = statement("DELETE FROM sales_staging");
+    let db = rusqlite::Connection::open_in_memory().unwrap();
+    db.execute_batch(&staging).unwrap();
+    db.execute_batch(&staging.replace("sales_staging", "sales"))
+        .unwrap();
+    let stage = |line_id: &str, ingested_at: &str| {
+        db.execute(
+            "INSERT INTO sales_staging VALUES (?1, '536365', '85123A', NULL, 6, \
+             '2010-12-01 08:26:00', 2.55, 15.30, 15300000, 17850, 'United Kingdom', 0, \
+             'store-1', ?2, 'stream')",
+            rusqlite::params![line_id, ingested_at],
+        )
+        .unwrap();
+    };
+    let line = |n: u32| format!("{n:032x}");
+    // Line 1 twice in one load (a client's resend), line 2 once.
+    stage(&line(1), "2026-12-04 10:00:00");
+    stage(&line(1), "2026-12-04 10:00:07");
+    stage(&line(2), "2026-12-04 10:00:01");
+    db.execute_batch(&format!("{merge}; {empty};")).unwrap();
+    // Line 1 again in a later load (Firehose redelivers), line 3 new.
+    stage(&line(1), "2026-12-04 10:05:00");
+    stage(&line(3), "2026-12-04 10:05:00");
+    db.execute_batch(&format!("{merge}; {empty};")).unwrap();
+    let rows: Vec<(String, String)> = db
+        .prepare("SELECT line_id, ingested_at FROM sales ORDER BY line_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (line(1), "2026-12-04 10:00:00".to_owned()),
+            (line(2), "2026-12-04 10:00:01".to_owned()),
+            (line(3), "2026-12-04 10:05:00".to_owned()),
+        ]
+    );
+    let staged: i64 = db
+        .query_row("SELECT COUNT(*) FROM sales_staging", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(staged, 0);
+}

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 
 use super::dead_letter::DeadLetters;
 use super::progress::Progress;
+use super::shard::dedup::DedupWindows;
 use super::shard::{ShardSink, ShardSinkParts, ShardSinkSettings, Shutdown};
 use super::sink::SinkWriter;
 use crate::stream::{CheckpointStore, ShardId, ShardInfo, ShardOwnership, SinkKind, Stream};
@@ -19,6 +20,8 @@ pub struct PipelineParts {
     pub checkpoints: Arc<dyn CheckpointStore>,
     pub sinks: Vec<Arc<dyn SinkWriter>>,
     pub dead_letters: DeadLetters,
+    /// Where each worker keeps its window of recent line ids (consumer-side dedup).
+    pub dedup: DedupWindows,
     pub progress: Arc<Progress>,
     pub settings: ShardSinkSettings,
     /// How often the shard list is read again (new shards after a reshard).
@@ -104,9 +107,17 @@ impl Pipeline {
                 let parts = ShardSinkParts {
                     sink: sink.clone(),
                     shard: shard.id.clone(),
+                    // The worker checks these again itself before it reads.
+                    parents: shard
+                        .parents
+                        .iter()
+                        .filter(|p| known.contains(p))
+                        .cloned()
+                        .collect(),
                     stream: self.parts.stream.clone(),
                     checkpoints: self.parts.checkpoints.clone(),
                     dead_letters: self.parts.dead_letters.clone(),
+                    dedup: self.parts.dedup.clone(),
                     progress: self.parts.progress.clone(),
                     settings: self.parts.settings.clone(),
                 };

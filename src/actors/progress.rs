@@ -18,6 +18,7 @@ struct Entry {
     millis_behind_latest: Option<u64>,
     /// The sink is retrying a failing backend right now.
     failing: Option<String>,
+    restarts: u64,
 }
 
 /// One row of [`Progress::snapshot`].
@@ -39,6 +40,9 @@ pub struct SinkShardStatus {
     pub millis_behind_latest: Option<u64>,
     /// The error the sink is retrying, if it is failing now.
     pub failing: Option<String>,
+    /// How often the (sink, shard) worker failed or panicked and was restarted from its
+    /// checkpoint since this process started.
+    pub restarts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -126,6 +130,12 @@ impl Progress {
         sinks.entry((sink, shard.clone())).or_default().failing = error;
     }
 
+    /// The worker of `sink` on `shard` failed and is being restarted from its checkpoint.
+    pub fn record_restart(&self, sink: SinkKind, shard: &ShardId) {
+        let mut sinks = self.sinks.lock().expect("progress lock");
+        sinks.entry((sink, shard.clone())).or_default().restarts += 1;
+    }
+
     /// Largest backlog, in records, of any sink on any shard.
     pub fn max_backlog(&self) -> u64 {
         self.snapshot()
@@ -197,6 +207,7 @@ impl Progress {
                     lines_buffered: e.lines_buffered,
                     millis_behind_latest: e.millis_behind_latest,
                     failing: e.failing.clone(),
+                    restarts: e.restarts,
                 }
             })
             .collect()

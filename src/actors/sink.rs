@@ -25,8 +25,10 @@ pub struct SinkUnit<'a> {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct SinkFailure {
-    /// The backend is down, busy or throttling: the same write may succeed later. A sink never
-    /// gives up on these (it lags, and ingest pushes back); the rest go to dead letters.
+    /// The backend is down, busy, locked, throttling or out of disk: the same write may succeed
+    /// later. A sink never gives up on these, however many attempts it takes (it lags, status and
+    /// readiness show it, and ingest pushes back); only the rest (the backend refuses the line)
+    /// go to dead letters.
     pub retriable: bool,
     pub message: String,
 }
@@ -93,7 +95,8 @@ pub trait SinkWriter: Send + Sync + 'static {
     /// Writes the unit; idempotent (a unit written twice is stored once).
     async fn write(&self, unit: &SinkUnit<'_>) -> Result<(), SinkFailure>;
 
-    /// Whether the backend answers, with the reason when it does not.
+    /// Whether the backend answers, with the reason when it does not (for readiness; it plays no
+    /// part in whether a line is dead-lettered).
     async fn health(&self) -> Result<(), String>;
 }
 

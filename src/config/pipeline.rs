@@ -66,6 +66,14 @@ pub struct SinksConfig {
     /// records).
     #[serde(with = "humantime_serde")]
     pub shard_refresh: Duration,
+    /// Ids of the last this many lines each (sink, shard) worker read, kept to drop a line the
+    /// stream holds twice (a client resent a request whose Kinesis puts partly succeeded); 0
+    /// turns the dedup off. 16 bytes each when saved, about 64 in memory.
+    pub dedup_window_lines: usize,
+    /// Least time between two saves of a worker's dedup window (saved with a checkpoint, and when
+    /// the worker stops).
+    #[serde(with = "humantime_serde")]
+    pub dedup_save_interval: Duration,
     pub retry: RetryConfig,
 }
 
@@ -88,7 +96,9 @@ impl SinksConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Attempts per batch before its lines go to the dead-letter store one by one.
+    /// Attempts in a row of a call to the stream, the checkpoint store or the dead-letter store
+    /// before the (sink, shard) worker restarts from its checkpoint. A sink's transient failures
+    /// are retried without limit; only lines the backend refuses go to dead letters.
     pub max_attempts: u32,
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,

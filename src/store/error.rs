@@ -33,9 +33,8 @@ impl StoreError {
     /// `From<StoreError> for SinkFailure`): a line the backend refuses for good (`Rejected`) and
     /// a sum out of range (`Aggregate`, including SQLite's own "integer overflow") are not
     /// retried. `Unavailable` is busy or throttled; `Backend` may be a broken connection or
-    /// a wrong setting that an operator fixes. The actor bounds those retries: after
-    /// `sinks.retry.max_attempts` it writes the unit line by line and dead-letters a line that
-    /// still fails while the backend's health check passes.
+    /// a wrong setting that an operator fixes. The shard worker retries those for as long as they
+    /// last and never dead-letters a line for them.
     pub fn is_retriable(&self) -> bool {
         !matches!(self, StoreError::Rejected { .. } | StoreError::Aggregate(_))
     }

@@ -44,9 +44,25 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
         "stream".to_owned(),
         outcome(stream.map(|r| r.map_err(|e| e.to_string()))),
     );
+    let progress = state.progress.snapshot();
     for sink in &state.sinks {
         let result = tokio::time::timeout(CHECK_TIMEOUT, sink.health()).await;
-        checks.insert(sink.kind().to_string(), outcome(result));
+        let mut check = outcome(result);
+        // A health check is a read: it passes while writes are locked or throttled. A write the
+        // sink is retrying right now makes it not ready too.
+        if let Some(s) = progress
+            .iter()
+            .find(|s| s.sink == sink.kind() && s.failing.is_some())
+        {
+            if check == "ok" {
+                check = format!(
+                    "failing on shard {}: {}",
+                    s.shard,
+                    s.failing.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        checks.insert(sink.kind().to_string(), check);
     }
     let result = tokio::time::timeout(CHECK_TIMEOUT, state.dead_letter_store.health()).await;
     checks.insert(
