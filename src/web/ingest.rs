@@ -245,6 +245,7 @@ impl AppState {
             .set(depth as i64);
         let result =
             tokio::time::timeout(self.limits.request_timeout, self.stream.put(records)).await;
+        self.appends.observe(&result);
         let depth = self.inflight_appends.fetch_sub(1, Ordering::Relaxed) - 1;
         crate::metrics::MAILBOX_DEPTH
             .with_label_values(&["stream_append"])
