@@ -215,6 +215,90 @@ impl Backends {
     }
 }
 
+/// The exclusive claim of one process on its `data_dir`: an advisory lock (`flock`) on the file
+/// `data_dir/LOCK`, which holds the pid and command of the holder. Two processes appending to one
+/// embedded stream number records over each other (`UNIQUE constraint failed`), so `serve`,
+/// `demo` and `dead-letter redrive` take it and a second one exits naming the first. The
+/// operating system releases it when the process ends, however it ends; the file itself stays.
+/// `import` does not take it: it may load into the warehouse of a running `serve`, in short
+/// transactions.
+#[derive(Debug)]
+pub struct DataDirLock {
+    /// Held open: closing it releases the lock.
+    _file: std::fs::File,
+}
+
+/// The name of the lock file in `data_dir`.
+pub const DATA_DIR_LOCK_FILE: &str = "LOCK";
+
+impl DataDirLock {
+    /// Takes the lock for `command` when some stage keeps its data in `data_dir` (creating the
+    /// folder); `None` when none does (every stage on AWS: nothing local to protect).
+    ///
+    /// # Errors
+    /// Another process holds the lock (named with its pid and command), or the lock file cannot
+    /// be created.
+    pub fn acquire(settings: &Settings, command: &str) -> anyhow::Result<Option<DataDirLock>> {
+        use std::io::{Read, Seek, Write};
+        if !settings.uses_data_dir() {
+            return Ok(None);
+        }
+        let dir = &settings.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        let path = dir.join(DATA_DIR_LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+        if !try_flock(&file).with_context(|| format!("cannot lock {}", path.display()))? {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.split_whitespace().collect::<Vec<_>>();
+            let who = match holder.as_slice() {
+                [pid, command, ..] => format!("`shopstream {command}` (pid {pid})"),
+                [pid] => format!("pid {pid}"),
+                [] => "another process".to_owned(),
+            };
+            anyhow::bail!(
+                "data folder {} is in use by {who}: only one process may run the pipeline on \
+                 a data folder; stop that one first, or give this one its own data_dir \
+                 (--data-dir or SHOPSTREAM__DATA_DIR)",
+                dir.display()
+            );
+        }
+        let record = format!("{} {command}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(record.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write the lock file {}", path.display()))?;
+        Ok(Some(DataDirLock { _file: file }))
+    }
+}
+
+/// Takes an exclusive `flock(2)` on `file` without waiting: `Ok(false)` when another open file
+/// description holds it. (`std::fs::File::try_lock` does the same from Rust 1.89 on, past this
+/// crate's minimum version.)
+fn try_flock(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor `file` owns for the whole call; the lock ends when the
+    // descriptor is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 /// This instance's name in the lease table: the ECS task (from its metadata URI) or host and pid.
 fn instance_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "shopstream".to_owned());

@@ -59,6 +59,8 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Redrive { sink } => {
+                // Redrive writes the sinks and removes letters, as a running pipeline does.
+                let _lock = crate::app::DataDirLock::acquire(&settings, "dead-letter redrive")?;
                 let sinks = backends.sinks(&settings);
                 // Letters of one unit (sink, shard, first record) are written together: for the
                 // archive the unit is one object, named by its range.

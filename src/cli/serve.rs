@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use crate::actors::pipeline::Pipeline;
 use crate::actors::progress::Progress;
-use crate::app::{start_pipeline, Backends};
+use crate::app::{start_pipeline, Backends, DataDirLock};
 use crate::config::Settings;
 use crate::web::access::RateLimits;
-use crate::web::{AppState, Limits};
+use crate::web::{AppState, AppendHealth, Limits};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -88,6 +88,8 @@ pub struct Running {
     pub addrs: Vec<std::net::SocketAddr>,
     /// Stops the bulk-import watcher (`import.watch`), if it runs.
     import_stop: tokio::sync::watch::Sender<bool>,
+    /// This process's claim on `data_dir`, held until it exits.
+    _data_dir_lock: Option<DataDirLock>,
 }
 
 impl Running {
@@ -95,8 +97,10 @@ impl Running {
     /// (`shopstream listening on http://ADDR`, a line tests and scripts wait for).
     ///
     /// # Errors
-    /// A backend that cannot be opened or an address that cannot be bound.
+    /// Another process running on the same `data_dir` ([`DataDirLock`]), a backend that cannot
+    /// be opened or an address that cannot be bound.
     pub async fn start(settings: &Settings) -> anyhow::Result<Running> {
+        let data_dir_lock = DataDirLock::acquire(settings, "serve")?;
         let backends = Backends::open(settings).await?;
         let progress = Arc::new(Progress::default());
         let sinks = backends.sinks(settings);
@@ -115,6 +119,7 @@ impl Running {
             rate_limits: RateLimits::new(&settings.rate_limits, &auth),
             limits: Limits::from_settings(settings),
             inflight_appends: AtomicUsize::new(0),
+            appends: AppendHealth::default(),
             ingest_permits: Arc::new(tokio::sync::Semaphore::new(
                 settings.server.max_inflight_ingest,
             )),
@@ -139,6 +144,7 @@ impl Running {
             state,
             addrs,
             import_stop,
+            _data_dir_lock: data_dir_lock,
         })
     }
 

@@ -6,8 +6,8 @@
 //! wait for a lock or an fsync and must never stall the async runtime that serves HTTP and drives
 //! the actors.
 //!
-//! - [`pool`]: opening a file, the writer and the readers, and a write transaction held across
-//!   calls ([`WriteTx`], for a bulk load).
+//! - [`pool`]: opening a file, the writer and the readers, and short write transactions from
+//!   blocking code ([`BlockingWriter`], for a bulk load's batches).
 //! - [`error`]: which SQLite errors pass on their own and which one row causes.
 //!
 //! What is stored and how (invoice lines as rows, the stores' error type) belongs to the store
@@ -18,4 +18,4 @@ pub(crate) mod pool;
 
 pub(crate) use error::{is_line_specific, is_overflow, is_transient};
 pub use pool::SqliteOptions;
-pub(crate) use pool::{Database, OpenError, TaskFailed, WriteTx};
+pub(crate) use pool::{BlockingWriter, Database, OpenError, TaskFailed};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+use tokio::sync::{Mutex, Semaphore};
 
 use super::is_transient;
 
@@ -273,28 +273,14 @@ impl Database {
         .await
     }
 
-    /// Starts a write transaction that stays open across calls: the writer connection is held,
-    /// and the writes queued after wait, until [`WriteTx::commit`], or until the [`WriteTx`] is
-    /// dropped, which rolls the transaction back. A bulk load uses it to write a whole file, in
-    /// batches handed over as the file is read, all or nothing.
-    ///
-    /// # Errors
-    /// The SQLite error of `BEGIN` (mapped by `fail`), or [`TaskFailed`] (converted into `E`).
-    pub(crate) async fn begin<E, M>(&self, fail: M) -> Result<WriteTx, E>
-    where
-        E: From<TaskFailed> + Send + 'static,
-        M: FnOnce(&Path, &rusqlite::Error) -> E + Send + 'static,
-    {
-        let conn = TxConnection(self.writer.clone().lock_owned().await);
-        let path = self.path.clone();
-        self.blocking(move || match conn.0.execute_batch("BEGIN") {
-            Ok(()) => Ok(WriteTx {
-                conn: Some(conn),
-                path,
-            }),
-            Err(e) => Err(fail(&path, &e)),
-        })
-        .await
+    /// The writer connection for blocking code that writes in many short transactions (a bulk
+    /// load, batch by batch), each taking the writer only for its own length so the writes
+    /// queued by others go in between.
+    pub(crate) fn blocking_writer(&self) -> BlockingWriter {
+        BlockingWriter {
+            writer: self.writer.clone(),
+            path: self.path.clone(),
+        }
     }
 
     fn failed(&self, reason: String) -> TaskFailed {
@@ -305,97 +291,29 @@ impl Database {
     }
 }
 
-/// The writer connection while a [`WriteTx`] holds it. Dropped with its transaction still open
-/// (the load stopped, or a task using it panicked), it rolls the transaction back before the next
-/// writer gets the connection.
-struct TxConnection(OwnedMutexGuard<Connection>);
-
-impl Drop for TxConnection {
-    fn drop(&mut self) {
-        if !self.0.is_autocommit() {
-            if let Err(e) = self.0.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "rolling back an unfinished write transaction failed");
-            }
-        }
-    }
-}
-
-/// A write transaction held across calls; see [`Database::begin`]. Dropping it rolls back: on a
-/// blocking thread when a tokio runtime is at hand, so an async caller never waits for SQLite.
-pub(crate) struct WriteTx {
-    conn: Option<TxConnection>,
+/// See [`Database::blocking_writer`].
+pub(crate) struct BlockingWriter {
+    writer: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
-impl WriteTx {
-    /// Runs `f` inside the transaction on a blocking thread.
+impl BlockingWriter {
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits when it returns `Ok` (an error
+    /// or a panic rolls it back). Blocking: call it on a blocking thread, never from async code.
     ///
     /// # Errors
-    /// What `f` returns, or [`TaskFailed`] (converted into `E`) when `f` panicked; the transaction
-    /// is then rolled back and later calls fail the same way.
-    pub(crate) async fn run<T, E, F>(&mut self, f: F) -> Result<T, E>
+    /// What `f` returns, or the SQLite error of `BEGIN` or `COMMIT` (mapped by `fail`).
+    pub(crate) fn transaction<T, E, M, F>(&self, fail: M, f: F) -> Result<T, E>
     where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<TaskFailed> + Send + 'static,
+        M: Fn(&Path, &rusqlite::Error) -> E,
+        F: FnOnce(&Connection) -> Result<T, E>,
     {
-        let failed = |reason: String| TaskFailed {
-            path: self.path.clone(),
-            reason,
-        };
-        let conn = self
-            .conn
-            .take()
-            .ok_or_else(|| failed("an earlier call of this transaction failed".into()))?;
-        match tokio::task::spawn_blocking(move || {
-            let result = f(&conn.0);
-            (conn, result)
-        })
-        .await
-        {
-            Ok((conn, result)) => {
-                self.conn = Some(conn);
-                result
-            }
-            Err(e) => Err(failed(e.to_string()).into()),
-        }
-    }
-
-    /// The connection, for blocking work inside the transaction on the caller's thread (which
-    /// must be a blocking one: a bulk load runs where it reads its file).
-    ///
-    /// # Errors
-    /// [`TaskFailed`] when an earlier [`run`](Self::run) panicked.
-    pub(crate) fn connection(&self) -> Result<&Connection, TaskFailed> {
-        self.conn.as_ref().map(|c| &*c.0).ok_or_else(|| TaskFailed {
-            path: self.path.clone(),
-            reason: "an earlier call of this transaction failed".into(),
-        })
-    }
-
-    /// Commits the transaction. Blocking, like [`connection`](Self::connection).
-    ///
-    /// # Errors
-    /// The SQLite error of `COMMIT` (the transaction is then rolled back), or [`TaskFailed`] as
-    /// [`connection`](Self::connection).
-    pub(crate) fn commit<E, M>(self, fail: M) -> Result<(), E>
-    where
-        E: From<TaskFailed>,
-        M: FnOnce(&Path, &rusqlite::Error) -> E,
-    {
-        self.connection()?
-            .execute_batch("COMMIT")
-            .map_err(|e| fail(&self.path, &e))
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(conn))),
-                Err(_) => drop(conn),
-            }
-        }
+        let mut conn = self.writer.blocking_lock();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| fail(&self.path, &e))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| fail(&self.path, &e))?;
+        Ok(out)
     }
 }

@@ -345,6 +345,7 @@ impl AppState {
             self.line_index.append(records, claims),
         )
         .await;
+        self.appends.observe(&result);
         let depth = self.inflight_appends.fetch_sub(1, Ordering::Relaxed) - 1;
         crate::metrics::MAILBOX_DEPTH
             .with_label_values(&["stream_append"])

@@ -72,6 +72,51 @@ pub struct AppState {
     pub inflight_appends: AtomicUsize,
     /// Ingest requests being parsed or appended right now (`server.max_inflight_ingest` permits).
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
+    /// Whether appends to the stream succeed, for readiness.
+    pub appends: AppendHealth,
+}
+
+/// How long a failed append keeps readiness false when no append succeeds after it: a
+/// load balancer that stops sending requests to a not-ready instance sends it none that could
+/// succeed, so the failure is then asked again through new requests.
+pub const APPEND_FAILURE_HOLD: Duration = Duration::from_secs(30);
+
+/// Whether the stream takes appends, as ingest last saw it. The stream's health check is a read,
+/// which passes while writes fail (another process numbering the same log, a full disk, a
+/// revoked write permission); readiness asks this too, so an instance whose appends fail is
+/// taken out of rotation whatever the cause.
+#[derive(Debug, Default)]
+pub struct AppendHealth {
+    /// The last failure and when it happened; cleared by the next append that succeeds.
+    failure: std::sync::Mutex<Option<(Instant, String)>>,
+}
+
+impl AppendHealth {
+    /// Takes note of one append's outcome. A saturated stream (it works, and asks stores to slow
+    /// down) and a record too large (the client's fault) say nothing about the stream's health;
+    /// any other error, and no answer within `server.request_timeout`, is a failure.
+    pub fn observe<T, E>(&self, outcome: &Result<Result<T, crate::stream::StreamError>, E>) {
+        use crate::stream::StreamError;
+        let failure = match outcome {
+            // Lines another request already holds: the stream answered, and works.
+            Ok(Ok(_) | Err(StreamError::LinesTaken(_))) => None,
+            Ok(Err(StreamError::Saturated(_) | StreamError::RecordTooLarge { .. })) => return,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("an append was not confirmed within server.request_timeout".to_owned()),
+        };
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            failure.map(|f| (Instant::now(), f));
+    }
+
+    /// Why appends fail, when the last one failed less than [`APPEND_FAILURE_HOLD`] ago and none
+    /// succeeded since.
+    pub fn failing(&self) -> Option<String> {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < APPEND_FAILURE_HOLD)
+            .map(|(at, reason)| format!("appends fail: {reason} ({}s ago)", at.elapsed().as_secs()))
+    }
 }
 
 impl AppState {

@@ -40,10 +40,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut checks = BTreeMap::new();
     let stream = tokio::time::timeout(CHECK_TIMEOUT, state.stream.health()).await;
-    checks.insert(
-        "stream".to_owned(),
-        outcome(stream.map(|r| r.map_err(|e| e.to_string()))),
-    );
+    let stream = match state.appends.failing() {
+        Some(failing) => failing,
+        None => outcome(stream.map(|r| r.map_err(|e| e.to_string()))),
+    };
+    checks.insert("stream".to_owned(), stream);
     let progress = state.progress.snapshot();
     for sink in &state.sinks {
         let result = tokio::time::timeout(CHECK_TIMEOUT, sink.health()).await;

@@ -105,6 +105,16 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// `GET path` as JSON, whatever the status.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        client().get(self.url(path)).send().unwrap().json().unwrap()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -56,12 +56,15 @@ pub fn sales(warehouse: &Path) -> (u64, Decimal) {
     (n as u64, Decimal::new(micros, 6).normalize())
 }
 
-/// Ledger rows of the warehouse file.
+/// Ledger rows of the warehouse file, of loads that finished (a load in progress has its row,
+/// its change token prefixed `unfinished:`).
 pub fn ledger_rows(warehouse: &Path) -> u64 {
     let conn = Connection::open(warehouse).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM import_ledger", [], |r| {
-        r.get::<_, i64>(0)
-    })
+    conn.query_row(
+        "SELECT COUNT(*) FROM import_ledger WHERE change_token NOT LIKE 'unfinished:%'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
     .unwrap_or(0) as u64
 }
 

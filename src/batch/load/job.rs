@@ -133,8 +133,8 @@ impl Job {
     }
 
     /// The warehouse load: the ledger's decision, old rows out (on reload), new rows in, ledger
-    /// row, all in one load that commits at the end ([`Warehouse::load_file`]). A failure here
-    /// (an unreadable file, too many rejects) drops the load, which rolls it back.
+    /// row, in one load that commits at the end ([`Warehouse::load_file`]). A failure here
+    /// (an unreadable file, too many rejects) drops the load, which takes back what it wrote.
     pub(super) async fn into_warehouse(
         self,
         warehouse: &dyn Warehouse,

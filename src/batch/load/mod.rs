@@ -1,7 +1,7 @@
 //! Loading bulk files into the stores: the [`Importer`] lists the sources and loads each file into
-//! each store of the target ([`job`]: one file into one store, streamed, all or nothing), writing
+//! each store of the target ([`job`]: one file into one store, streamed), writing
 //! its bad rows to a reject file ([`rejects`]). It talks to the stores through their traits
-//! ([`Warehouse`], [`OperationalStore`]); the ledger and the per-file transaction are the
+//! ([`Warehouse`], [`OperationalStore`]); the ledger and the per-file load are the
 //! warehouse's ([`Warehouse::load_file`]).
 
 mod job;

@@ -97,10 +97,11 @@ pub enum FileLoadStart {
     Skipped(LedgerSkip),
 }
 
-/// One file being loaded into the warehouse, all or nothing: its rows (tagged with its ledger
-/// entry, so that a reload finds them) and its ledger entry commit together. Dropping it before
-/// [`commit`](Self::commit) rolls everything back, which is how a caller abandons a file (too many
-/// rejected rows, an unreadable file).
+/// One file being loaded into the warehouse: its rows (tagged with its ledger entry, so that a
+/// reload finds them), then its ledger entry's final counts. A backend may write them in several
+/// transactions (the embedded warehouse does, so the stream's writes go in between); dropping the
+/// load before [`commit`](Self::commit) takes back what it wrote, which is how a caller abandons a
+/// file (too many rejected rows, an unreadable file).
 ///
 /// Blocking: call it on a blocking thread, the one that reads the file. (Handing each batch to
 /// another thread made the embedded warehouse's bulk load slower on a busy machine.)

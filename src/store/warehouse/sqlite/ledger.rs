@@ -117,18 +117,30 @@ pub(super) fn record(
     .map_err(sql(tx))
 }
 
-/// Removes the `sales` rows a file loaded before (`source = sales_source(id)`) and takes them out
-/// of the warehouse's rollups (`sales_daily_sums`, `sales_product_sums`, `sales_invoices`) in the same
-/// transaction, so the dashboard figures stay those of the fact table. Returns the rows removed.
+/// Rows [`remove_sales`] takes out in one transaction: a few milliseconds of write lock.
+pub(super) const REMOVE_BATCH_ROWS: i64 = 5_000;
+
+/// Removes up to `limit` of the `sales` rows the file with ledger row `id` brought
+/// (`source = sales_source(id)`) and takes them out of the warehouse's rollups
+/// (`sales_daily_sums`, `sales_product_sums`, `sales_invoices`) in the caller's transaction, so
+/// the dashboard figures stay those of the fact table. Returns the rows removed: call it again
+/// until it returns 0.
 ///
 /// # Errors
 /// The SQLite error, as [`StoreError::sqlite`].
-pub(super) fn remove_sales(tx: &Connection, id: i64) -> Result<u64, StoreError> {
-    remove_sales_sql(tx, id)
-}
-
-fn remove_sales_sql(tx: &Connection, id: i64) -> Result<u64, StoreError> {
+pub(super) fn remove_sales(tx: &Connection, id: i64, limit: i64) -> Result<u64, StoreError> {
     let source = sales_source(id);
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS reload_rows (row INTEGER PRIMARY KEY);
+         CREATE TEMP TABLE IF NOT EXISTS reload_invoices (invoice_no TEXT PRIMARY KEY);
+         DELETE FROM reload_rows; DELETE FROM reload_invoices;",
+    )
+    .map_err(sql(tx))?;
+    tx.execute(
+        "INSERT INTO reload_rows SELECT rowid FROM sales WHERE source = ?1 LIMIT ?2",
+        params![source, limit],
+    )
+    .map_err(sql(tx))?;
     // Summed in Rust, as the rollups are (`super::rollup`): a file's lines can add up past what
     // SQLite's `SUM()` holds.
     let mut changes = Changes::default();
@@ -137,10 +149,10 @@ fn remove_sales_sql(tx: &Connection, id: i64) -> Result<u64, StoreError> {
             .prepare_cached(
                 "SELECT substr(invoice_date, 1, 10), country, stock_code, is_cancellation,
                      quantity, line_total_micros
-                 FROM sales WHERE source = ?1",
+                 FROM sales WHERE rowid IN (SELECT row FROM reload_rows)",
             )
             .map_err(sql(tx))?;
-        let mut rows = stmt.query([&source]).map_err(sql(tx))?;
+        let mut rows = stmt.query([]).map_err(sql(tx))?;
         while let Some(r) = rows.next().map_err(sql(tx))? {
             let get = || -> rusqlite::Result<_> {
                 Ok((
@@ -166,25 +178,34 @@ fn remove_sales_sql(tx: &Connection, id: i64) -> Result<u64, StoreError> {
         }
     }
     changes.apply(tx, Path::new(tx.path().unwrap_or("warehouse")))?;
-    remove_rows_sql(tx, &source).map_err(sql(tx))
+    remove_rows_sql(tx).map_err(sql(tx))
 }
 
-fn remove_rows_sql(tx: &Connection, source: &str) -> rusqlite::Result<u64> {
+fn remove_rows_sql(tx: &Connection) -> rusqlite::Result<u64> {
     tx.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS reload_invoices (invoice_no TEXT PRIMARY KEY)",
+        "INSERT OR IGNORE INTO reload_invoices
+             SELECT invoice_no FROM sales WHERE rowid IN (SELECT row FROM reload_rows)",
         [],
     )?;
-    tx.execute("DELETE FROM reload_invoices", [])?;
-    tx.execute(
-        "INSERT OR IGNORE INTO reload_invoices SELECT invoice_no FROM sales WHERE source = ?1",
-        [&source],
+    let removed = tx.execute(
+        "DELETE FROM sales WHERE rowid IN (SELECT row FROM reload_rows)",
+        [],
     )?;
-    let removed = tx.execute("DELETE FROM sales WHERE source = ?1", [&source])?;
     tx.execute(
         "DELETE FROM sales_invoices WHERE invoice_no IN (SELECT invoice_no FROM reload_invoices)
              AND NOT EXISTS (SELECT 1 FROM sales WHERE sales.invoice_no = sales_invoices.invoice_no)",
         [],
     )?;
-    tx.execute("DELETE FROM reload_invoices", [])?;
+    tx.execute_batch("DELETE FROM reload_rows; DELETE FROM reload_invoices;")?;
     Ok(removed as u64)
+}
+
+/// Deletes the ledger row `id` (of a load that was abandoned before it committed).
+///
+/// # Errors
+/// The SQLite error, as [`StoreError::sqlite`].
+pub(super) fn forget(tx: &Connection, id: i64) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM import_ledger WHERE id = ?1", [id])
+        .map(drop)
+        .map_err(sql(tx))
 }

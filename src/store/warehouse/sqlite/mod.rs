@@ -4,8 +4,8 @@
 //!
 //! Every row enters `sales` through `insert_rows`, which updates the rollups in the same
 //! transaction, so they never disagree with the fact table. A bulk load writes through it too
-//! (with `source = 'import:<ledger id>'`), inside one transaction per file that also records the
-//! file in the ledger: see [`Warehouse::load_file`].
+//! (with `source = 'import:<ledger id>'`), in short transactions per batch of lines, and records
+//! the file in the ledger: see [`Warehouse::load_file`].
 
 mod bulk;
 mod ledger;
@@ -220,8 +220,9 @@ impl Warehouse for SqliteWarehouse {
         self.db.check_readable("sales", StoreError::sqlite).await
     }
 
-    /// One transaction per file on the writer connection, held while the caller hands over the
-    /// lines; the writes of the stream's forwarder wait meanwhile.
+    /// Short transactions on the writer connection, one per batch the caller hands over, so the
+    /// writes of the stream's forwarder (of this process or a `serve`) go in between; see
+    /// `bulk`.
     async fn load_file(&self, file: &BulkFile, reload: bool) -> Result<FileLoadStart, StoreError> {
         bulk::start(&self.db, file, reload).await
     }
