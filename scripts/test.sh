@@ -29,6 +29,9 @@ phase "build (cargo test --no-run)" cargo test --locked --no-run "$@"
 # The heavy tests (emulators plus several shopstream processes) take a lock of their own and run
 # one at a time (tests/common: heavy_test); the rest run in parallel.
 phase "cargo test" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$0"' "$log" "$@"
+phase "alert rules (promtool check rules)" promtool check rules deploy/prometheus/alerts.yml
+phase "alert rule tests (promtool test rules)" promtool test rules deploy/prometheus/alerts_test.yml
+phase "CloudFormation template (cfn-lint)" cfn-lint deploy/cloudformation.json
 phase "self-test of the fault proxy" python3 scripts/testing/test_fault_proxy.py
 phase "self-test of the boto3 read-back" python3 scripts/testing/test_readback.py
 

@@ -2,8 +2,8 @@
 //! name. Stages record through the typed handles below; `GET /metrics` renders [`REGISTRY`].
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -147,6 +147,34 @@ pub static STREAM_MILLIS_BEHIND_LATEST: LazyLock<IntGaugeVec> = LazyLock::new(||
     )
 });
 
+/// Unlabelled, so it reads 0 on every backend until a lease is lost (an alert can tell "none
+/// lost" from "not exported").
+pub static STREAM_LEASES_LOST: LazyLock<IntCounter> = LazyLock::new(|| {
+    let c = IntCounter::with_opts(Opts::new(
+        "stream_leases_lost_total",
+        "Kinesis shard leases this instance held and found taken by another instance when it \
+         renewed them (0 on the embedded stream, which has no leases).",
+    ))
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+});
+
+pub static STREAM_LEASES_HELD: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::with_opts(Opts::new(
+        "stream_leases_held",
+        "Kinesis shard leases this instance holds after its last lease sync (0 on the embedded \
+         stream, which has no leases).",
+    ))
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+});
+
 // --- Sinks ----------------------------------------------------------------------------------
 
 pub static SINK_BACKLOG_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -231,6 +259,19 @@ pub static MAILBOX_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+// --- Process --------------------------------------------------------------------------------
+
+/// The process's own figures (resident memory, CPU seconds, open files, threads), read from
+/// /proc at each scrape, as `shopstream_process_*` (the registry's prefix applies to them too).
+static PROCESS: LazyLock<()> = LazyLock::new(|| {
+    #[cfg(target_os = "linux")]
+    REGISTRY
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
+});
+
 // --- Batch path -----------------------------------------------------------------------------
 
 pub static IMPORT_FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -270,6 +311,8 @@ pub fn init() {
     LazyLock::force(&STREAM_APPEND_DURATION);
     LazyLock::force(&STREAM_APPEND_RECORDS);
     LazyLock::force(&STREAM_MILLIS_BEHIND_LATEST);
+    LazyLock::force(&STREAM_LEASES_LOST);
+    LazyLock::force(&STREAM_LEASES_HELD);
     LazyLock::force(&SINK_BACKLOG_RECORDS);
     LazyLock::force(&SINK_CHECKPOINT_AGE);
     LazyLock::force(&SINK_LINES_WRITTEN);
@@ -280,9 +323,18 @@ pub fn init() {
     LazyLock::force(&SINK_DUPLICATE_LINES);
     LazyLock::force(&DEAD_LETTERS);
     LazyLock::force(&MAILBOX_DEPTH);
+    LazyLock::force(&PROCESS);
     LazyLock::force(&IMPORT_FILES);
     LazyLock::force(&IMPORT_ROWS);
     LazyLock::force(&IMPORT_DURATION);
+    // Counters that move only when something goes wrong start at 0 for every sink, so that
+    // `increase()` in an alert sees the first dead letter or restart (a series born at 1 shows
+    // no increase) and a dashboard can tell "none" from "not exported".
+    for sink in crate::stream::SinkKind::ALL {
+        for counter in [&*DEAD_LETTERS, &*SINK_RESTARTS, &*SINK_RETRIES] {
+            counter.with_label_values(&[sink.as_str()]);
+        }
+    }
 }
 
 /// The Prometheus text exposition of every series.

@@ -167,3 +167,54 @@ fn the_redshift_merge_keeps_each_line_id_once() {
         .unwrap();
     assert_eq!(staged, 0);
 }
+
+/// No IAM statement grants every action of a service or every resource, except where AWS allows
+/// nothing narrower; each such statement carries a `Sid` that deploy/README.md explains. Managed
+/// policies are not used: what they grant is not in the template to check.
+#[test]
+fn iam_grants_no_wildcards_but_the_documented_ones() {
+    let t = template();
+    let readme = std::fs::read_to_string(root().join("deploy/README.md")).unwrap();
+    let mut statements = 0;
+    for (name, r) in t["Resources"].as_object().unwrap() {
+        if r["Type"] != "AWS::IAM::Role" {
+            continue;
+        }
+        let props = &r["Properties"];
+        assert!(
+            props.get("ManagedPolicyArns").is_none(),
+            "{name}: managed policies hide what they grant; write the statements inline"
+        );
+        for policy in props["Policies"].as_array().unwrap() {
+            for s in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+                statements += 1;
+                let actions: Vec<&str> = match &s["Action"] {
+                    Value::String(a) => vec![a.as_str()],
+                    Value::Array(a) => a.iter().map(|a| a.as_str().unwrap()).collect(),
+                    other => panic!("{name}: Action {other}"),
+                };
+                for a in actions {
+                    assert!(
+                        a != "*" && !a.ends_with(":*"),
+                        "{name}: action {a} grants a whole service"
+                    );
+                }
+                assert!(s.get("NotAction").is_none() && s.get("NotResource").is_none());
+                let resources = match &s["Resource"] {
+                    Value::Array(r) => r.clone(),
+                    r => vec![r.clone()],
+                };
+                if resources.iter().any(|r| r == "*") {
+                    let sid = s["Sid"].as_str().unwrap_or_else(|| {
+                        panic!("{name}: a statement on every resource needs a Sid saying why: {s}")
+                    });
+                    assert!(
+                        readme.contains(&format!("`{sid}`")),
+                        "{name}: deploy/README.md does not explain `{sid}`"
+                    );
+                }
+            }
+        }
+    }
+    assert!(statements >= 8, "the roles' statements were not found");
+}

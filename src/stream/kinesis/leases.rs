@@ -153,6 +153,7 @@ impl LeaseCoordinator {
         if owned.len() < target {
             self.steal_one(&others, target, &mut owned).await?;
         }
+        crate::metrics::STREAM_LEASES_HELD.set(i64::try_from(owned.len()).unwrap_or(i64::MAX));
         Ok(shards
             .iter()
             .filter(|s| owned.contains(&s.id.0))
@@ -234,6 +235,7 @@ impl LeaseCoordinator {
             .conditional("UpdateItem (renew lease)", req)
             .await?;
         if !renewed {
+            crate::metrics::STREAM_LEASES_LOST.inc();
             tracing::warn!(shard, owner = %self.inner.owner, "lease lost to another instance");
         }
         Ok(renewed)
@@ -287,6 +289,7 @@ impl LeaseCoordinator {
                 released += 1;
             }
         }
+        crate::metrics::STREAM_LEASES_HELD.set(0);
         Ok(released)
     }
 }
