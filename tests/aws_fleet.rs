@@ -6,6 +6,7 @@
 //!   killed once its leases expire, and no line is lost.
 //! - A shard split mid-stream: every line arrives once, and each sink starts on a child only
 //!   after it has finished the parent.
+//! - While ListShards is throttled, an instance still renews its leases.
 //! - With a proxy failing entries of PutRecords, BatchWriteItem and PutRecordBatch, throttling
 //!   whole calls and expiring shard iterators, every line still lands exactly once.
 
@@ -604,4 +605,99 @@ fn failed_entries_throttled_calls_and_expired_iterators_still_land_every_line_on
         "no read found its iterator expired: {k:#}"
     );
     drop(server);
+}
+
+/// Shard id -> lease counter, read from the lease table.
+fn lease_counters(
+    rt: &tokio::runtime::Runtime,
+    clients: &shopstream::aws::AwsClients,
+    table: &str,
+) -> BTreeMap<String, u64> {
+    let out = rt
+        .block_on(
+            clients
+                .dynamodb
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .send(),
+        )
+        .unwrap();
+    out.items()
+        .iter()
+        .map(|item| {
+            let id = item["ShardId"].as_s().unwrap().clone();
+            let counter = item["LeaseCounter"].as_n().unwrap().parse().unwrap();
+            (id, counter)
+        })
+        .collect()
+}
+
+/// While every ListShards call is refused (Kinesis' LimitExceededException), the instance still
+/// renews its leases, so no other instance could take its shards; once the listing works again,
+/// lines flow as before.
+#[test]
+fn leases_are_renewed_while_list_shards_is_throttled() {
+    let _heavy = heavy_test();
+    let rt = runtime();
+    let base = aws_common::on_kinesalite(aws_common::aws_config("listfail"));
+    let kinesis_proxy = aws_common::fault_proxy(&base.aws.kinesis_endpoint_url, &[]);
+    let clients = rt.block_on(aws_common::init(&base));
+    let mut cfg = base.clone();
+    cfg.aws.kinesis_endpoint_url = kinesis_proxy.endpoint.clone();
+    cfg.stream.kinesis.lease_duration = Duration::from_secs(2);
+    let table = cfg.stream.kinesis.leases_table.clone();
+    let toml = aws_common::serve_toml(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.csv");
+    generate(&file, 400, &["--seed", "21"]);
+    let expected = expected_from_csv(&file);
+
+    let server = Server::start(&dir.path().join("a"), 0, &toml);
+    wait_owners(
+        &rt,
+        &clients,
+        &table,
+        "every lease taken",
+        &[&server],
+        |o| !o.is_empty() && o.values().all(Option::is_some),
+    );
+    let owners = lease_owners(&rt, &clients, &table);
+
+    let refuse = |targets: &[&str]| {
+        let r = client()
+            .post(format!("{}/__fault_proxy/config", kinesis_proxy.endpoint))
+            .json(&serde_json::json!({ "refuse": targets }))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{:?}", r.text());
+    };
+    refuse(&["Kinesis_20131202.ListShards"]);
+    let before = lease_counters(&rt, &clients, &table);
+    // Three lease durations: without renewals every lease would have expired twice over.
+    std::thread::sleep(cfg.stream.kinesis.lease_duration * 3);
+    let after = lease_counters(&rt, &clients, &table);
+    let refused = proxy_stats(&kinesis_proxy)["operations"]["Kinesis_20131202.ListShards"]
+        ["refused"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(refused > 0, "no ListShards call was refused");
+    for (shard, counter) in &before {
+        assert!(
+            after[shard] > *counter,
+            "the lease of {shard} was not renewed while ListShards failed ({counter} -> {}); log:\n{}",
+            after[shard],
+            tail(&server.log(), 40)
+        );
+    }
+    assert_eq!(
+        lease_owners(&rt, &clients, &table),
+        owners,
+        "no lease changed hands"
+    );
+
+    refuse(&[]);
+    let summary = replay(&server.base, &file, &["--stores", "2", "--batch", "100"]);
+    assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
+    assert_all_sinks(&rt, &clients, &base, &expected, false, &[&server]);
 }

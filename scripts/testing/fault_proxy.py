@@ -3,7 +3,7 @@
 
     python3 scripts/testing/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
         [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--expire-rate F] [--seed N]
-        [--stats-file PATH] [--verbose]
+        [--refuse TARGET ...] [--stats-file PATH] [--verbose]
 
 Point the AWS SDK's endpoint at the proxy instead of the server. Every request is forwarded as it
 came (method, path and query, headers, body) and the answer returned as it came, except:
@@ -24,6 +24,9 @@ came (method, path and query, headers, body) and the answer returned as it came,
   - `--expire-rate`: that share of Kinesis `GetRecords` calls is answered HTTP 400
     `ExpiredIteratorException` without forwarding, as Kinesis answers an iterator older than five
     minutes (what a reader sees after a long sink outage), so a test need not wait five minutes.
+  - `--refuse TARGET` (repeatable; e.g. `Kinesis_20131202.ListShards`): every call of that
+    operation is answered HTTP 400 `LimitExceededException` without forwarding, as Kinesis answers
+    a control-plane call over its rate limit, for as long as the refusal stands.
   The local servers do not check SigV4 signatures, which is what lets the proxy rewrite a body.
 
 * counting (always on, thread-safe), the basis of the cost benchmark: calls per `X-Amz-Target`
@@ -34,8 +37,10 @@ came (method, path and query, headers, body) and the answer returned as it came,
 * control endpoints, answered by the proxy itself:
     GET  /__fault_proxy/stats    the counters as JSON
     GET  /__fault_proxy/config   the current rates
-    POST /__fault_proxy/config   {"fail_rate": 0.1, "throttle_rate": 0.05} (either key) changes
-                                 the rates at run time; tests set both to 0 to let retries drain
+    POST /__fault_proxy/config   {"fail_rate": 0.1, "throttle_rate": 0.05} (any key) changes
+                                 the rates at run time; tests set both to 0 to let retries drain;
+                                 {"refuse": ["Kinesis_20131202.ListShards"]} replaces the refused
+                                 operations ([] refuses none)
     POST /__fault_proxy/reset    zeroes the counters
 
 It listens on loopback only (the servers behind it accept any credentials) and prints
@@ -336,7 +341,7 @@ class Stats:
               "ok_billed_units_5k"},
             "Kinesis_20131202.GetRecords": {"calls", "error_responses", "records", "response_bytes",
               "injected_expired"},
-            "<any other target>": {"calls", "error_responses"}
+            "<any other target>": {"calls", "error_responses", "refused" (calls answered by --refuse)}
           },
           "s3": {                           per kind: PutObject, UploadPart, CreateMultipartUpload,
             "PutObject": {                  CompleteMultipartUpload, AbortMultipartUpload,
@@ -366,8 +371,9 @@ class Stats:
 class Faults:
     """The fault rates and the random source, shared by all connections."""
 
-    def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0):
+    def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0, refuse=()):
         self._lock = threading.Lock()
+        self.refuse = sorted(set(refuse))
         self.fail_rate = fail_rate
         self.throttle_rate = throttle_rate
         self.expire_rate = expire_rate
@@ -380,6 +386,7 @@ class Faults:
             "fail_rate": self.fail_rate,
             "throttle_rate": self.throttle_rate,
             "expire_rate": self.expire_rate,
+            "refuse": list(self.refuse),
             "seed": self.seed,
         }
 
@@ -387,12 +394,17 @@ class Faults:
         """Applies {"fail_rate": F, "throttle_rate": F}; returns an error message or None."""
         if not isinstance(changes, dict):
             return 'the body must be a JSON object such as {"fail_rate": 0.1, "throttle_rate": 0}'
-        unknown = set(changes) - {"fail_rate", "throttle_rate", "expire_rate"}
+        unknown = set(changes) - {"fail_rate", "throttle_rate", "expire_rate", "refuse"}
         if unknown:
             return (
-                f"unknown keys {sorted(unknown)}: only fail_rate, throttle_rate and expire_rate "
-                "can change"
+                f"unknown keys {sorted(unknown)}: only fail_rate, throttle_rate, expire_rate and "
+                "refuse can change"
             )
+        refuse = changes.pop("refuse", None)
+        if refuse is not None and (
+            not isinstance(refuse, list) or not all(isinstance(t, str) and t for t in refuse)
+        ):
+            return f'refuse is {refuse!r}: give a list of X-Amz-Target names such as ["Kinesis_20131202.ListShards"]'
         for key, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 return f"{key} is {value!r}: give a number from 0 to 1"
@@ -400,7 +412,12 @@ class Faults:
             self.fail_rate = float(changes.get("fail_rate", self.fail_rate))
             self.throttle_rate = float(changes.get("throttle_rate", self.throttle_rate))
             self.expire_rate = float(changes.get("expire_rate", self.expire_rate))
+            if refuse is not None:
+                self.refuse = sorted(set(refuse))
         return None
+
+    def refused(self, target):
+        return target in self.refuse
 
     def active(self):
         return self.fail_rate > 0 or self.throttle_rate > 0
@@ -603,6 +620,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if target is None:
                 self.s3(body)
+            elif self.server.faults.refused(target):
+                r = synthetic(
+                    400,
+                    "application/x-amz-json-1.1",
+                    {"__type": "LimitExceededException", "message": "Rate exceeded (refused by fault_proxy)"},
+                    crc=False,
+                )
+                r.headers.append(("x-amzn-ErrorType", "LimitExceededException"))
+                self.send(r)
+                self.server.stats.op(target, refused=1)
+                self.log(f"{target}: refused (LimitExceededException)")
             elif target in THROTTLE and self.server.faults.active():
                 self.faulty(target, body)
             elif target == GET_RECORDS and self.server.faults.expire():
@@ -874,12 +902,15 @@ def main(argv=None):
     p.add_argument("--expire-rate", type=rate, default=0.0,
                    help="share of GetRecords calls answered ExpiredIteratorException (default 0)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fault choices")
+    p.add_argument("--refuse", action="append", default=[], metavar="TARGET",
+                   help="answer every call of this X-Amz-Target operation with "
+                   "LimitExceededException (repeatable)")
     p.add_argument("--stats-file", help="write the counters here as JSON when stopping")
     p.add_argument("--verbose", action="store_true",
                    help="log each request and each injected fault on stderr")
     args = p.parse_args(argv)
 
-    faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate)
+    faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate, args.refuse)
     try:
         server = ProxyServer(args.listen, args.upstream, faults, args.verbose)
     except OSError as e:

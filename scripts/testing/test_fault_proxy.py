@@ -176,7 +176,7 @@ class FaultProxyTest(unittest.TestCase):
         return boto3.client(service, endpoint_url=cls.endpoint, config=config, **CREDENTIALS)
 
     def setUp(self):
-        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0)
+        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0, refuse=[])
         status, _ = http_json("POST", self.endpoint + "/__fault_proxy/reset")
         self.assertEqual(status, 200)
 
@@ -261,6 +261,29 @@ class FaultProxyTest(unittest.TestCase):
         self.assertEqual(self.kinesis.get_records(ShardIterator=it)["Records"], [])
         ops = self.stats()["operations"]["Kinesis_20131202.GetRecords"]
         self.assertEqual((ops["calls"], ops["injected_expired"]), (2, 1))
+
+    def test_a_refused_operation_is_answered_limit_exceeded_until_lifted(self):
+        name = self.stream("refuse")
+        self.configure(refuse=["Kinesis_20131202.ListShards"])
+        with self.assertRaises(ClientError) as e:
+            self.kinesis.list_shards(StreamName=name)
+        self.assertEqual(e.exception.response["Error"]["Code"], "LimitExceededException")
+        # Other operations pass.
+        self.assertEqual(
+            self.kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"][
+                "StreamName"
+            ],
+            name,
+        )
+        self.configure(refuse=[])
+        self.assertEqual(len(self.kinesis.list_shards(StreamName=name)["Shards"]), 1)
+        ops = self.stats()["operations"]["Kinesis_20131202.ListShards"]
+        self.assertEqual((ops["calls"], ops["refused"]), (2, 1))
+        status, body = http_json(
+            "POST", self.endpoint + "/__fault_proxy/config", {"refuse": "ListShards"}
+        )
+        self.assertEqual(status, 400)
+        self.assertIn("refuse", body["error"])
 
     def test_put_records_passthrough_counts_bytes_units_and_reads(self):
         name = self.stream("passthrough")

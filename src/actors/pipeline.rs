@@ -36,6 +36,9 @@ pub struct Pipeline {
     /// another's.
     arbiters: BTreeMap<SinkKind, Arbiter>,
     actors: Mutex<BTreeMap<(SinkKind, ShardId), Addr<ShardSink>>>,
+    /// The shard list as last read: leases are renewed from it while ListShards fails, so a
+    /// throttled listing never lets this instance's leases expire.
+    known_shards: Mutex<Vec<ShardInfo>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -54,9 +57,11 @@ impl Pipeline {
             parts,
             arbiters,
             actors: Mutex::new(BTreeMap::new()),
+            known_shards: Mutex::new(Vec::new()),
             stop: tokio::sync::watch::channel(false).0,
         });
         let shards = pipeline.parts.stream.list_shards().await?;
+        pipeline.known_shards.lock().await.clone_from(&shards);
         // Where each shard's head is now, so the backlogs are right before the first read.
         for shard in &shards {
             if let Some(head) = pipeline.parts.stream.latest(&shard.id).await? {
@@ -184,11 +189,16 @@ impl Pipeline {
             last_refresh = tokio::time::Instant::now();
             match self.parts.stream.list_shards().await {
                 Ok(shards) => {
+                    self.known_shards.lock().await.clone_from(&shards);
                     self.start_ready_shards(&shards).await;
                     self.release_stored(&shards).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "Cannot list the stream's shards; trying again later.")
+                    tracing::warn!(error = %e, "Cannot list the stream's shards; renewing the leases of the shards last listed, and trying again later.");
+                    let known = self.known_shards.lock().await.clone();
+                    // Renewing is the point; the shards read stay as they are until a listing
+                    // succeeds (or a lease turns out lost, which stops that shard's reader).
+                    self.start_ready_shards(&known).await;
                 }
             }
         }
@@ -231,13 +241,23 @@ impl Pipeline {
     /// Returns false when the deadline passed first (what was not checkpointed is read again
     /// after the restart; the sinks are idempotent).
     pub async fn shutdown(&self, deadline: Duration) -> bool {
+        let started = tokio::time::Instant::now();
         self.stop.send_replace(true);
         let actors: Vec<_> = self.actors.lock().await.values().cloned().collect();
         let all = futures::future::join_all(actors.iter().map(|a| a.send(Shutdown)));
         let done = tokio::time::timeout(deadline, all).await.is_ok();
-        // Others may take the shards at once instead of after the lease duration.
-        if let Err(e) = self.parts.ownership.release_all().await {
-            tracing::warn!(error = %e, "Cannot give up this instance's shards; others take them when their leases expire.");
+        // Only after the last checkpoints: others may then take the shards at once instead of
+        // after the lease duration. Within what is left of the deadline; past it the leases
+        // simply expire.
+        let left = deadline.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.parts.ownership.release_all()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Cannot give up this instance's shards; others take them when their leases expire.");
+            }
+            Err(_) => {
+                tracing::warn!("No time left in the shutdown deadline to give up this instance's shards; others take them when their leases expire.");
+            }
         }
         for arbiter in self.arbiters.values() {
             arbiter.stop();
