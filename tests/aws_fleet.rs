@@ -33,12 +33,12 @@ fn runtime() -> tokio::runtime::Runtime {
 /// emulators are slow under load, so this is generous; a real stall still fails.
 const STALL: Duration = Duration::from_secs(120);
 
-/// Shard id -> lease owner, read from the lease table.
-fn lease_owners(
+/// Every item of the lease table.
+fn lease_items(
     rt: &tokio::runtime::Runtime,
     clients: &shopstream::aws::AwsClients,
     table: &str,
-) -> BTreeMap<String, Option<String>> {
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
     let out = rt
         .block_on(
             clients
@@ -49,7 +49,16 @@ fn lease_owners(
                 .send(),
         )
         .unwrap();
-    out.items()
+    out.items().to_vec()
+}
+
+/// Shard id -> lease owner, read from the lease table.
+fn lease_owners(
+    rt: &tokio::runtime::Runtime,
+    clients: &shopstream::aws::AwsClients,
+    table: &str,
+) -> BTreeMap<String, Option<String>> {
+    lease_items(rt, clients, table)
         .iter()
         .map(|item| {
             let get = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
@@ -613,17 +622,7 @@ fn lease_counters(
     clients: &shopstream::aws::AwsClients,
     table: &str,
 ) -> BTreeMap<String, u64> {
-    let out = rt
-        .block_on(
-            clients
-                .dynamodb
-                .scan()
-                .table_name(table)
-                .consistent_read(true)
-                .send(),
-        )
-        .unwrap();
-    out.items()
+    lease_items(rt, clients, table)
         .iter()
         .map(|item| {
             let id = item["ShardId"].as_s().unwrap().clone();

@@ -621,27 +621,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if target is None:
                 self.s3(body)
             elif self.server.faults.refused(target):
-                r = synthetic(
-                    400,
-                    "application/x-amz-json-1.1",
-                    {"__type": "LimitExceededException", "message": "Rate exceeded (refused by fault_proxy)"},
-                    crc=False,
+                self.send_kinesis_error(
+                    "LimitExceededException", "Rate exceeded (refused by fault_proxy)"
                 )
-                r.headers.append(("x-amzn-ErrorType", "LimitExceededException"))
-                self.send(r)
                 self.server.stats.op(target, refused=1)
                 self.log(f"{target}: refused (LimitExceededException)")
             elif target in THROTTLE and self.server.faults.active():
                 self.faulty(target, body)
             elif target == GET_RECORDS and self.server.faults.expire():
-                r = synthetic(
-                    400,
-                    "application/x-amz-json-1.1",
-                    {"__type": "ExpiredIteratorException", "message": "Iterator expired (injected)"},
-                    crc=False,
-                )
-                r.headers.append(("x-amzn-ErrorType", "ExpiredIteratorException"))
-                self.send(r)
+                self.send_kinesis_error("ExpiredIteratorException", "Iterator expired (injected)")
                 self.server.stats.op(target, injected_expired=1)
                 self.log(f"{target}: answered ExpiredIteratorException")
             else:
@@ -664,6 +652,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_json(500, {"__type": "FaultProxyError", "message": f"fault_proxy: {e!r}"})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = handle_any
+
+    def send_kinesis_error(self, code, message):
+        """Answers as Kinesis answers a refused call: HTTP 400, the code in header and body."""
+        r = synthetic(
+            400, "application/x-amz-json-1.1", {"__type": code, "message": message}, crc=False
+        )
+        r.headers.append(("x-amzn-ErrorType", code))
+        self.send(r)
 
     def control(self, body):
         srv = self.server
