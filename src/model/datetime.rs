@@ -129,7 +129,7 @@ pub fn from_epoch_millis(number: &str) -> Result<NaiveDateTime, DateError> {
         None => text,
     };
     let millis: i64 = digits.parse().map_err(|_| DateError::EpochForm)?;
-    if millis.abs() < 100_000_000_000 {
+    if millis.unsigned_abs() < 100_000_000_000 {
         return Err(DateError::EpochTooSmall);
     }
     DateTime::from_timestamp_millis(millis)
