@@ -3,7 +3,7 @@
 
     python3 scripts/testing/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
         [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--expire-rate F] [--seed N]
-        [--refuse TARGET ...] [--stats-file PATH] [--verbose]
+        [--refuse TARGET ...] [--delay-puts N --delay-seconds S] [--stats-file PATH] [--verbose]
 
 Point the AWS SDK's endpoint at the proxy instead of the server. Every request is forwarded as it
 came (method, path and query, headers, body) and the answer returned as it came, except:
@@ -27,6 +27,10 @@ came (method, path and query, headers, body) and the answer returned as it came,
   - `--refuse TARGET` (repeatable; e.g. `Kinesis_20131202.ListShards`): every call of that
     operation is answered HTTP 400 `LimitExceededException` without forwarding, as Kinesis answers
     a control-plane call over its rate limit, for as long as the refusal stands.
+  - `--delay-puts N --delay-seconds S`: the first N Kinesis `PutRecords` calls are forwarded at
+    once (the records land) but answered only S seconds later, so a caller whose timeout is
+    shorter gives up on records that are in the stream (and a client resends them). Counted as
+    `delayed` of the operation. Applies while no --fail-rate or --throttle-rate is set.
   The local servers do not check SigV4 signatures, which is what lets the proxy rewrite a body.
 
 * counting (always on, thread-safe), the basis of the cost benchmark: calls per `X-Amz-Target`
@@ -371,8 +375,11 @@ class Stats:
 class Faults:
     """The fault rates and the random source, shared by all connections."""
 
-    def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0, refuse=()):
+    def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0, refuse=(), delay_puts=0,
+                 delay_seconds=0.0):
         self._lock = threading.Lock()
+        self.delay_puts = delay_puts
+        self.delay_seconds = delay_seconds
         self.refuse = sorted(set(refuse))
         self.fail_rate = fail_rate
         self.throttle_rate = throttle_rate
@@ -424,6 +431,14 @@ class Faults:
 
     def throttle(self):
         return self._draw(self.throttle_rate)
+
+    def put_delay(self):
+        """Seconds to hold the answer of this PutRecords call (0 once the delayed calls are used)."""
+        with self._lock:
+            if self.delay_puts <= 0:
+                return 0.0
+            self.delay_puts -= 1
+            return self.delay_seconds
 
     def expire(self):
         return self._draw(self.expire_rate)
@@ -704,9 +719,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def counted(self, target, body):
         """Forwards unchanged, counting what the operation's answer or request says."""
         r = self.forward(body)
-        self.send(r)
+        delay = self.server.faults.put_delay() if target == PUT_RECORDS else 0.0
+        if delay > 0:
+            self.log(f"{target}: forwarded; holding the answer {delay} s")
+            time.sleep(delay)
         ok = r.status < 300
         counts = {"error_responses": int(not ok)}
+        if delay > 0:
+            counts["delayed"] = 1
         try:
             if target == GET_RECORDS:
                 counts["response_bytes"] = len(r.body)
@@ -716,7 +736,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 counts.update(count_call(target, json.loads(body), answer_of(r), 0))
         except (ValueError, KeyError, TypeError, AttributeError):
             counts["unparsed"] = 1
+        # Counted before answering: a caller that gave up on a held answer has closed the
+        # connection by then, and the call still happened.
         self.server.stats.op(target, **counts)
+        self.send(r)
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -901,12 +924,17 @@ def main(argv=None):
     p.add_argument("--refuse", action="append", default=[], metavar="TARGET",
                    help="answer every call of this X-Amz-Target operation with "
                    "LimitExceededException (repeatable)")
+    p.add_argument("--delay-puts", type=int, default=0,
+                   help="hold the answers of the first N PutRecords calls (after forwarding them)")
+    p.add_argument("--delay-seconds", type=float, default=0.0,
+                   help="how long --delay-puts holds each answer")
     p.add_argument("--stats-file", help="write the counters here as JSON when stopping")
     p.add_argument("--verbose", action="store_true",
                    help="log each request and each injected fault on stderr")
     args = p.parse_args(argv)
 
-    faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate, args.refuse)
+    faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate, args.refuse,
+                    args.delay_puts, args.delay_seconds)
     try:
         server = ProxyServer(args.listen, args.upstream, faults, args.verbose)
     except OSError as e:

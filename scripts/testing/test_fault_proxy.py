@@ -285,6 +285,31 @@ class FaultProxyTest(unittest.TestCase):
         self.assertEqual(status, 400)
         self.assertIn("refuse", body["error"])
 
+    def test_delayed_puts_land_at_once_and_are_answered_late(self):
+        proxy, endpoint, _ = start_proxy(
+            self.moto_endpoint, self.workdir, "--delay-puts", "1", "--delay-seconds", "1.5"
+        )
+        try:
+            kinesis = boto3.client(
+                "kinesis",
+                endpoint_url=endpoint,
+                config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+                **CREDENTIALS,
+            )
+            name = self.stream("delayed")
+            records = [{"Data": b"x", "PartitionKey": "k"}]
+            started = time.monotonic()
+            kinesis.put_records(StreamName=name, Records=records)
+            self.assertGreaterEqual(time.monotonic() - started, 1.5)
+            started = time.monotonic()
+            kinesis.put_records(StreamName=name, Records=records)
+            self.assertLess(time.monotonic() - started, 1.5)
+            self.assertEqual(len(self.stream_data(name)), 2)
+            ops = http_json("GET", endpoint + "/__fault_proxy/stats")[1]["operations"]
+            self.assertEqual(ops["Kinesis_20131202.PutRecords"]["delayed"], 1)
+        finally:
+            stop(proxy)
+
     def test_put_records_passthrough_counts_bytes_units_and_reads(self):
         name = self.stream("passthrough")
         records = [{"Data": b"x" * 100, "PartitionKey": f"k{i}"} for i in range(498)]
