@@ -100,24 +100,12 @@ second copies dropped by the workers (archive, operational, warehouse): {dropped
         "the sinks read the same records, so they drop the same copies: {dropped:?}"
     );
 
-    let archived = aws_common::objects(&clients.s3, &cfg.archive.s3.bucket, "raw/").await;
-    let (ids, revenue) = aws_common::count_lines(&archived);
-    assert_eq!(ids.len() as u64, expected.rows);
-    assert!(ids.values().all(|n| *n == 1), "a line is archived twice");
-    assert_eq!(revenue, expected.revenue.normalize());
-
-    let delivered = aws_common::objects(
-        &clients.s3,
-        &cfg.archive.s3.bucket,
-        &cfg.warehouse.firehose.prefix,
+    aws_common::assert_s3_sinks_hold_each_line_once(
+        &clients,
+        &cfg,
+        expected.rows,
+        expected.revenue,
     )
     .await;
-    let (ids, revenue) = aws_common::count_lines(&delivered);
-    assert_eq!(ids.len() as u64, expected.rows);
-    assert!(
-        ids.values().all(|n| *n == 1),
-        "a line is delivered to Firehose twice"
-    );
-    assert_eq!(revenue, expected.revenue.normalize());
     drop(server);
 }

@@ -54,24 +54,13 @@ async fn every_stage_on_aws_stores_every_line_exactly_once() {
         (expected.rows, expected.revenue.normalize())
     );
 
-    // S3 archive: every line once.
-    let archived = aws_common::objects(&clients.s3, &cfg.archive.s3.bucket, "raw/").await;
-    let (ids, revenue) = aws_common::count_lines(&archived);
-    assert_eq!(ids.len() as u64, expected.rows);
-    assert!(ids.values().all(|n| *n == 1), "a line is archived twice");
-    assert_eq!(revenue, expected.revenue.normalize());
-
-    // The Firehose destination (S3 here, Redshift in production): every line once.
-    let delivered = aws_common::objects(
-        &clients.s3,
-        &cfg.archive.s3.bucket,
-        &cfg.warehouse.firehose.prefix,
+    aws_common::assert_s3_sinks_hold_each_line_once(
+        &clients,
+        &cfg,
+        expected.rows,
+        expected.revenue,
     )
     .await;
-    let (ids, revenue) = aws_common::count_lines(&delivered);
-    assert_eq!(ids.len() as u64, expected.rows);
-    assert!(ids.values().all(|n| *n == 1), "a line is delivered twice");
-    assert_eq!(revenue, expected.revenue.normalize());
 
     // And the query API answers from DynamoDB.
     let url = server.url("/v1/invoices/536365");

@@ -484,3 +484,29 @@ pub fn count_lines(texts: &[String]) -> (HashMap<String, u32>, Decimal) {
     }
     (ids, revenue.normalize())
 }
+
+/// The S3 archive (`raw/`) and the Firehose destination (S3 here, Redshift in production) each
+/// hold every one of `rows` lines exactly once, with `revenue` in all.
+pub async fn assert_s3_sinks_hold_each_line_once(
+    clients: &AwsClients,
+    cfg: &shopstream::config::Settings,
+    rows: u64,
+    revenue: Decimal,
+) {
+    let bucket = &cfg.archive.s3.bucket;
+    for (sink, prefix) in [
+        ("archive", "raw/"),
+        (
+            "Firehose destination",
+            cfg.warehouse.firehose.prefix.as_str(),
+        ),
+    ] {
+        let (ids, sum) = count_lines(&objects(&clients.s3, bucket, prefix).await);
+        assert_eq!(ids.len() as u64, rows, "lines in the {sink}");
+        assert!(
+            ids.values().all(|n| *n == 1),
+            "a line is in the {sink} twice"
+        );
+        assert_eq!(sum, revenue.normalize(), "revenue in the {sink}");
+    }
+}
