@@ -123,6 +123,7 @@ impl Running {
             ingest_permits: Arc::new(tokio::sync::Semaphore::new(
                 settings.server.max_inflight_ingest,
             )),
+            bodies: crate::web::admission::BodyGate::new(&settings.server),
         });
         let (server, addrs) = crate::web::server(state.clone(), settings).with_context(|| {
             format!(

@@ -20,6 +20,13 @@ pub struct ServerConfig {
     /// Ingest requests parsed and appended at once; more get 503 with Retry-After. With the body
     /// limit this bounds ingest memory (about this many times a request's size, parsed).
     pub max_inflight_ingest: usize,
+    /// Requests one store may have in progress (body being read, or parsed and appended); more
+    /// get 503. 0 means half of `max_inflight_ingest` (at least 1).
+    pub max_inflight_per_store: usize,
+    /// How long a request body may take to arrive whole; a slower one gets 408. The body is read
+    /// before the request takes an ingest permit, so a slow client holds none meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// How long one request may take before it is answered 503.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -49,7 +56,28 @@ impl ServerConfig {
         if self.request_timeout.is_zero() {
             return Err(bad("server.request_timeout", "must be greater than 0s"));
         }
+        if self.body_timeout.is_zero() {
+            return Err(bad("server.body_timeout", "must be greater than 0s"));
+        }
+        if self.max_inflight_per_store > self.max_inflight_ingest {
+            return Err(bad(
+                "server.max_inflight_per_store",
+                &format!(
+                    "is {} but server.max_inflight_ingest is {}: a store's share cannot be more than all (0 means half)",
+                    self.max_inflight_per_store, self.max_inflight_ingest
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The requests one store may have in progress: `max_inflight_per_store`, or half of
+    /// `max_inflight_ingest` (at least 1) when that is 0.
+    pub fn per_store_requests(&self) -> usize {
+        match self.max_inflight_per_store {
+            0 => (self.max_inflight_ingest / 2).max(1),
+            n => n,
+        }
     }
 }
 

@@ -30,6 +30,9 @@ pub enum ApiError {
     },
     #[error("the body is larger than {limit} bytes; split it into several requests")]
     BodyTooLarge { limit: usize },
+    /// The body did not arrive whole within `server.body_timeout`.
+    #[error("the request body did not arrive within {} (server.body_timeout); send the body at once after the headers, or split it into smaller requests", humantime::format_duration(*timeout))]
+    BodyTimeout { timeout: std::time::Duration },
     #[error("the request has {count} lines, more than the limit of {limit}; split it into several requests")]
     TooManyLines { count: usize, limit: usize },
     #[error("{0}")]
@@ -152,6 +155,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::TooManyLines { .. } => "too_many_lines",
             ApiError::BadInput(_) => "bad_input",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
@@ -178,6 +182,7 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::BadInput(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType { .. } | ApiError::UnsupportedEncoding { .. } => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }

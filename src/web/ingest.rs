@@ -3,8 +3,7 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -60,14 +59,17 @@ async fn ingest(
     let content_type = media_type(&req)?;
     let encoding = content_encoding(&req)?;
     let key = idempotency_key(&req)?;
+    // The body arrives before the request takes a permit, within `server.body_timeout` and the
+    // store's share of requests: a client that trickles its body holds up no other store.
+    let _slot = state.bodies.enter(&store)?;
+    let held = state.bodies.read(&req, payload).await?;
+    let body = held.bytes.clone();
     // Admission: a bounded number of requests is parsed and appended at once; the rest are told
     // to come back, so memory stays bounded however hard stores push.
     let _permit = state.admit()?;
     if !query.dry_run {
         state.check_backpressure()?;
     }
-    let limit = state.limits.max_body_bytes;
-    let body = read_body(&req, payload, limit).await?;
     let Some(key) = key.filter(|_| !query.dry_run) else {
         let answer =
             ingest_body(&state, &store, None, body, content_type, encoding, &query).await?;
@@ -298,31 +300,6 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Bytes, ApiError> {
         return Err(ApiError::BodyTooLarge { limit });
     }
     Ok(Bytes::from(out))
-}
-
-/// Reads the body up to `limit` bytes; a larger one is refused as soon as it is known to be larger.
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadInput(format!("cannot read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 impl AppState {

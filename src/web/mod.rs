@@ -2,6 +2,7 @@
 //! file with a `config` function; errors become answers in one place ([`error::ApiError`]).
 
 pub mod access;
+pub mod admission;
 pub mod dashboard;
 pub mod error;
 pub mod ingest;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub inflight_appends: AtomicUsize,
     /// Ingest requests being parsed or appended right now (`server.max_inflight_ingest` permits).
     pub ingest_permits: Arc<tokio::sync::Semaphore>,
+    /// Request bodies being read: per-store slots, the body timeout and the byte budget.
+    pub bodies: Arc<admission::BodyGate>,
     /// Whether appends to the stream succeed, for readiness.
     pub appends: AppendHealth,
 }
