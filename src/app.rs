@@ -105,6 +105,7 @@ impl Backends {
                         settings.stream.max_pending_appends,
                     )
                     .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
+                    stream.set_max_pending_bytes(settings.stream.max_pending_bytes);
                     let checkpoints = stream
                         .checkpoints()
                         .context("cannot open the checkpoints beside the embedded stream")?;

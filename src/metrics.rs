@@ -149,6 +149,19 @@ pub static STREAM_MILLIS_BEHIND_LATEST: LazyLock<IntGaugeVec> = LazyLock::new(||
 
 /// Unlabelled, so it reads 0 on every backend until a lease is lost (an alert can tell "none
 /// lost" from "not exported").
+pub static STREAM_APPENDS_ABANDONED: LazyLock<IntCounter> = LazyLock::new(|| {
+    let c = IntCounter::with_opts(Opts::new(
+        "stream_appends_abandoned_total",
+        "Embedded stream appends dropped unwritten because their request had given up (timed out \
+         or disconnected) before the writer reached them; never acknowledged, so nothing is lost.",
+    ))
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+});
+
 pub static STREAM_LEASES_LOST: LazyLock<IntCounter> = LazyLock::new(|| {
     let c = IntCounter::with_opts(Opts::new(
         "stream_leases_lost_total",
@@ -312,6 +325,7 @@ pub fn init() {
     LazyLock::force(&STREAM_APPEND_RECORDS);
     LazyLock::force(&STREAM_MILLIS_BEHIND_LATEST);
     LazyLock::force(&STREAM_LEASES_LOST);
+    LazyLock::force(&STREAM_APPENDS_ABANDONED);
     LazyLock::force(&STREAM_LEASES_HELD);
     LazyLock::force(&SINK_BACKLOG_RECORDS);
     LazyLock::force(&SINK_CHECKPOINT_AGE);

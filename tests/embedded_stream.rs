@@ -253,19 +253,8 @@ async fn a_full_queue_answers_saturated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stream.sqlite");
     let stream = EmbeddedStream::open(&path, 1, DAY, 2).expect("open");
-    // Another connection holds SQLite's write lock for a while, so the writer thread blocks on
-    // its first group and the queue (2 requests) fills up behind it.
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let holder = std::thread::spawn(move || {
-        let mut conn = rusqlite::Connection::open(&path).unwrap();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .unwrap();
-        locked_tx.send(()).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        tx.commit().unwrap();
-    });
-    locked_rx.recv().unwrap();
+    // The writer thread blocks on its first group and the queue (2 requests) fills up behind it.
+    let holder = hold_write_lock(&path, Duration::from_millis(500));
     let puts = (0..16).map(|i| stream.put(vec![record("k", &i.to_string())]));
     let results = futures::future::join_all(puts).await;
     holder.join().unwrap();
@@ -281,6 +270,102 @@ async fn a_full_queue_answers_saturated() {
         stream.latest(&shard_id(0)).await.unwrap(),
         Some(sn(accepted as u64)),
         "only the accepted puts were written"
+    );
+}
+
+/// Holds SQLite's write lock on `path` from another connection for `hold`, so the stream's
+/// writer blocks on its first group and what follows waits in the queue. Returns once the lock is
+/// taken.
+fn hold_write_lock(path: &Path, hold: Duration) -> std::thread::JoinHandle<()> {
+    let path = path.to_path_buf();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(hold);
+        tx.commit().unwrap();
+    });
+    locked_rx.recv().unwrap();
+    holder
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_queue_holds_at_most_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stream.sqlite");
+    let stream = EmbeddedStream::open(&path, 1, DAY, 1024).expect("open");
+    stream.set_max_pending_bytes(1000);
+    let holder = hold_write_lock(&path, Duration::from_millis(500));
+    let data = "x".repeat(299);
+    let puts = (0..10).map(|_| stream.put(vec![record("k", &data)]));
+    let results = futures::future::join_all(puts).await;
+    holder.join().unwrap();
+
+    let saturated: Vec<String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Err(StreamError::Saturated(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    // 300 bytes a put (data and key): three fit in 1,000 bytes, far fewer than the 1,024 appends
+    // the queue would take by count.
+    assert_eq!((accepted, saturated.len()), (3, 7), "{results:?}");
+    assert!(saturated[0].contains("MiB of records"), "{}", saturated[0]);
+    // The budget is given back as the appends are written.
+    stream.put(vec![record("k", &data)]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_whose_callers_gave_up_are_dropped_unwritten() {
+    use shopstream::metrics::STREAM_APPENDS_ABANDONED;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stream.sqlite");
+    let stream = EmbeddedStream::open(&path, 1, DAY, 1024).expect("open");
+    let before = STREAM_APPENDS_ABANDONED.get();
+    let holder = hold_write_lock(&path, Duration::from_millis(800));
+    // One append the writer takes and blocks on; its caller waits for it.
+    let first = tokio::spawn({
+        let stream = stream.clone();
+        async move { stream.put(vec![record("k", "first")]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Eight appends queued behind it whose callers stop waiting after 100 ms, as ingest does at
+    // its request timeout.
+    let puts = (0..8).map(|i| {
+        tokio::time::timeout(
+            Duration::from_millis(100),
+            stream.put(vec![record("k", &i.to_string())]),
+        )
+    });
+    let results = futures::future::join_all(puts).await;
+    assert!(results.iter().all(Result::is_err), "every caller gave up");
+    holder.join().unwrap();
+    first.await.unwrap().unwrap();
+
+    let started = Instant::now();
+    while STREAM_APPENDS_ABANDONED.get() - before < 8 && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        STREAM_APPENDS_ABANDONED.get() - before,
+        8,
+        "every abandoned append dropped"
+    );
+    let written: Vec<String> = read_all(&stream, &shard_id(0))
+        .await
+        .into_iter()
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(
+        written,
+        ["first"],
+        "only the append still awaited is written"
     );
 }
 

@@ -31,6 +31,8 @@ pub struct StreamConfig {
     pub retention: Duration,
     /// Embedded: how many appends may wait for the writer before ingest answers 503.
     pub max_pending_appends: usize,
+    /// Embedded: how many bytes of records may wait for the writer before ingest answers 503.
+    pub max_pending_bytes: usize,
     /// Aws: the Kinesis stream and its lease table.
     pub kinesis: KinesisConfig,
 }
@@ -42,6 +44,9 @@ impl StreamConfig {
         }
         if self.max_pending_appends == 0 {
             return Err(bad("stream.max_pending_appends", "must be greater than 0"));
+        }
+        if self.max_pending_bytes == 0 {
+            return Err(bad("stream.max_pending_bytes", "must be greater than 0"));
         }
         Ok(())
     }

@@ -9,12 +9,13 @@
 //! archive, so hashes are cached per key with the file's identity (size, modification time and, on
 //! Unix, inode). `put` replaces a file by rename, which gives it a new inode, so a changed object
 //! never matches a stale entry; a file changed in place by someone else is re-hashed once its size
-//! or modification time moves.
+//! or modification time moves. The cache holds at most [`ETAG_CACHE_BYTES`] (least recently used
+//! entries go first), so a long-running archive does not grow it without end: an entry evicted
+//! costs one re-hash of its file at the next `list`.
 
 use super::{ObjectMeta, ObjectStore, ObjectStoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -47,7 +48,54 @@ impl FileIdentity {
     }
 }
 
-type EtagCache = HashMap<String, (FileIdentity, String)>;
+/// What the ETag cache may hold, counted as key, hash and per-entry overhead: about 150,000
+/// archive objects of typical key length.
+pub const ETAG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// ETags by key, least recently used evicted first once the entries pass a byte budget.
+struct EtagCache {
+    entries: lru::LruCache<String, (FileIdentity, String)>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl EtagCache {
+    fn new(budget: usize) -> Self {
+        EtagCache {
+            entries: lru::LruCache::unbounded(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// What one entry costs: its strings and the map's own share (pointers, the identity).
+    fn cost(key: &str, etag: &str) -> usize {
+        key.len() + etag.len() + std::mem::size_of::<(String, FileIdentity, String)>() + 32
+    }
+
+    fn get(&mut self, key: &str) -> Option<&(FileIdentity, String)> {
+        self.entries.get(key)
+    }
+
+    fn insert(&mut self, key: String, identity: FileIdentity, etag: String) {
+        self.bytes += Self::cost(&key, &etag);
+        if let Some((old_key, (_, old_etag))) = self.entries.push(key, (identity, etag)) {
+            self.bytes -= Self::cost(&old_key, &old_etag);
+        }
+        while self.bytes > self.budget {
+            match self.entries.pop_lru() {
+                Some((key, (_, etag))) => self.bytes -= Self::cost(&key, &etag),
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some((_, etag)) = self.entries.pop(key) {
+            self.bytes -= Self::cost(key, &etag);
+        }
+    }
+}
 
 /// Objects in a folder. Clones share the folder and the ETag cache.
 #[derive(Clone)]
@@ -72,7 +120,7 @@ impl LocalObjectStore {
         })?;
         Ok(LocalObjectStore {
             root: Arc::new(root),
-            etags: Arc::new(Mutex::new(HashMap::new())),
+            etags: Arc::new(Mutex::new(EtagCache::new(ETAG_CACHE_BYTES))),
             temp_counter: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -119,7 +167,7 @@ impl LocalObjectStore {
         written?;
         let etag = blake3::hash(body).to_hex().to_string();
         let identity = FileIdentity::of(&fs::metadata(path)?);
-        self.cache().insert(key.to_owned(), (identity, etag));
+        self.cache().insert(key.to_owned(), identity, etag);
         Ok(())
     }
 
@@ -165,8 +213,7 @@ impl LocalObjectStore {
         let mut hasher = blake3::Hasher::new();
         io::copy(&mut File::open(path)?, &mut hasher)?;
         let etag = hasher.finalize().to_hex().to_string();
-        self.cache()
-            .insert(key.to_owned(), (identity, etag.clone()));
+        self.cache().insert(key.to_owned(), identity, etag.clone());
         Ok(etag)
     }
 
@@ -370,6 +417,31 @@ mod tests {
     }
 
     const KEY: &str = "raw/dt=2011-01-01/shard=shard-0000/1-20.ndjson.gz";
+
+    #[test]
+    fn the_etag_cache_stays_within_its_bytes_and_keeps_the_recent_entries() {
+        let identity = FileIdentity {
+            len: 1,
+            modified: None,
+            inode: 1,
+        };
+        let one = EtagCache::cost(&format!("{KEY}.{:06}", 0), &"e".repeat(64));
+        let mut cache = EtagCache::new(one * 100);
+        for i in 0..10_000 {
+            cache.insert(format!("{KEY}.{i:06}"), identity, "e".repeat(64));
+            // Touching the first key keeps it in.
+            assert!(cache.get(&format!("{KEY}.{:06}", 0)).is_some());
+            assert!(cache.bytes <= one * 100, "{} bytes", cache.bytes);
+        }
+        assert_eq!(cache.entries.len(), 100);
+        assert!(cache.get(&format!("{KEY}.{:06}", 9_999)).is_some());
+        assert!(cache.get(&format!("{KEY}.{:06}", 5_000)).is_none());
+        // Replacing and removing keep the count of bytes right.
+        cache.insert(format!("{KEY}.{:06}", 9_999), identity, "f".repeat(64));
+        assert_eq!(cache.bytes, one * 100);
+        cache.remove(&format!("{KEY}.{:06}", 9_999));
+        assert_eq!(cache.bytes, one * 99);
+    }
 
     #[tokio::test]
     async fn put_get_list_delete() {

@@ -22,13 +22,17 @@ use super::{
 use async_trait::async_trait;
 use reader::ReadPool;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-use writer::{AppendRequest, Writer};
+use writer::{AppendRequest, QueuedBytes, Writer};
+
+/// The most bytes of records the append queue holds by default (`stream.max_pending_bytes`):
+/// appends that timed out are dropped unwritten, and this bounds what waits meanwhile.
+pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 
 /// The shard a partition key belongs to: xxh3 (64-bit, seed 0) of the key's UTF-8 bytes, modulo
 /// the shard count. xxh3's output is specified and platform independent, so a key keeps its shard
@@ -68,6 +72,10 @@ struct Inner {
     retention: Duration,
     /// `None` only while dropping: closing the queue is what stops the writer.
     queue: Option<SyncSender<AppendRequest>>,
+    /// Bytes of records in the queue, and the most it may hold ([`MAX_PENDING_BYTES`] unless
+    /// set otherwise).
+    queued_bytes: Arc<AtomicUsize>,
+    max_pending_bytes: AtomicUsize,
     heads: Arc<[watch::Sender<u64>]>,
     readers: Arc<ReadPool>,
     writer_alive: Arc<AtomicBool>,
@@ -161,6 +169,8 @@ impl EmbeddedStream {
                 shard_ids,
                 retention,
                 queue: Some(queue),
+                queued_bytes: Arc::new(AtomicUsize::new(0)),
+                max_pending_bytes: AtomicUsize::new(MAX_PENDING_BYTES),
                 heads,
                 readers: Arc::new(ReadPool::new(path.to_path_buf())),
                 writer_alive,
@@ -204,6 +214,14 @@ impl EmbeddedStream {
 }
 
 impl EmbeddedStream {
+    /// Sets the most bytes of records the append queue holds (default [`MAX_PENDING_BYTES`]);
+    /// an append that would pass it is answered `Saturated` (503 with Retry-After at ingest).
+    pub fn set_max_pending_bytes(&self, bytes: usize) {
+        self.inner
+            .max_pending_bytes
+            .store(bytes.max(1), Ordering::Relaxed);
+    }
+
     /// Appends `records`, each claiming the line ids of `claims` at the same index (or none when
     /// `claims` is shorter), in one transaction.
     async fn append(
@@ -228,12 +246,24 @@ impl EmbeddedStream {
             .iter()
             .map(|r| shard_for_key(&r.partition_key, shards))
             .collect();
+        let size: usize = records
+            .iter()
+            .map(|r| r.data.len() + r.partition_key.len())
+            .sum();
+        let limit = self.inner.max_pending_bytes.load(Ordering::Relaxed);
+        let Some(queued) = QueuedBytes::take(&self.inner.queued_bytes, size, limit) else {
+            return Err(StreamError::Saturated(format!(
+                "the embedded stream's append queue holds {} MiB of records already (its limit); retry shortly",
+                limit / (1024 * 1024)
+            )));
+        };
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             records,
             shards: record_shards,
             claims,
             reply,
+            _queued: queued,
         };
         let queue = self
             .inner

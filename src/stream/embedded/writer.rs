@@ -27,6 +27,44 @@ pub(super) struct AppendRequest {
     /// of whose ids is already taken writes nothing and is answered `LinesTaken`.
     pub claims: Vec<Vec<LineClaim>>,
     pub reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
+    /// This request's bytes in the queue's budget, given back when the request is dropped.
+    pub _queued: QueuedBytes,
+}
+
+/// Bytes of records waiting in the append queue: a share taken by [`QueuedBytes::take`] is
+/// given back when the request holding it is dropped (written, answered or abandoned).
+pub(super) struct QueuedBytes {
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    bytes: usize,
+}
+
+impl QueuedBytes {
+    /// Takes `bytes` of the budget `limit`, unless the queue holds that much already: a request
+    /// larger than the whole budget still goes when the queue is empty, so nothing is refused for
+    /// good.
+    pub fn take(
+        total: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        bytes: usize,
+        limit: usize,
+    ) -> Option<QueuedBytes> {
+        use std::sync::atomic::Ordering;
+        let before = total.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > limit {
+            total.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(QueuedBytes {
+            total: total.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for QueuedBytes {
+    fn drop(&mut self) {
+        self.total
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl AppendRequest {
@@ -86,6 +124,22 @@ impl Writer {
             }
             if bytes > GROUP_MAX_BYTES && group.len() > 1 {
                 carried = group.pop();
+            }
+            // An append whose caller gave up (its request timed out or the client went away) was
+            // never acknowledged: it is dropped unwritten, so a queue that outlasts its callers
+            // holds no memory for them and costs no writes. The client's retry appends it again.
+            let waiting = group.len();
+            group.retain(|request| !request.reply.is_closed());
+            if group.len() < waiting {
+                let dropped = (waiting - group.len()) as u64;
+                crate::metrics::STREAM_APPENDS_ABANDONED.inc_by(dropped);
+                tracing::debug!(
+                    dropped,
+                    "Dropped appends whose callers gave up before they were written."
+                );
+            }
+            if group.is_empty() {
+                continue;
             }
             // Arrival times never go backwards, even when the wall clock does, so that retention
             // (which compares them) removes records in sequence order.
