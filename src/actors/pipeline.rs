@@ -39,6 +39,9 @@ pub struct Pipeline {
     /// The shard list as last read: leases are renewed from it while ListShards fails, so a
     /// throttled listing never lets this instance's leases expire.
     known_shards: Mutex<Vec<ShardInfo>>,
+    /// Whether a release of stored records is running: one at a time, beside the maintenance
+    /// loop (a release that catches up on a large backlog takes seconds).
+    releasing: Arc<std::sync::atomic::AtomicBool>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -58,6 +61,7 @@ impl Pipeline {
             arbiters,
             actors: Mutex::new(BTreeMap::new()),
             known_shards: Mutex::new(Vec::new()),
+            releasing: Arc::default(),
             stop: tokio::sync::watch::channel(false).0,
         });
         let shards = pipeline.parts.stream.list_shards().await?;
@@ -191,7 +195,7 @@ impl Pipeline {
                 Ok(shards) => {
                     self.known_shards.lock().await.clone_from(&shards);
                     self.start_ready_shards(&shards).await;
-                    self.release_stored(&shards).await;
+                    self.spawn_release(shards);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot list the stream's shards; renewing the leases of the shards last listed, and trying again later.");
@@ -202,6 +206,19 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Runs [`Self::release_stored`] in its own task unless one still runs.
+    fn spawn_release(self: &Arc<Self>, shards: Vec<ShardInfo>) {
+        use std::sync::atomic::Ordering;
+        if self.releasing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pipeline = self.clone();
+        actix::spawn(async move {
+            pipeline.release_stored(&shards).await;
+            pipeline.releasing.store(false, Ordering::Release);
+        });
     }
 
     /// Lets the stream drop records that every sink has checkpointed (it keeps them for its

@@ -76,6 +76,8 @@ struct Inner {
     /// set otherwise).
     queued_bytes: Arc<AtomicUsize>,
     max_pending_bytes: AtomicUsize,
+    /// Taken by the writer for each commit and by retention for each chunk it deletes.
+    write_gate: Arc<Mutex<()>>,
     heads: Arc<[watch::Sender<u64>]>,
     readers: Arc<ReadPool>,
     writer_alive: Arc<AtomicBool>,
@@ -149,6 +151,7 @@ impl EmbeddedStream {
         let heads: Arc<[watch::Sender<u64>]> =
             last.iter().map(|&seq| watch::Sender::new(seq)).collect();
         let writer_alive = Arc::new(AtomicBool::new(true));
+        let write_gate = Arc::new(Mutex::new(()));
         let (queue, pending) = sync_channel(max_pending_appends);
         let writer = Writer {
             conn,
@@ -156,6 +159,7 @@ impl EmbeddedStream {
             shard_ids: shard_ids.clone(),
             heads: heads.clone(),
             alive: writer_alive.clone(),
+            gate: write_gate.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("stream-writer".into())
@@ -170,6 +174,7 @@ impl EmbeddedStream {
                 retention,
                 queue: Some(queue),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
+                write_gate,
                 max_pending_bytes: AtomicUsize::new(MAX_PENDING_BYTES),
                 heads,
                 readers: Arc::new(ReadPool::new(path.to_path_buf())),
@@ -359,7 +364,8 @@ impl Stream for EmbeddedStream {
             .checked_sub_signed(retention)
             .map_or(i64::MIN, |t| t.timestamp_millis());
         let upto = embedded_seq(upto)?;
-        self.blocking(move |conn| reader::release_records(conn, index, upto, cutoff_ms))
+        let gate = self.inner.write_gate.clone();
+        self.blocking(move |conn| reader::release_records(conn, &gate, index, upto, cutoff_ms))
             .await
     }
 

@@ -1,7 +1,8 @@
 //! The layout of `stream.sqlite` and how its connections are opened.
 //!
 //! Records live in one table per shard, `records_NNNN`, whose `seq` is the rowid: appends go to
-//! the end of one B-tree and a read is a range scan, with no secondary index to maintain. The
+//! the end of one B-tree and a read is a range scan. One small index on arrival time per table
+//! lets retention find what is old enough without reading the records. The
 //! shard count never changes for a file (the embedded log cannot be resharded), so a fixed set
 //! of tables fits. `shards` holds each shard's last sequence number apart from the records, so
 //! numbering survives the removal of every record by retention. `record_keys` holds the dedup key
@@ -94,6 +95,7 @@ pub(super) fn prepare(
              arrived_at_ms INTEGER NOT NULL
          ) WITHOUT ROWID;
          CREATE INDEX IF NOT EXISTS line_ids_by_arrival ON line_ids (arrived_at_ms);
+         CREATE INDEX IF NOT EXISTS record_keys_by_shard_seq ON record_keys (shard, seq);
          CREATE TABLE IF NOT EXISTS idempotency_keys (
              store_id      TEXT    NOT NULL,
              key           TEXT    NOT NULL,
@@ -102,7 +104,8 @@ pub(super) fn prepare(
              answer        TEXT,
              started_at_ms INTEGER NOT NULL,
              PRIMARY KEY (store_id, key)
-         ) WITHOUT ROWID;",
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS idempotency_keys_by_start ON idempotency_keys (started_at_ms);",
     )
     .map_err(backend)?;
     let recorded: Option<String> = tx
@@ -140,6 +143,12 @@ pub(super) fn prepare(
                  arrived_at_ms INTEGER NOT NULL
              );",
             records_table(shard)
+        ))
+        .map_err(backend)?;
+        // Retention finds the newest record old enough to go by its arrival time.
+        tx.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {table}_by_arrival ON {table} (arrived_at_ms);",
+            table = records_table(shard)
         ))
         .map_err(backend)?;
         tx.execute(

@@ -85,6 +85,9 @@ pub(super) struct Writer {
     pub heads: Arc<[watch::Sender<u64>]>,
     /// Cleared when the thread ends, so `health` can say the writer is gone.
     pub alive: Arc<AtomicBool>,
+    /// Held while a group commits; retention deletes take it per chunk, so the writer never waits
+    /// on SQLite's busy handler for them, only for one chunk.
+    pub gate: Arc<std::sync::Mutex<()>>,
 }
 
 impl Writer {
@@ -151,7 +154,11 @@ impl Writer {
     fn commit(&mut self, insert_sql: &[String], group: Vec<AppendRequest>, arrived_at_ms: i64) {
         let started = Instant::now();
         let mut last = self.last.clone();
-        match write_group(&mut self.conn, insert_sql, &mut last, &group, arrived_at_ms) {
+        let written = {
+            let _writing = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+            write_group(&mut self.conn, insert_sql, &mut last, &group, arrived_at_ms)
+        };
+        match written {
             Ok((records, landed)) => {
                 let landed: Vec<Result<Vec<(u32, u64)>, StreamError>> = landed;
                 STREAM_APPEND_DURATION
