@@ -1,11 +1,11 @@
-//! Black-box: the real `shopstream` binary imports folders and a full-size generated export, and
-//! reloads a file beside a running server.
+//! Black-box: the real `shopstream` binary imports folders and a full-size generated export,
+//! reloads a file beside a running server, and its watcher waits for a file to hold still.
 
 mod common;
 mod import_support;
 
-use common::{client, Server, DEMO_KEY};
-use import_support::{expected, fixture, sales};
+use common::{client, wait_progress_or, Server, DEMO_KEY};
+use import_support::{expected, fixture, ledger_rows, sales};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::path::Path;
@@ -241,4 +241,61 @@ fn a_reload_keeps_lines_that_also_came_by_the_stream_or_another_file() {
     server.wait_caught_up(Duration::from_secs(30));
     assert_eq!(sales(&warehouse), all);
     assert_eq!(rollup_totals(&server), all);
+}
+
+/// The watcher of `serve` leaves a file alone while it grows (a copy in progress) and loads it
+/// whole once two scans saw the same size and modification time.
+#[test]
+fn the_watcher_waits_for_a_growing_file_to_hold_still() {
+    let dir = tempfile::tempdir().unwrap();
+    let drops = dir.path().join("drops");
+    std::fs::create_dir_all(&drops).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        0,
+        &format!(
+            "[import]\nwatch = [{:?}]\ninterval = \"1s\"\n",
+            drops.display().to_string()
+        ),
+    );
+    let warehouse = data.join("warehouse.sqlite");
+    let file = drops.join("growing.csv");
+    std::fs::write(&file, format!("{HEADER}\n")).unwrap();
+    // One row every 100 ms for 5 s: every two scans (1 s apart at least) see another size.
+    let rows = 50;
+    for i in 0..rows {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        writeln!(
+            f,
+            "{},S{i},ITEM {i},{},12/9/11 10:00,1.{i:02},12345,France",
+            590_000 + i / 5,
+            i + 1
+        )
+        .unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            (sales(&warehouse).0, ledger_rows(&warehouse)),
+            (0, 0),
+            "a file still growing was loaded (after {} of {rows} rows); log:\n{}",
+            i + 1,
+            common::tail(&server.log(), 20)
+        );
+    }
+    wait_progress_or(
+        "the watcher to load the file once it held still",
+        Duration::from_secs(20),
+        || match ledger_rows(&warehouse) {
+            0 => Err(sales(&warehouse).0),
+            _ => Ok(()),
+        },
+        || common::tail(&server.log(), 40),
+    );
+    assert_eq!(sales(&warehouse), expected(&file));
+    assert_eq!(sales(&warehouse).0, rows as u64);
 }
