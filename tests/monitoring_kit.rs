@@ -269,7 +269,8 @@ fn embedded_metrics() -> String {
     );
     let server = Server::start(&dir.path().join("data"), 0, &extra);
     exercise(&server);
-    // The watcher's first run loads the file: wait for its figures.
+    // The watcher's second run (the first to see the file hold still) loads it: wait for its
+    // figures.
     wait_progress(
         "the watcher to load the file",
         Duration::from_secs(60),

@@ -539,6 +539,7 @@ async fn the_importer_writes_lines_and_its_ledger_in_one_transaction() {
         key: "/drop/sales.csv".into(),
         size: 100,
         change_token: "v1".into(),
+        stamp: String::new(),
     };
     let FileLoadStart::Loading(mut load) = wh.load_file(&file, false).await.unwrap() else {
         panic!("a file the ledger does not know is loaded");

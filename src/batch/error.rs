@@ -17,6 +17,12 @@ pub enum ImportError {
         "{key}: {reason}; nothing of it was loaded: fix or re-export the file and import it again"
     )]
     Unreadable { key: String, reason: String },
+    /// The file's size or modification time moved while it was read: what was read may be a
+    /// copy in progress, so the load is not recorded.
+    #[error(
+        "{key}: changed while it was read (its size or modification time moved); it is not recorded as loaded: import it again once it is complete (the watcher does so once it holds still)"
+    )]
+    ChangedWhileRead { key: String },
     #[error("{key}: {rejected} of {rows} rows rejected, more than --max-reject-ratio {max_ratio}; nothing of it was loaded: see {reject_file} for every bad row and why")]
     TooManyRejects {
         key: String,

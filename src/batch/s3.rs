@@ -1,5 +1,6 @@
 //! Bulk files in S3 (`s3://bucket/prefix`): listed with ListObjectsV2, the ETag as change token,
-//! read with GetObject streamed chunk by chunk (never the whole object in memory).
+//! size, ETag and LastModified as stamp, read with GetObject streamed chunk by chunk (never the
+//! whole object in memory).
 
 use std::io::{self, Read};
 
@@ -125,10 +126,16 @@ impl Source for S3Source {
                     if !is_bulk_name(key) {
                         continue;
                     }
+                    let size = object.size().unwrap_or(0).max(0) as u64;
+                    let e_tag = object.e_tag().unwrap_or("").trim_matches('"').to_owned();
+                    let modified = object
+                        .last_modified()
+                        .map_or_else(String::new, |t| format!("{}.{:09}", t.secs(), t.subsec_nanos()));
                     files.push(SourceFile {
                         key: format!("s3://{}/{key}", self.bucket),
-                        size: object.size().unwrap_or(0).max(0) as u64,
-                        change_token: object.e_tag().unwrap_or("").trim_matches('"').to_owned(),
+                        size,
+                        stamp: format!("{size}:{e_tag}:{modified}"),
+                        change_token: e_tag,
                     });
                 }
             }

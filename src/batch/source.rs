@@ -1,5 +1,6 @@
-//! Where bulk files come from: a [`Source`] lists files (key, size, change token) and opens one as
-//! a streaming [`Read`]. [`LocalSource`] serves a file, a folder (recursively) or a glob.
+//! Where bulk files come from: a [`Source`] lists files (key, size, stamp), gives a file its change
+//! token when it is about to be loaded, and opens one as a streaming [`Read`]. [`LocalSource`]
+//! serves a file, a folder (recursively) or a glob.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -13,16 +14,35 @@ use super::ImportError;
 pub const REJECTS_SUFFIX: &str = ".rejects.csv";
 
 /// A bulk file as a source lists it: the warehouse's ledger identity of a file (key, size, change
-/// token), under the name the batch path gives it.
+/// token) and its stamp, under the name the batch path gives it.
 pub use crate::store::warehouse::BulkFile as SourceFile;
 
 /// A place bulk files are found. Blocking: call it on a blocking thread.
 pub trait Source: Send + Sync {
-    /// Every `.csv` and `.csv.gz` file the source holds now, sorted by key.
+    /// Every `.csv` and `.csv.gz` file the source holds now, sorted by key, with its stamp. Cheap
+    /// (no file is read): the change token may be left empty for [`identify`](Self::identify).
     ///
     /// # Errors
     /// [`ImportError::Source`] when the source cannot be listed or a file cannot be read.
     fn list(&self) -> Result<Vec<SourceFile>, ImportError>;
+
+    /// `file` with its change token, just before it is loaded. The default keeps the listed one.
+    ///
+    /// # Errors
+    /// [`ImportError::Source`] when the file cannot be read.
+    fn identify(&self, file: SourceFile) -> Result<SourceFile, ImportError> {
+        Ok(file)
+    }
+
+    /// Whether `file`, read since it was listed, still has its listed stamp: if not, what was read
+    /// may be a copy in progress, and it must not be recorded as loaded. The default answers yes,
+    /// for a source whose reads are of the listed content only (S3's `If-Match`).
+    ///
+    /// # Errors
+    /// [`ImportError::Source`] when the file cannot be looked at.
+    fn unchanged(&self, _file: &SourceFile) -> Result<bool, ImportError> {
+        Ok(true)
+    }
 
     /// The raw bytes of `file` as stored (still compressed for `.csv.gz`).
     ///
@@ -44,10 +64,11 @@ pub trait Source: Send + Sync {
     }
 }
 
-/// Files on this machine. The change token is the BLAKE3 hash of the file's bytes, computed up
-/// front while listing: a modification that keeps size and time (a restored backup, a rewrite
-/// within the same second) is still seen, at the cost of reading each file once more (BLAKE3 runs
-/// at several GB/s, far faster than parsing).
+/// Files on this machine. The stamp is the size and modification time (to the nanosecond), which
+/// a listing reads without opening the file. The change token is the BLAKE3 hash of the file's
+/// bytes, computed just before the file is loaded ([`Source::identify`]): a modification that
+/// keeps size and time (a restored backup, a rewrite within the same second) is still seen, at
+/// the cost of reading the file once more (BLAKE3 runs at several GB/s, far faster than parsing).
 #[derive(Debug, Clone)]
 pub struct LocalSource {
     spec: String,
@@ -110,17 +131,33 @@ impl Source for LocalSource {
         for path in self.paths()? {
             let absolute = std::path::absolute(&path)
                 .map_err(|e| self.fail(format!("{}: {e}", path.display())))?;
-            let (size, hash) = hash_file(&absolute)
+            let (size, stamp) = stamp(&absolute)
                 .map_err(|e| self.fail(format!("cannot read {}: {e}", absolute.display())))?;
             files.push(SourceFile {
                 key: absolute.display().to_string(),
                 size,
-                change_token: hash,
+                change_token: String::new(),
+                stamp,
             });
         }
         files.sort_by(|a, b| a.key.cmp(&b.key));
         files.dedup_by(|a, b| a.key == b.key);
         Ok(files)
+    }
+
+    fn identify(&self, file: SourceFile) -> Result<SourceFile, ImportError> {
+        let change_token = hash_file(Path::new(&file.key))
+            .map_err(|e| self.fail(format!("cannot read {}: {e}", file.key)))?;
+        Ok(SourceFile {
+            change_token,
+            ..file
+        })
+    }
+
+    fn unchanged(&self, file: &SourceFile) -> Result<bool, ImportError> {
+        let (_, now) = stamp(Path::new(&file.key))
+            .map_err(|e| self.fail(format!("cannot read {}: {e}", file.key)))?;
+        Ok(now == file.stamp)
     }
 
     fn open(&self, file: &SourceFile) -> Result<Box<dyn Read + Send>, ImportError> {
@@ -159,12 +196,21 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Size and BLAKE3 hex of a file, read in 1 MiB chunks.
-fn hash_file(path: &Path) -> io::Result<(u64, String)> {
+/// Size and stamp (`<size>:<mtime in ns since 1970>`) of a file, from its metadata.
+fn stamp(path: &Path) -> io::Result<(u64, String)> {
+    let meta = std::fs::metadata(path)?;
+    let mtime = meta
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Ok((meta.len(), format!("{}:{mtime}", meta.len())))
+}
+
+/// BLAKE3 hex of a file's bytes.
+fn hash_file(path: &Path) -> io::Result<String> {
     let mut hasher = blake3::Hasher::new();
-    let mut file = File::open(path)?;
-    let size = io::copy(&mut file, &mut hasher)?;
-    Ok((size, hasher.finalize().to_hex().to_string()))
+    io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 #[cfg(test)]
@@ -172,7 +218,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn folders_recurse_globs_match_and_tokens_follow_content() {
+    fn folders_recurse_globs_match_and_tokens_and_stamps_follow_content() {
         let dir = tempfile::tempdir().unwrap();
         let nested = dir.path().join("a/b");
         std::fs::create_dir_all(&nested).unwrap();
@@ -195,9 +241,15 @@ mod tests {
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].size, 1);
 
-        std::fs::write(dir.path().join("one.csv"), "w").unwrap();
-        let again = LocalSource::new(&glob).unwrap().list().unwrap();
-        assert_ne!(again[0].change_token, one[0].change_token);
+        let source = LocalSource::new(&glob).unwrap();
+        let first = source.identify(one[0].clone()).unwrap();
+        assert!(source.unchanged(&first).unwrap());
+        std::fs::write(dir.path().join("one.csv"), "wv").unwrap();
+        let again = source.list().unwrap();
+        assert_ne!(again[0].stamp, first.stamp);
+        assert!(!source.unchanged(&first).unwrap());
+        let again = source.identify(again[0].clone()).unwrap();
+        assert_ne!(again.change_token, first.change_token);
 
         assert!(
             LocalSource::new(dir.path().join("missing").to_str().unwrap())

@@ -44,8 +44,10 @@ pub struct ImportConfig {
     /// Folder of the reject files; relative paths are under `data_dir`.
     pub reject_dir: PathBuf,
     /// Sources the server's watcher imports on every tick (files, folders, globs); empty for none.
+    /// A file is loaded once two consecutive scans saw the same size and modification time.
     pub watch: Vec<String>,
-    /// Time between two watcher runs, from the end of one to the start of the next.
+    /// Time between two watcher runs, from the end of one to the start of the next: a new file
+    /// loads between one and two intervals after it stops changing.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
 }

@@ -148,6 +148,8 @@ impl Job {
             let counts = self.scan(Some(&mut rejects), |batch| Ok(load.insert(batch)?))?;
             let reject_file = rejects.finish()?;
             self.check_ratio(&counts, reject_file.as_deref())?;
+            // Dropping the load on an error takes back what it wrote.
+            self.check_unchanged()?;
             load.commit(&counts, reject_file.as_deref())?;
             Ok(Loaded {
                 outcome: FileOutcome::Loaded,
@@ -195,6 +197,8 @@ impl Job {
                 Ok(batch.len() as u64)
             })?;
             self.check_ratio(&counts, reject_file.as_deref())?;
+            // The upserts stay (they are lines of the file, by id); the ledger row is not written.
+            self.check_unchanged()?;
             Ok((self.file, counts, reject_file))
         })
         .await?;
@@ -212,6 +216,17 @@ impl Job {
             reject_file,
             note: None,
         })
+    }
+
+    /// Fails when the file moved since it was listed ([`Source::unchanged`]). Blocking.
+    fn check_unchanged(&self) -> Result<(), ImportError> {
+        if self.source.unchanged(&self.file)? {
+            Ok(())
+        } else {
+            Err(ImportError::ChangedWhileRead {
+                key: self.file.key.clone(),
+            })
+        }
     }
 
     fn check_ratio(

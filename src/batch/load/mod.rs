@@ -24,6 +24,12 @@ use crate::store::warehouse::LoadedInto;
 use crate::store::{OperationalStore, Warehouse};
 use job::{blocking, finish, Job};
 
+/// A file as a source listed it, with the source that reads it.
+pub(crate) struct Listed {
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) file: SourceFile,
+}
+
 /// Loads bulk files into the stores. Cheap to share: the stores are behind `Arc`s.
 pub struct Importer {
     warehouse: Arc<dyn Warehouse>,
@@ -110,10 +116,18 @@ impl Importer {
     /// to `progress`; pass [`ProgressBar::hidden`] for none.
     pub async fn run(&self, specs: &[String], progress: &ProgressBar) -> RunSummary {
         let started = Instant::now();
+        let (listed, mut reports) = self.list(specs).await;
+        reports.extend(self.load(listed, progress).await);
+        RunSummary::new(reports, started.elapsed().as_secs_f64())
+    }
+
+    /// The files of every source in `specs`, as listed (stamps, no change tokens yet), and a
+    /// report for each source that could not be listed.
+    pub(crate) async fn list(&self, specs: &[String]) -> (Vec<Listed>, Vec<FileReport>) {
         let mut reports = Vec::new();
-        let mut work: Vec<(Arc<dyn Source>, SourceFile)> = Vec::new();
+        let mut listed = Vec::new();
         for spec in specs {
-            let listed = {
+            let found = {
                 let (spec, s3) = (spec.clone(), self.s3.clone());
                 blocking(spec.clone(), move || {
                     let source: Arc<dyn Source> = Arc::from(parse_source(&spec, s3.as_ref())?);
@@ -122,10 +136,11 @@ impl Importer {
                 })
                 .await
             };
-            match listed {
-                Ok((source, files)) => {
-                    work.extend(files.into_iter().map(|f| (Arc::clone(&source), f)));
-                }
+            match found {
+                Ok((source, files)) => listed.extend(files.into_iter().map(|file| Listed {
+                    source: Arc::clone(&source),
+                    file,
+                })),
                 Err(e) => {
                     let mut report =
                         FileReport::new(spec, self.options.target, FileOutcome::Failed);
@@ -135,17 +150,27 @@ impl Importer {
                 }
             }
         }
+        (listed, reports)
+    }
+
+    /// Imports listed files in order: the reports of each file into each store.
+    pub(crate) async fn load(
+        &self,
+        listed: Vec<Listed>,
+        progress: &ProgressBar,
+    ) -> Vec<FileReport> {
         let passes = if self.options.dry_run {
             1
         } else {
             self.options.target.stores().len() as u64
                 + u64::from(self.options.target == Target::Operational)
         };
-        progress.set_length(work.iter().map(|(_, f)| f.size).sum::<u64>() * passes);
-        for (source, file) in work {
+        progress.set_length(listed.iter().map(|l| l.file.size).sum::<u64>() * passes);
+        let mut reports = Vec::new();
+        for Listed { source, file } in listed {
             reports.extend(self.import_file(source, file, progress).await);
         }
-        RunSummary::new(reports, started.elapsed().as_secs_f64())
+        reports
     }
 
     /// Imports one file into each store of the target: one report per store.
@@ -156,6 +181,23 @@ impl Importer {
         progress: &ProgressBar,
     ) -> Vec<FileReport> {
         let mut reports = Vec::new();
+        let identified = {
+            let source = Arc::clone(&source);
+            let started = Instant::now();
+            let listed = file.clone();
+            blocking(file.key.clone(), move || source.identify(file))
+                .await
+                .map_err(|e| (listed, started, e))
+        };
+        let file = match identified {
+            Ok(file) => file,
+            Err((listed, started, e)) => {
+                let report = finish(&listed, self.options.target, started, Err(e));
+                report.emit();
+                reports.push(report);
+                return reports;
+            }
+        };
         if self.options.dry_run {
             let job = self.job(&source, &file, progress);
             let report = finish(

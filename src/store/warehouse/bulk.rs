@@ -19,6 +19,11 @@ pub struct BulkFile {
     pub size: u64,
     /// Changes whenever the content does: the ledger compares it to decide skip or changed.
     pub change_token: String,
+    /// How the source saw the file when it listed it (size and modification time; in S3 size,
+    /// ETag and LastModified): the import watcher loads a file once two scans saw the same
+    /// stamp, and a file whose stamp moved while it was read is not recorded as loaded. The
+    /// ledger does not keep it.
+    pub stamp: String,
 }
 
 impl BulkFile {
@@ -134,6 +139,7 @@ mod tests {
             key: "/drop/a.csv".into(),
             size: 20,
             change_token: token.into(),
+            stamp: String::new(),
         }
     }
 

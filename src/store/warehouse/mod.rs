@@ -163,8 +163,8 @@ pub trait Warehouse: Send + Sync + 'static {
     async fn health(&self) -> Result<(), StoreError>;
 
     /// Starts loading one bulk file, after the ledger's check ([`LedgerSkip::check`]) of what it
-    /// remembers of `file`. On a reload, the rows the old content loaded are taken out in the same
-    /// transaction as the new ones go in.
+    /// remembers of `file`. On a reload, the lines only the old content brought are taken out
+    /// before the new ones go in; a line the stream or another file brought too stays.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the load cannot start now (locked, disk full);

@@ -3,8 +3,10 @@
 //! them, so an import never stalls the stream's sink for the length of a file.
 //!
 //! 1. Start: the ledger decides; the file's ledger row is written marked unfinished (its change
-//!    token prefixed with [`UNFINISHED`]), so its rows can carry its id; then the rows an older
-//!    version of the file (or an unfinished load of it) brought go, a batch per transaction.
+//!    token prefixed with [`UNFINISHED`]), so its rows can carry its id; then an older version of
+//!    the file (or an unfinished load of it) is taken out, a batch per transaction: the lines
+//!    only it brought go, the lines the stream or another file brought too stay
+//!    ([`ledger::remove_sales`]).
 //! 2. Each batch of lines the caller hands over: one transaction.
 //! 3. Commit: the ledger row gets its counts and the file's change token.
 //!

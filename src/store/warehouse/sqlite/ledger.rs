@@ -5,6 +5,11 @@
 //! Rows of the warehouse's `sales` table that an import wrote carry `source = 'import:<id>'`, the
 //! id of the file's warehouse ledger row: the rows a file loaded can then be found (and replaced
 //! on `--reload`) with a short, indexed key instead of the file's path on every row.
+//!
+//! A line is stored once, under the source that brought it first; a file or the stream bringing
+//! it again is noted in `sales_other_sources`. A reload (or an abandoned load) takes out only the
+//! lines whose one source is the file: a line someone else brought too stays, handed to one of
+//! them, so the stream's lines and another file's lines survive any reload.
 
 use std::path::Path;
 
@@ -32,6 +37,20 @@ CREATE TABLE IF NOT EXISTS import_ledger (
     UNIQUE (source_key, target)
 );
 CREATE INDEX IF NOT EXISTS sales_source ON sales (source);
+";
+
+/// Who else brought a line of `sales` (a `source` value other than the row's own), created with
+/// the warehouse: the stream's writes note themselves here when they find their line stored by an
+/// import. Empty while no line arrives twice; the index on `source` finds a file's notes when it
+/// is reloaded.
+pub(super) const OTHER_SOURCES_DDL: &str = "
+CREATE TABLE IF NOT EXISTS sales_other_sources (
+    invoice_no  TEXT NOT NULL,
+    line_id     TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    UNIQUE (invoice_no, line_id, source)
+);
+CREATE INDEX IF NOT EXISTS sales_other_sources_source ON sales_other_sources (source);
 ";
 
 /// `source` of the `sales` rows loaded from the file with ledger row `id`.
@@ -120,11 +139,15 @@ pub(super) fn record(
 /// Rows [`remove_sales`] takes out in one transaction: a few milliseconds of write lock.
 pub(super) const REMOVE_BATCH_ROWS: i64 = 5_000;
 
-/// Removes up to `limit` of the `sales` rows the file with ledger row `id` brought
-/// (`source = sales_source(id)`) and takes them out of the warehouse's rollups
-/// (`sales_daily_sums`, `sales_product_sums`, `sales_invoices`) in the caller's transaction, so
-/// the dashboard figures stay those of the fact table. Returns the rows removed: call it again
-/// until it returns 0.
+/// Takes the file with ledger row `id` out of up to `limit` lines of `sales` in the caller's
+/// transaction, and returns how many it handled: call it again until it returns 0.
+///
+/// - A line it brought first and someone else brought too (a row of `sales_other_sources`) stays
+///   and passes to one of them (the smallest `source`); the rollups do not change.
+/// - A line only it brought is removed, and taken out of the rollups (`sales_daily_sums`,
+///   `sales_product_sums`, `sales_invoices`), so the dashboard figures stay those of the fact
+///   table.
+/// - Its notes of lines it brought again after someone else go.
 ///
 /// # Errors
 /// The SQLite error, as [`StoreError::sqlite`].
@@ -141,6 +164,7 @@ pub(super) fn remove_sales(tx: &Connection, id: i64, limit: i64) -> Result<u64, 
         params![source, limit],
     )
     .map_err(sql(tx))?;
+    let handed_over = hand_over(tx, &source).map_err(sql(tx))?;
     // Summed in Rust, as the rollups are (`super::rollup`): a file's lines can add up past what
     // SQLite's `SUM()` holds.
     let mut changes = Changes::default();
@@ -178,7 +202,45 @@ pub(super) fn remove_sales(tx: &Connection, id: i64, limit: i64) -> Result<u64, 
         }
     }
     changes.apply(tx, Path::new(tx.path().unwrap_or("warehouse")))?;
-    remove_rows_sql(tx).map_err(sql(tx))
+    let removed = remove_rows_sql(tx).map_err(sql(tx))?;
+    let notes = tx
+        .execute(
+            "DELETE FROM sales_other_sources WHERE rowid IN
+                 (SELECT rowid FROM sales_other_sources WHERE source = ?1 LIMIT ?2)",
+            params![source, limit],
+        )
+        .map_err(sql(tx))?;
+    Ok(handed_over + removed + notes as u64)
+}
+
+/// Of the rows in `reload_rows`, those someone else brought too pass to the smallest other
+/// `source`, whose note goes, and leave `reload_rows`. Returns how many passed.
+fn hand_over(tx: &Connection, source: &str) -> rusqlite::Result<u64> {
+    let passed = tx.execute(
+        "UPDATE sales SET source = (
+             SELECT MIN(o.source) FROM sales_other_sources o
+             WHERE o.invoice_no = sales.invoice_no AND o.line_id = sales.line_id)
+         WHERE rowid IN (SELECT row FROM reload_rows)
+             AND EXISTS (SELECT 1 FROM sales_other_sources o
+                 WHERE o.invoice_no = sales.invoice_no AND o.line_id = sales.line_id)",
+        [],
+    )?;
+    if passed == 0 {
+        return Ok(0);
+    }
+    tx.execute(
+        "DELETE FROM sales_other_sources WHERE (invoice_no, line_id, source) IN
+             (SELECT invoice_no, line_id, source FROM sales
+              WHERE rowid IN (SELECT row FROM reload_rows))",
+        [],
+    )?;
+    tx.execute(
+        "DELETE FROM reload_rows WHERE row IN
+             (SELECT rowid FROM sales WHERE rowid IN (SELECT row FROM reload_rows)
+                  AND source <> ?1)",
+        [source],
+    )?;
+    Ok(passed as u64)
 }
 
 fn remove_rows_sql(tx: &Connection) -> rusqlite::Result<u64> {

@@ -5,7 +5,9 @@
 //! Every row enters `sales` through `insert_rows`, which updates the rollups in the same
 //! transaction, so they never disagree with the fact table. A bulk load writes through it too
 //! (with `source = 'import:<ledger id>'`), in short transactions per batch of lines, and records
-//! the file in the ledger: see [`Warehouse::load_file`].
+//! the file in the ledger: see [`Warehouse::load_file`]. A row's `source` is whoever brought the
+//! line first; `sales_other_sources` ([`ledger::OTHER_SOURCES_DDL`]) keeps who brought it again,
+//! so a reload of a file takes out only the lines no one else brought.
 
 mod bulk;
 mod ledger;
@@ -40,6 +42,12 @@ VALUES (:line_id, :invoice_no, :stock_code, :description, :quantity, :invoice_da
     :unit_price, :line_total, :line_total_micros, :customer_id, :country, :is_cancellation,
     :store_id, :ingested_at, :source)";
 
+/// Records that `:source` brought again a line `sales` already holds from another source (an
+/// `INSERT OR IGNORE` of it changed nothing): a reload of either file then keeps the line.
+const ADD_OTHER_SOURCE: &str = "
+INSERT OR IGNORE INTO sales_other_sources (invoice_no, line_id, source)
+SELECT invoice_no, line_id, ?3 FROM sales WHERE invoice_no = ?1 AND line_id = ?2 AND source <> ?3";
+
 const ADD_INVOICE: &str =
     "INSERT OR IGNORE INTO sales_invoices (invoice_no, customer_id) VALUES (?1, ?2)";
 
@@ -65,7 +73,7 @@ impl SqliteWarehouse {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
-        let schema = format!("{SALES_DDL}{}", rollup::DDL);
+        let schema = format!("{SALES_DDL}{}{}", ledger::OTHER_SOURCES_DDL, rollup::DDL);
         let db = Database::open(path, options, &schema)?;
         Ok(Self { db })
     }
@@ -124,8 +132,9 @@ impl SqliteWarehouse {
     }
 }
 
-/// Adds encoded lines to `sales` (a line id already there is skipped) and to the rollups, within
-/// the caller's transaction, and returns how many lines were new. Blocking: call it on a blocking
+/// Adds encoded lines to `sales` (a line id already there is skipped, `source` noted in
+/// `sales_other_sources` when it is not the row's) and to the rollups, within the caller's
+/// transaction, and returns how many lines were new. Blocking: call it on a blocking
 /// thread.
 ///
 /// # Errors
@@ -149,11 +158,15 @@ fn insert_rows(tx: &Connection, rows: &[LineRow], source: &str) -> Result<u64, S
         stmt.raw_bind_parameter(source_index, source)
             .map_err(fail)?;
         let params = LineParams::of(&stmt).map_err(fail)?;
+        let mut again = tx.prepare_cached(ADD_OTHER_SOURCE).map_err(fail)?;
         for row in rows {
             let changed = row
                 .execute(&mut stmt, &params)
                 .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
             if changed == 0 {
+                again
+                    .execute(rusqlite::params![row.invoice_no, row.line_id, source])
+                    .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
                 continue;
             }
             added += 1;
