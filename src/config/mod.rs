@@ -144,6 +144,7 @@ impl Settings {
             .validate(&self.auth, self.server.max_lines_per_request)?;
         self.stream.validate()?;
         self.sinks.validate()?;
+        self.sinks.validate_lag(self.stream.retention)?;
         self.archive.validate()?;
         self.dead_letter.validate()?;
         self.aws.validate()?;
