@@ -475,6 +475,45 @@ mod leases {
         assert_eq!(b.release_all().await.unwrap(), 4);
         assert_eq!(a.sync(&shards).await.unwrap().len(), 4);
     }
+
+    /// A parent read to its end by every sink still sits among the instance's leases; it must
+    /// not count toward the fair share, or one child of a split is never read (seen in CI: the
+    /// lone instance held the finished parent, one open shard and one child, and stopped there).
+    #[tokio::test]
+    async fn a_finished_parent_does_not_keep_a_child_of_a_split_unread() {
+        use shopstream::stream::{SequenceNumber, ShardInfo};
+        let cfg = aws_config("lease-split");
+        let c = init(&cfg).await;
+        let mut shards = KinesisStream::from_config(&c, &cfg.aws, &cfg.stream.kinesis)
+            .list_shards()
+            .await
+            .unwrap();
+        let a = LeaseCoordinator::from_config(&c, &cfg.stream.kinesis, "instance-a");
+        assert_eq!(a.sync(&shards).await.unwrap().len(), shards.len());
+
+        let parent = shards[0].id.clone();
+        let checkpoints = a.checkpoints();
+        for sink in SinkKind::ALL {
+            checkpoints
+                .save(sink, &parent, SequenceNumber::shard_end())
+                .await
+                .unwrap();
+        }
+        shards[0].closed = true;
+        for child in ["shardId-000000000098", "shardId-000000000099"] {
+            shards.push(ShardInfo {
+                id: ShardId(child.to_owned()),
+                parents: vec![parent.clone()],
+                closed: false,
+            });
+        }
+        let owned = a.sync(&shards).await.unwrap();
+        assert_eq!(
+            owned.len(),
+            shards.len(),
+            "alone, it reads every shard: {owned:?}"
+        );
+    }
 }
 
 mod config_files {

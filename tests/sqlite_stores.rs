@@ -81,7 +81,7 @@ fn stores(dir: &tempfile::TempDir) -> (SqliteOperationalStore, SqliteWarehouse) 
 }
 
 #[tokio::test]
-async fn upserts_are_idempotent_operational_replaces_and_warehouse_ignores() {
+async fn upserts_are_idempotent_and_both_stores_keep_the_first_version() {
     let dir = tempfile::tempdir().unwrap();
     let (ops, wh) = stores(&dir);
     let lines = invoice_lines("536365", 3);
@@ -97,18 +97,16 @@ async fn upserts_are_idempotent_operational_replaces_and_warehouse_ignores() {
         0
     );
 
-    // The same line id with a corrected quantity: the operational store takes the new content,
-    // the warehouse keeps the row it has.
+    // The same line id with a corrected quantity: the warehouse keeps the row it has.
     let mut corrected = lines[1].clone();
     corrected.line.quantity = 10;
     ops.upsert(&[corrected.clone()]).await.unwrap();
     wh.insert(&[corrected.clone()]).await.unwrap();
-    assert_eq!(ops.totals().await.unwrap(), (3, money("17.50")));
+    // A line id is written once, first version kept (docs/line-identity.md): the operational
+    // store keeps the row it has too.
+    assert_eq!(ops.totals().await.unwrap(), (3, money("7.50")));
     let invoice = ops.invoice("536365").await.unwrap().unwrap();
-    assert_eq!(
-        invoice.lines[1], corrected,
-        "replacing keeps the line's position"
-    );
+    assert_eq!(invoice.lines[1], lines[1], "the first version stays");
     assert_eq!(wh.summary().await.unwrap().unwrap().revenue, money("7.5"));
 }
 
@@ -597,10 +595,10 @@ async fn files_keyed_by_line_id_alone_open_and_keep_each_line_once() {
     let mut corrected = lines[2].clone();
     corrected.line.quantity = 10;
     ops.upsert(&[corrected.clone()]).await.unwrap();
-    assert_eq!(ops.totals().await.unwrap(), (3, money("17.50")));
+    assert_eq!(ops.totals().await.unwrap(), (3, money("7.50")));
     assert_eq!(
         ops.invoice("536365").await.unwrap().unwrap().lines[2],
-        corrected
+        lines[2]
     );
     let summary = wh.summary().await.unwrap().unwrap();
     assert_eq!((summary.lines, summary.revenue), (3, money("7.5")));

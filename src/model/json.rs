@@ -62,8 +62,12 @@ pub fn parse_json(body: &[u8], opts: &ParseOptions) -> Result<Parsed, InputError
 
 fn utf8(body: &[u8]) -> Result<&str, InputError> {
     std::str::from_utf8(body).map_err(|e| {
+        // Where an editor shows it: 1-based line, and byte column within that line.
+        let before = &body[..e.valid_up_to()];
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
         InputError::Json(format!(
-            "it is not UTF-8 (invalid byte at offset {}); send JSON encoded as UTF-8",
+            "it is not UTF-8 (invalid byte at line {line} column {column}, offset {}); send JSON encoded as UTF-8",
             e.valid_up_to()
         ))
     })
@@ -439,6 +443,10 @@ mod tests {
         assert!(input_error_of(&latin1).contains("not UTF-8"));
         let array = [b"[".as_slice(), &latin1, b"]"].concat();
         assert!(input_error_of(&array).contains("not UTF-8"));
+        // Where, as an editor shows it: the bad byte on the second line of a pretty array.
+        let pretty = [b"[\n  ".as_slice(), &latin1, b"\n]"].concat();
+        let at = latin1.iter().position(|b| !b.is_ascii()).unwrap();
+        assert!(input_error_of(&pretty).contains(&format!("line 2 column {}", at + 3)));
     }
 
     #[test]

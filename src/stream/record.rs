@@ -65,7 +65,7 @@ pub fn encode_indexed(
     encode_within(store_id, Utc::now(), lines, MAX_RECORD_BYTES)
 }
 
-/// [`encode`] with the acceptance time and the record size limit given.
+/// [`encode_indexed`] with the acceptance time and the record size limit given.
 fn encode_within(
     store_id: &str,
     ingested_at: DateTime<Utc>,

@@ -100,7 +100,8 @@ impl LeaseCoordinator {
             leases = self.leases_of(&wanted).await?;
         }
         let now = Instant::now();
-        let mut mine: Vec<String> = Vec::new();
+        // (shard, finished): a finished shard this instance still holds counts for nothing.
+        let mut mine: Vec<(String, bool)> = Vec::new();
         // (shard, owner, counter, expired)
         let mut others: Vec<(String, Option<String>, u64, bool)> = Vec::new();
         {
@@ -120,7 +121,7 @@ impl LeaseCoordinator {
                     *seen = (owner.clone(), counter, now);
                 }
                 if owner.as_deref() == Some(me.as_str()) {
-                    mine.push(id);
+                    mine.push((id, finished(l)));
                 } else if !finished(l) {
                     let expired =
                         owner.is_none() || now.duration_since(seen.2) >= self.lease_duration;
@@ -129,9 +130,13 @@ impl LeaseCoordinator {
             }
         }
         let mut owned = Vec::new();
-        for id in mine {
+        // The unfinished shards among `owned`: only these count toward the fair share, or a
+        // finished parent held since before a split would keep one of its children unread.
+        let mut working = 0;
+        for (id, done) in mine {
             if self.renew(&id).await? {
                 owned.push(id);
+                working += usize::from(!done);
             }
         }
         let live: HashSet<&str> = others
@@ -143,14 +148,15 @@ impl LeaseCoordinator {
         let active = leases.iter().filter(|l| !finished(l)).count();
         let target = active.div_ceil(live.len());
         for (id, owner, counter, _) in others.iter().filter(|o| o.3) {
-            if owned.len() >= target {
+            if working >= target {
                 break;
             }
             if self.take(id, owner.as_deref(), *counter).await? {
                 owned.push(id.clone());
+                working += 1;
             }
         }
-        if owned.len() < target {
+        if working < target {
             self.steal_one(&others, target, &mut owned).await?;
         }
         crate::metrics::STREAM_LEASES_HELD.set(i64::try_from(owned.len()).unwrap_or(i64::MAX));
