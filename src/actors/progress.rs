@@ -3,7 +3,8 @@
 //!
 //! Lag is time, so it means the same on every backend: how long the oldest record a sink has not
 //! checkpointed has been in the stream. The embedded log tells it exactly (the arrival time of
-//! that record, sampled by [`Progress::record_oldest_unprocessed`]); Kinesis tells how far each
+//! that record, which the pipeline looks up every second and hands to
+//! [`Progress::record_oldest_unprocessed`]); Kinesis tells how far each
 //! read was behind the newest record (`MillisBehindLatest`), to which the time since that read
 //! is added while the sink has not checkpointed after it (a sink stuck on a batch falls further
 //! behind with every second, though it reads nothing). A count of records is given only where
@@ -37,6 +38,27 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether records of the shard whose newest known record is `head` wait for the sink, and
+    /// how many where numbering is dense (the embedded log); Kinesis numbers are sparse, so there
+    /// only whether any record waits is known.
+    fn waiting(&self, head: Option<&SequenceNumber>) -> (bool, Option<u64>) {
+        let (behind, count) = match (head, &self.checkpoint) {
+            (_, Some(c)) if c.is_shard_end() => return (false, Some(0)),
+            (Some(h), Some(c)) => (h > c, h.distance_from(c)),
+            (Some(h), None) => (true, h.as_u64()),
+            (None, _) => (false, Some(0)),
+        };
+        if behind {
+            return (true, count);
+        }
+        // A read behind the newest record says records wait that this instance has not seen
+        // (another instance appended them), but not how many.
+        if self.millis_behind_latest.is_some_and(|m| m > 0) {
+            return (true, None);
+        }
+        (false, Some(0))
+    }
+
     /// How long the oldest record not yet checkpointed has been waiting, given whether any is.
     fn lag(&self, behind: bool, now: Instant, wall: DateTime<Utc>) -> Duration {
         if !behind {
@@ -200,18 +222,12 @@ impl Progress {
     /// The sinks and shards that have records waiting, with their checkpoints: where the oldest
     /// unprocessed record is worth looking up.
     pub fn behind(&self) -> Vec<(SinkKind, ShardId, Option<SequenceNumber>)> {
-        self.snapshot()
-            .into_iter()
-            .filter(|s| s.behind)
-            .map(|s| {
-                let checkpoint = self
-                    .sinks
-                    .lock()
-                    .expect("progress lock")
-                    .get(&(s.sink, s.shard.clone()))
-                    .and_then(|e| e.checkpoint.clone());
-                (s.sink, s.shard, checkpoint)
-            })
+        let latest = self.latest.lock().expect("progress lock").clone();
+        let sinks = self.sinks.lock().expect("progress lock");
+        sinks
+            .iter()
+            .filter(|((_, shard), e)| e.waiting(latest.get(shard)).0)
+            .map(|((sink, shard), e)| (*sink, shard.clone(), e.checkpoint.clone()))
             .collect()
     }
 
@@ -276,17 +292,7 @@ impl Progress {
             .iter_mut()
             .map(|((sink, shard), e)| {
                 let head = latest.get(shard);
-                // Records are counted where numbering is dense (the embedded log); Kinesis
-                // numbers are sparse, so there only whether any record waits is known.
-                let (behind, backlog) = match (head, &e.checkpoint) {
-                    (_, Some(c)) if c.is_shard_end() => (false, Some(0)),
-                    (Some(h), Some(c)) => (h > c, h.distance_from(c)),
-                    (Some(h), None) => (true, h.as_u64()),
-                    (None, _) => (false, Some(0)),
-                };
-                // A read that was behind the newest record says more records wait than this
-                // instance has seen (another instance appended them).
-                let behind = behind || e.millis_behind_latest.is_some_and(|m| m > 0);
+                let (behind, backlog) = e.waiting(head);
                 if !behind {
                     e.behind_since = None;
                 } else if e.behind_since.is_none() {
@@ -325,54 +331,6 @@ impl Progress {
                 }
             })
             .collect()
-    }
-}
-
-/// How often [`sample_oldest_unprocessed`] looks the oldest waiting records up.
-pub const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Looks up, for every sink with records waiting, the first record after its checkpoint and
-/// when it arrived, so [`Progress`] knows each sink's lag exactly; until `stop` resolves. For a
-/// stream whose reads are cheap and unmetered (the embedded log: one indexed row); Kinesis'
-/// reads are rationed per shard, and its lag comes with the sinks' own reads instead.
-pub async fn sample_oldest_unprocessed(
-    progress: std::sync::Arc<Progress>,
-    stream: std::sync::Arc<dyn crate::stream::Stream>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    use crate::stream::Position;
-    let sample = async {
-        loop {
-            // Sinks on one shard at one checkpoint share the look-up.
-            let mut found: BTreeMap<(ShardId, Option<SequenceNumber>), Option<_>> = BTreeMap::new();
-            for (sink, shard, checkpoint) in progress.behind() {
-                let key = (shard.clone(), checkpoint.clone());
-                if !found.contains_key(&key) {
-                    let from = checkpoint.map_or(Position::TrimHorizon, Position::After);
-                    let first = match stream.read(&shard, from, 1).await {
-                        Ok(batch) => batch.records.into_iter().next(),
-                        Err(e) => {
-                            tracing::debug!(%shard, error = %e, "Cannot look up the oldest waiting record.");
-                            None
-                        }
-                    };
-                    found.insert(key.clone(), first);
-                }
-                if let Some(Some(record)) = found.get(&key) {
-                    progress.record_oldest_unprocessed(
-                        sink,
-                        &shard,
-                        record.sequence_number.clone(),
-                        record.arrived_at,
-                    );
-                }
-            }
-            tokio::time::sleep(LAG_SAMPLE_INTERVAL).await;
-        }
-    };
-    tokio::select! {
-        () = sample => {}
-        () = stop => {}
     }
 }
 
@@ -478,6 +436,17 @@ mod tests {
         p.record_millis_behind(SinkKind::Archive, &s, Some(0));
         p.record_checkpoint(SinkKind::Archive, &s, &seq("898"), 5);
         assert_eq!(p.snapshot()[0].lag_seconds, 0.0);
+        assert_eq!(p.snapshot()[0].backlog_records, Some(0));
         assert!(p.caught_up());
+        // Records another instance appended: this one knows no newer head, but its read was
+        // behind, and that is lag, though of no known number of records.
+        p.record_millis_behind(SinkKind::Archive, &s, Some(30_000));
+        let snap = p.snapshot();
+        assert!(snap[0].behind && snap[0].lag_seconds >= 30.0, "{snap:?}");
+        assert_eq!(snap[0].backlog_records, None);
+        assert_eq!(
+            p.behind(),
+            [(SinkKind::Archive, s.clone(), Some(seq("898")))]
+        );
     }
 }

@@ -86,7 +86,7 @@ pub struct Running {
     pub pipeline: Arc<Pipeline>,
     pub state: Arc<AppState>,
     pub addrs: Vec<std::net::SocketAddr>,
-    /// Stops the bulk-import watcher (`import.watch`), if it runs, and the lag sampler.
+    /// Stops the bulk-import watcher (`import.watch`), if it runs.
     import_stop: tokio::sync::watch::Sender<bool>,
     /// This process's claim on `data_dir`, held until it exits.
     _data_dir_lock: Option<DataDirLock>,
@@ -133,16 +133,6 @@ impl Running {
         let handle = server.handle();
         let server_task = actix_web::rt::spawn(server);
         let import_stop = start_import_watcher(settings).await?;
-        if settings.stream.backend == crate::config::Backend::Embedded {
-            let mut stopped = import_stop.subscribe();
-            actix_web::rt::spawn(crate::actors::progress::sample_oldest_unprocessed(
-                state.progress.clone(),
-                state.stream.clone(),
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            ));
-        }
         for addr in &addrs {
             tracing::info!(%addr, data_dir = %settings.data_dir.display(), "shopstream is listening.");
             out!("shopstream listening on http://{addr}");

@@ -63,7 +63,8 @@ pub struct SinksConfig {
     pub backlog_high_water_records: u64,
     /// When any sink's oldest unprocessed record has been in the stream this long, ingest answers
     /// 503 with Retry-After and readiness says so: lines wait at the stores instead of in a
-    /// stream that drops them after its retention. At most half of `stream.retention`.
+    /// stream that drops them after its retention. At most half of `stream.retention`, and at
+    /// least twice `archive.flush_age`.
     #[serde(with = "humantime_serde")]
     pub max_lag: Duration,
     /// How often checkpoints are written while a sink is busy.
@@ -99,8 +100,14 @@ impl SinksConfig {
     }
 
     /// `max_lag` against the stream's retention: ingest must refuse lines well before a sink
-    /// falls so far behind that the stream drops what it has not read.
-    pub fn validate_lag(&self, retention: Duration) -> Result<(), ConfigError> {
+    /// falls so far behind that the stream drops what it has not read. And against the archive's
+    /// `flush_age`: the archive holds lines that long by design before it checkpoints them, so a
+    /// lag limit near it would turn stores away while every sink works.
+    pub fn validate_lag(
+        &self,
+        retention: Duration,
+        archive_flush_age: Duration,
+    ) -> Result<(), ConfigError> {
         if self.max_lag.is_zero() {
             return Err(bad("sinks.max_lag", "must be greater than 0"));
         }
@@ -111,6 +118,18 @@ impl SinksConfig {
                     "{} is not well inside stream.retention ({}): make it at most half of it",
                     humantime::format_duration(self.max_lag),
                     humantime::format_duration(retention)
+                ),
+            ));
+        }
+        if self.max_lag < archive_flush_age * 2 {
+            return Err(bad(
+                "sinks.max_lag",
+                &format!(
+                    "{} is less than twice archive.flush_age ({}), which the archive holds lines \
+                     for before it writes them: raise sinks.max_lag (and stream.retention with it) \
+                     or lower archive.flush_age",
+                    humantime::format_duration(self.max_lag),
+                    humantime::format_duration(archive_flush_age)
                 ),
             ));
         }
