@@ -2,8 +2,8 @@
 //! name. Stages record through the typed handles below; `GET /metrics` renders [`REGISTRY`].
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -20,6 +20,14 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+fn float_gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     REGISTRY
         .register(Box::new(g.clone()))
         .expect("registered once");
@@ -198,6 +206,14 @@ pub static SINK_BACKLOG_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+pub static SINK_LAG_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    float_gauge(
+        "sink_lag_seconds",
+        "How long the oldest record of a shard that a sink has not checkpointed has been in the stream (0 when caught up); ingest answers 503 past sinks.max_lag.",
+        &["sink", "shard"],
+    )
+});
+
 pub static SINK_CHECKPOINT_AGE: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "sink_checkpoint_age_seconds",
@@ -328,6 +344,7 @@ pub fn init() {
     LazyLock::force(&STREAM_APPENDS_ABANDONED);
     LazyLock::force(&STREAM_LEASES_HELD);
     LazyLock::force(&SINK_BACKLOG_RECORDS);
+    LazyLock::force(&SINK_LAG_SECONDS);
     LazyLock::force(&SINK_CHECKPOINT_AGE);
     LazyLock::force(&SINK_LINES_WRITTEN);
     LazyLock::force(&SINK_BATCH_LINES);

@@ -209,6 +209,59 @@ async fn reads_start_where_asked_and_honour_max_records() {
     ));
 }
 
+#[tokio::test]
+async fn first_arrival_after_names_the_oldest_waiting_record_and_when_it_came() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 1);
+    let shard = shard_id(0);
+    assert_eq!(
+        stream.first_arrival_after(&shard, None).await.unwrap(),
+        None
+    );
+    let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+    stream
+        .put(vec![record("k", "1"), record("k", "2")])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.put(vec![record("k", "3")]).await.unwrap();
+    let after = chrono::Utc::now();
+
+    let (seq, first) = stream
+        .first_arrival_after(&shard, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, sn(1));
+    assert!(
+        before <= first && first <= after,
+        "{first} not in {before}..{after}"
+    );
+    let (seq, third) = stream
+        .first_arrival_after(&shard, Some(&sn(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seq, sn(3));
+    assert!(
+        third >= first + chrono::Duration::milliseconds(50),
+        "{first} {third}"
+    );
+    assert_eq!(
+        stream
+            .first_arrival_after(&shard, Some(&sn(3)))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(matches!(
+        stream
+            .first_arrival_after(&ShardId("shard-0009".into()), None)
+            .await,
+        Err(StreamError::UnknownShard(_))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_for_records_wakes_on_commit_and_times_out_otherwise() {
     let dir = tempfile::tempdir().unwrap();

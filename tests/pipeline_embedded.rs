@@ -302,7 +302,7 @@ fn sigterm_flushes_every_sink_and_exits_zero_within_the_deadline() {
     generate(&file, 3_000, &["--seed", "5"]);
     let data = tmp.path().join("data");
     // A long archive flush age: only the shutdown flush can write the archive in time.
-    let mut server = Server::start(&data, 0, "[archive]\nflush_age = \"1h\"\n");
+    let mut server = Server::start(&data, 0, "[archive]\nflush_age = \"7m\"\n");
     let summary = replay(&server.base, &file, &[]);
     assert_eq!(summary["lines_accepted"], 3_000);
     // The archive has read every line (and holds them, or has written some): what it holds is

@@ -175,8 +175,8 @@ impl Pipeline {
         true
     }
 
-    /// Every second: refresh the backlog gauges; every `shard_refresh`: look for new shards and
-    /// release what every sink has stored.
+    /// Every second: measure each sink's lag and refresh the backlog gauges; every
+    /// `shard_refresh`: look for new shards and release what every sink has stored.
     async fn maintain(self: Arc<Self>) {
         let mut stop = self.stop.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -186,6 +186,7 @@ impl Pipeline {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
+            self.sample_lag().await;
             self.parts.progress.snapshot();
             if last_refresh.elapsed() < self.parts.shard_refresh {
                 continue;
@@ -219,6 +220,35 @@ impl Pipeline {
             pipeline.release_stored(&shards).await;
             pipeline.releasing.store(false, Ordering::Release);
         });
+    }
+
+    /// Tells [`Progress`] when the first record after each waiting sink's checkpoint arrived,
+    /// where the stream can say so cheaply (the embedded log: one row by key); that record's age
+    /// is the sink's lag. Sinks at one checkpoint of a shard share the look-up.
+    async fn sample_lag(&self) {
+        let progress = &self.parts.progress;
+        let mut found = BTreeMap::new();
+        for (sink, shard, checkpoint) in progress.behind() {
+            let key = (shard, checkpoint);
+            if !found.contains_key(&key) {
+                let first = match self
+                    .parts
+                    .stream
+                    .first_arrival_after(&key.0, key.1.as_ref())
+                    .await
+                {
+                    Ok(first) => first,
+                    Err(e) => {
+                        tracing::debug!(shard = %key.0, error = %e, "Cannot look up the oldest record waiting for a sink.");
+                        None
+                    }
+                };
+                found.insert(key.clone(), first);
+            }
+            if let Some(Some((seq, arrived_at))) = found.get(&key) {
+                progress.record_oldest_unprocessed(sink, &key.0, seq.clone(), *arrived_at);
+            }
+        }
     }
 
     /// Lets the stream drop records that every sink has checkpointed (it keeps them for its

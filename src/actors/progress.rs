@@ -1,10 +1,20 @@
 //! Where every sink stands on every shard: the shared picture that ingest uses for backpressure,
-//! `/v1/status` shows, and the backlog metrics export.
+//! `/v1/status` shows, and the backlog and lag metrics export.
+//!
+//! Lag is time, so it means the same on every backend: how long the oldest record a sink has not
+//! checkpointed has been in the stream. The embedded log tells it exactly (the arrival time of
+//! that record, which the pipeline looks up every second and hands to
+//! [`Progress::record_oldest_unprocessed`]); Kinesis tells how far each
+//! read was behind the newest record (`MillisBehindLatest`), to which the time since that read
+//! is added while the sink has not checkpointed after it (a sink stuck on a batch falls further
+//! behind with every second, though it reads nothing). A count of records is given only where
+//! the backend numbers records densely (the embedded log); Kinesis sequence numbers are sparse.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::stream::{SequenceNumber, ShardId, SinkKind};
 
@@ -16,9 +26,59 @@ struct Entry {
     lines_written: u64,
     lines_buffered: u64,
     millis_behind_latest: Option<u64>,
+    /// When the last read that reported `millis_behind_latest` happened.
+    read_at: Option<Instant>,
+    /// When the checkpoint last moved.
+    checkpointed_at: Option<Instant>,
+    /// The first record after the checkpoint and when it arrived in the stream (sampled).
+    oldest_unprocessed: Option<(SequenceNumber, DateTime<Utc>)>,
     /// The sink is retrying a failing backend right now.
     failing: Option<String>,
     restarts: u64,
+}
+
+impl Entry {
+    /// Whether records of the shard whose newest known record is `head` wait for the sink, and
+    /// how many where numbering is dense (the embedded log); Kinesis numbers are sparse, so there
+    /// only whether any record waits is known.
+    fn waiting(&self, head: Option<&SequenceNumber>) -> (bool, Option<u64>) {
+        let (behind, count) = match (head, &self.checkpoint) {
+            (_, Some(c)) if c.is_shard_end() => return (false, Some(0)),
+            (Some(h), Some(c)) => (h > c, h.distance_from(c)),
+            (Some(h), None) => (true, h.as_u64()),
+            (None, _) => (false, Some(0)),
+        };
+        if behind {
+            return (true, count);
+        }
+        // A read behind the newest record says records wait that this instance has not seen
+        // (another instance appended them), but not how many.
+        if self.millis_behind_latest.is_some_and(|m| m > 0) {
+            return (true, None);
+        }
+        (false, Some(0))
+    }
+
+    /// How long the oldest record not yet checkpointed has been waiting, given whether any is.
+    fn lag(&self, behind: bool, now: Instant, wall: DateTime<Utc>) -> Duration {
+        if !behind {
+            return Duration::ZERO;
+        }
+        if let Some((seq, arrived)) = &self.oldest_unprocessed {
+            if self.checkpoint.as_ref().is_none_or(|c| c < seq) {
+                return (wall - *arrived).to_std().unwrap_or(Duration::ZERO);
+            }
+        }
+        if let (Some(millis), Some(read_at)) = (self.millis_behind_latest, self.read_at) {
+            let since_read = match self.checkpointed_at {
+                Some(at) if at >= read_at => Duration::ZERO,
+                _ => now.duration_since(read_at),
+            };
+            return Duration::from_millis(millis) + since_read;
+        }
+        self.behind_since
+            .map_or(Duration::ZERO, |t| now.duration_since(t))
+    }
 }
 
 /// One row of [`Progress::snapshot`].
@@ -30,8 +90,14 @@ pub struct SinkShardStatus {
     /// done), as text: sequence numbers exceed what JSON numbers carry exactly.
     pub checkpoint: Option<String>,
     pub latest: Option<String>,
-    /// Records of the shard not yet checkpointed by the sink (when the backend numbers densely).
-    pub backlog_records: u64,
+    /// Whether records of the shard wait for the sink.
+    pub behind: bool,
+    /// Records of the shard not yet checkpointed by the sink, where the backend numbers densely
+    /// (the embedded log); `None` on Kinesis, whose lag shows in `lag_seconds`.
+    pub backlog_records: Option<u64>,
+    /// How long the oldest record the sink has not checkpointed has been in the stream (0 when
+    /// caught up): the figure `sinks.max_lag` holds ingest to, on every backend.
+    pub lag_seconds: f64,
     pub checkpoint_age_seconds: u64,
     pub lines_written: u64,
     /// Lines read from the shard and held, not yet written (the archive holds a unit until it is
@@ -49,8 +115,18 @@ pub struct SinkShardStatus {
 pub struct Progress {
     sinks: Mutex<BTreeMap<(SinkKind, ShardId), Entry>>,
     latest: Mutex<BTreeMap<ShardId, SequenceNumber>>,
-    /// The last [`Progress::max_backlog`] and when it was taken, for callers on hot paths.
-    recent_max_backlog: Mutex<Option<(Instant, u64)>>,
+    /// The last [`Pressure`] and when it was taken, for callers on hot paths.
+    recent_pressure: Mutex<Option<(Instant, Pressure)>>,
+}
+
+/// The sink furthest behind, by records and by time: what ingest's backpressure looks at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pressure {
+    /// Largest backlog in records (where counted) of any sink on any shard.
+    pub max_backlog_records: u64,
+    /// Largest lag of any sink on any shard, and which one.
+    pub max_lag: Duration,
+    pub max_lag_at: Option<(SinkKind, ShardId)>,
 }
 
 impl Progress {
@@ -76,6 +152,7 @@ impl Progress {
         ] {
             let _ = gauge.remove_label_values(&labels);
         }
+        let _ = crate::metrics::SINK_LAG_SECONDS.remove_label_values(&labels);
     }
 
     /// The stream holds records of `shard` up to `seq` (from an append or a read).
@@ -103,6 +180,7 @@ impl Progress {
         if entry.checkpoint.as_ref().is_none_or(|c| seq > c) {
             entry.checkpoint = Some(seq.clone());
             entry.behind_since = None;
+            entry.checkpointed_at = Some(Instant::now());
         }
         entry.lines_written += lines;
         entry.failing = None;
@@ -117,12 +195,40 @@ impl Progress {
             .lines_buffered = lines;
     }
 
+    /// A read of `shard` for `sink` was `millis` behind the shard's newest record.
     pub fn record_millis_behind(&self, sink: SinkKind, shard: &ShardId, millis: Option<u64>) {
+        let mut sinks = self.sinks.lock().expect("progress lock");
+        let entry = sinks.entry((sink, shard.clone())).or_default();
+        entry.millis_behind_latest = millis;
+        entry.read_at = millis.map(|_| Instant::now());
+    }
+
+    /// The first record of `shard` after `sink`'s checkpoint is `seq`, which arrived in the stream
+    /// at `arrived_at` (see [`Progress::behind`] for which to sample).
+    pub fn record_oldest_unprocessed(
+        &self,
+        sink: SinkKind,
+        shard: &ShardId,
+        seq: SequenceNumber,
+        arrived_at: DateTime<Utc>,
+    ) {
         let mut sinks = self.sinks.lock().expect("progress lock");
         sinks
             .entry((sink, shard.clone()))
             .or_default()
-            .millis_behind_latest = millis;
+            .oldest_unprocessed = Some((seq, arrived_at));
+    }
+
+    /// The sinks and shards that have records waiting, with their checkpoints: where the oldest
+    /// unprocessed record is worth looking up.
+    pub fn behind(&self) -> Vec<(SinkKind, ShardId, Option<SequenceNumber>)> {
+        let latest = self.latest.lock().expect("progress lock").clone();
+        let sinks = self.sinks.lock().expect("progress lock");
+        sinks
+            .iter()
+            .filter(|((_, shard), e)| e.waiting(latest.get(shard)).0)
+            .map(|((sink, shard), e)| (*sink, shard.clone(), e.checkpoint.clone()))
+            .collect()
     }
 
     pub fn record_failing(&self, sink: SinkKind, shard: &ShardId, error: Option<String>) {
@@ -136,31 +242,44 @@ impl Progress {
         sinks.entry((sink, shard.clone())).or_default().restarts += 1;
     }
 
-    /// Largest backlog, in records, of any sink on any shard.
-    pub fn max_backlog(&self) -> u64 {
-        self.snapshot()
-            .iter()
-            .map(|s| s.backlog_records)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// [`Progress::max_backlog`] as of at most `max_age` ago: ingest asks on every request, and a
-    /// backlog worth refusing lines for does not appear within a fraction of a second.
-    pub fn max_backlog_recent(&self, max_age: std::time::Duration) -> u64 {
-        if let Some((at, backlog)) = *self.recent_max_backlog.lock().expect("progress lock") {
-            if at.elapsed() <= max_age {
-                return backlog;
+    /// The sink furthest behind, by records and by time.
+    pub fn pressure(&self) -> Pressure {
+        let mut pressure = Pressure::default();
+        for s in self.snapshot() {
+            pressure.max_backlog_records = pressure
+                .max_backlog_records
+                .max(s.backlog_records.unwrap_or(0));
+            let lag = Duration::from_secs_f64(s.lag_seconds);
+            if lag > pressure.max_lag {
+                pressure.max_lag = lag;
+                pressure.max_lag_at = Some((s.sink, s.shard));
             }
         }
-        let backlog = self.max_backlog();
-        *self.recent_max_backlog.lock().expect("progress lock") = Some((Instant::now(), backlog));
-        backlog
+        pressure
+    }
+
+    /// [`Progress::pressure`] as of at most `max_age` ago: ingest asks on every request, and a
+    /// backlog worth refusing lines for does not appear within a fraction of a second.
+    pub fn pressure_recent(&self, max_age: Duration) -> Pressure {
+        if let Some((at, pressure)) = &*self.recent_pressure.lock().expect("progress lock") {
+            if at.elapsed() <= max_age {
+                return pressure.clone();
+            }
+        }
+        let pressure = self.pressure();
+        *self.recent_pressure.lock().expect("progress lock") =
+            Some((Instant::now(), pressure.clone()));
+        pressure
+    }
+
+    /// Largest backlog, in records (where counted), of any sink on any shard.
+    pub fn max_backlog(&self) -> u64 {
+        self.pressure().max_backlog_records
     }
 
     /// True when every sink has checkpointed every shard up to the newest record seen.
     pub fn caught_up(&self) -> bool {
-        self.snapshot().iter().all(|s| s.backlog_records == 0)
+        self.snapshot().iter().all(|s| !s.behind)
     }
 
     /// Every sink on every shard, updating the backlog gauges on the way.
@@ -168,31 +287,30 @@ impl Progress {
         let latest = self.latest.lock().expect("progress lock").clone();
         let mut sinks = self.sinks.lock().expect("progress lock");
         let now = Instant::now();
+        let wall = Utc::now();
         sinks
             .iter_mut()
             .map(|((sink, shard), e)| {
                 let head = latest.get(shard);
-                // Backlogs are counted where numbering is dense (the embedded log); Kinesis lag
-                // shows in millis_behind_latest instead.
-                let backlog = match (head, &e.checkpoint) {
-                    (_, Some(c)) if c.is_shard_end() => 0,
-                    // Sparse numbers (Kinesis) give no count: one record behind is all we know.
-                    (Some(h), Some(c)) => h.distance_from(c).unwrap_or(u64::from(h > c)),
-                    (Some(h), None) => h.as_u64().unwrap_or(1),
-                    (None, _) => 0,
-                };
-                if backlog == 0 {
+                let (behind, backlog) = e.waiting(head);
+                if !behind {
                     e.behind_since = None;
                 } else if e.behind_since.is_none() {
                     e.behind_since = Some(now);
                 }
+                let lag = e.lag(behind, now, wall);
                 let age = e
                     .behind_since
                     .map_or(0, |t| now.duration_since(t).as_secs());
                 let labels = [sink.as_str(), shard.0.as_str()];
-                crate::metrics::SINK_BACKLOG_RECORDS
+                if let Some(backlog) = backlog {
+                    crate::metrics::SINK_BACKLOG_RECORDS
+                        .with_label_values(&labels)
+                        .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+                }
+                crate::metrics::SINK_LAG_SECONDS
                     .with_label_values(&labels)
-                    .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+                    .set(lag.as_secs_f64());
                 crate::metrics::SINK_CHECKPOINT_AGE
                     .with_label_values(&labels)
                     .set(i64::try_from(age).unwrap_or(i64::MAX));
@@ -201,7 +319,9 @@ impl Progress {
                     shard: shard.clone(),
                     checkpoint: e.checkpoint.as_ref().map(seq_text),
                     latest: head.map(seq_text),
+                    behind,
                     backlog_records: backlog,
+                    lag_seconds: (lag.as_secs_f64() * 1000.0).round() / 1000.0,
                     checkpoint_age_seconds: age,
                     lines_written: e.lines_written,
                     lines_buffered: e.lines_buffered,
@@ -264,11 +384,69 @@ mod tests {
         let n = SequenceNumber::from;
         p.register(SinkKind::Archive, &s);
         p.record_latest(&s, &n(5));
-        assert_eq!(p.max_backlog_recent(Duration::from_secs(3600)), 5);
+        let recent = |age| p.pressure_recent(age).max_backlog_records;
+        assert_eq!(recent(Duration::from_secs(3600)), 5);
         p.record_latest(&s, &n(9));
-        assert_eq!(p.max_backlog_recent(Duration::from_secs(3600)), 5);
-        assert_eq!(p.max_backlog_recent(Duration::ZERO), 9);
+        assert_eq!(recent(Duration::from_secs(3600)), 5);
+        assert_eq!(recent(Duration::ZERO), 9);
         p.forget(SinkKind::Archive, &s);
         assert!(p.snapshot().is_empty());
+    }
+
+    #[test]
+    fn lag_is_the_age_of_the_oldest_unprocessed_record() {
+        let p = Progress::default();
+        let s = ShardId("shard-0003".into());
+        let n = SequenceNumber::from;
+        p.record_latest(&s, &n(10));
+        p.record_checkpoint(SinkKind::Warehouse, &s, &n(4), 4);
+        let arrived = Utc::now() - chrono::Duration::seconds(120);
+        p.record_oldest_unprocessed(SinkKind::Warehouse, &s, n(5), arrived);
+        let snap = p.snapshot();
+        assert!(snap[0].lag_seconds >= 120.0, "{snap:?}");
+        assert_eq!(snap[0].backlog_records, Some(6));
+        let pressure = p.pressure();
+        assert!(pressure.max_lag >= Duration::from_secs(120));
+        assert_eq!(pressure.max_lag_at, Some((SinkKind::Warehouse, s.clone())));
+        // Past that record, its arrival says nothing any more; caught up, the lag is 0.
+        p.record_checkpoint(SinkKind::Warehouse, &s, &n(10), 6);
+        assert_eq!(p.snapshot()[0].lag_seconds, 0.0);
+        assert!(p.caught_up());
+    }
+
+    #[test]
+    fn kinesis_lag_is_millis_behind_plus_the_time_since_a_read_not_yet_checkpointed() {
+        let p = Progress::default();
+        let s = ShardId("shardId-000000000000".into());
+        // Kinesis numbers: 56 digits, sparse; no record count can be given.
+        let seq = |tail: &str| -> SequenceNumber {
+            format!("49590338271490256608559692538361571095921575989136588{tail}")
+                .parse()
+                .unwrap()
+        };
+        p.record_latest(&s, &seq("898"));
+        p.record_checkpoint(SinkKind::Archive, &s, &seq("001"), 1);
+        p.record_millis_behind(SinkKind::Archive, &s, Some(90_000));
+        let snap = p.snapshot();
+        assert_eq!(snap[0].backlog_records, None);
+        assert!(snap[0].behind);
+        assert!(snap[0].lag_seconds >= 90.0, "{snap:?}");
+        assert!(p.pressure().max_lag >= Duration::from_secs(90));
+        // Caught up to the newest record: no lag, whatever the numbers' size.
+        p.record_millis_behind(SinkKind::Archive, &s, Some(0));
+        p.record_checkpoint(SinkKind::Archive, &s, &seq("898"), 5);
+        assert_eq!(p.snapshot()[0].lag_seconds, 0.0);
+        assert_eq!(p.snapshot()[0].backlog_records, Some(0));
+        assert!(p.caught_up());
+        // Records another instance appended: this one knows no newer head, but its read was
+        // behind, and that is lag, though of no known number of records.
+        p.record_millis_behind(SinkKind::Archive, &s, Some(30_000));
+        let snap = p.snapshot();
+        assert!(snap[0].behind && snap[0].lag_seconds >= 30.0, "{snap:?}");
+        assert_eq!(snap[0].backlog_records, None);
+        assert_eq!(
+            p.behind(),
+            [(SinkKind::Archive, s.clone(), Some(seq("898")))]
+        );
     }
 }

@@ -144,6 +144,8 @@ impl Settings {
             .validate(&self.auth, self.server.max_lines_per_request)?;
         self.stream.validate()?;
         self.sinks.validate()?;
+        self.sinks
+            .validate_lag(self.stream.retention, self.archive.flush_age)?;
         self.archive.validate()?;
         self.dead_letter.validate()?;
         self.aws.validate()?;
@@ -399,5 +401,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("archive.s3.bucket"), "{err}");
+    }
+
+    #[test]
+    fn max_lag_sits_above_the_archive_flush_age_and_within_half_the_retention() {
+        let err = |text| load_toml(text).unwrap_err().to_string();
+        let e = err("[stream]\nretention = \"1h\"\n[sinks]\nmax_lag = \"45m\"");
+        assert!(
+            e.contains("sinks.max_lag") && e.contains("stream.retention (1h)"),
+            "{e}"
+        );
+        let e = err("[archive]\nflush_age = \"10m\"");
+        assert!(
+            e.contains("sinks.max_lag") && e.contains("archive.flush_age (10m)"),
+            "{e}"
+        );
+        let e = err("[sinks]\nmax_lag = \"0s\"");
+        assert!(
+            e.contains("sinks.max_lag") && e.contains("greater than 0"),
+            "{e}"
+        );
+        let s = load_toml("[stream]\nretention = \"1h\"\n[sinks]\nmax_lag = \"30m\"").unwrap();
+        assert_eq!(s.sinks.max_lag, std::time::Duration::from_secs(1800));
     }
 }

@@ -25,8 +25,10 @@ pub struct StreamConfig {
     pub backend: Backend,
     /// Embedded: number of shards. Lines are placed by a hash of InvoiceNo.
     pub shards: u32,
-    /// Embedded: records are removed once every sink has checkpointed past them and they are at
-    /// least this old.
+    /// How long the stream keeps records. Embedded: records are removed once every sink has
+    /// checkpointed past them and they are at least this old. Aws: the Kinesis stream's retention
+    /// period (24 h unless raised), which Kinesis enforces whether sinks have read or not;
+    /// `sinks.max_lag` must stay well inside it.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
     /// Embedded: how many appends may wait for the writer before ingest answers 503.
@@ -64,6 +66,12 @@ pub struct SinksConfig {
     /// When any sink is this many stream records (one record carries the lines of one invoice
     /// from one request) behind the head of a shard, ingest answers 503 with Retry-After.
     pub backlog_high_water_records: u64,
+    /// When any sink's oldest unprocessed record has been in the stream this long, ingest answers
+    /// 503 with Retry-After and readiness says so: lines wait at the stores instead of in a
+    /// stream that drops them after its retention. At most half of `stream.retention`, and at
+    /// least twice `archive.flush_age`.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
     /// How often checkpoints are written while a sink is busy.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
@@ -94,6 +102,43 @@ impl SinksConfig {
             ));
         }
         self.retry.validate()
+    }
+
+    /// `max_lag` against the stream's retention: ingest must refuse lines well before a sink
+    /// falls so far behind that the stream drops what it has not read. And against the archive's
+    /// `flush_age`: the archive holds lines that long by design before it checkpoints them, so a
+    /// lag limit near it would turn stores away while every sink works.
+    pub fn validate_lag(
+        &self,
+        retention: Duration,
+        archive_flush_age: Duration,
+    ) -> Result<(), ConfigError> {
+        if self.max_lag.is_zero() {
+            return Err(bad("sinks.max_lag", "must be greater than 0"));
+        }
+        if self.max_lag > retention / 2 {
+            return Err(bad(
+                "sinks.max_lag",
+                &format!(
+                    "{} is not well inside stream.retention ({}): make it at most half of it",
+                    humantime::format_duration(self.max_lag),
+                    humantime::format_duration(retention)
+                ),
+            ));
+        }
+        if self.max_lag < archive_flush_age * 2 {
+            return Err(bad(
+                "sinks.max_lag",
+                &format!(
+                    "{} is less than twice archive.flush_age ({}), which the archive holds lines \
+                     for before it writes them: raise sinks.max_lag (and stream.retention with it) \
+                     or lower archive.flush_age",
+                    humantime::format_duration(self.max_lag),
+                    humantime::format_duration(archive_flush_age)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -164,6 +164,19 @@ pub trait Stream: Send + Sync + 'static {
     /// Ingest uses it with the checkpoints to measure each sink's backlog.
     async fn latest(&self, shard: &ShardId) -> Result<Option<SequenceNumber>, StreamError>;
 
+    /// The sequence number and arrival time of the first record of `shard` after `after` (after
+    /// nothing: the oldest retained), or `None` when there is none: how long that record has
+    /// waited is a sink's lag. A backend whose reads are rationed answers `None` (the default):
+    /// Kinesis allows 5 GetRecords a second per shard, which the sinks need, and its lag comes
+    /// with their reads instead (`ReadBatch::millis_behind_latest`).
+    async fn first_arrival_after(
+        &self,
+        _shard: &ShardId,
+        _after: Option<&SequenceNumber>,
+    ) -> Result<Option<(SequenceNumber, DateTime<Utc>)>, StreamError> {
+        Ok(None)
+    }
+
     /// Waits until `shard` may hold records after `after`, or until `timeout` passes, whichever
     /// comes first. A backend that can tell (the embedded log wakes readers on commit) returns
     /// early; the default just sleeps, which is right for Kinesis' polling model.

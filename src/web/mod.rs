@@ -35,6 +35,7 @@ pub struct Limits {
     pub max_lines_per_request: usize,
     pub request_timeout: Duration,
     pub backlog_high_water_records: u64,
+    pub max_lag: Duration,
     pub date_order: DateOrder,
     pub max_inflight_ingest: usize,
 }
@@ -46,6 +47,7 @@ impl Limits {
             max_lines_per_request: s.server.max_lines_per_request,
             request_timeout: s.server.request_timeout,
             backlog_high_water_records: s.sinks.backlog_high_water_records,
+            max_lag: s.sinks.max_lag,
             date_order: s.server.date_order,
             max_inflight_ingest: s.server.max_inflight_ingest,
         }
@@ -152,21 +154,46 @@ impl AppState {
     }
 
     /// Refuses new lines while a sink is too far behind: the stream is durable, but a backlog
-    /// that only grows means a sink is down or too slow, and stores should hold their lines.
+    /// that only grows means a sink is down or too slow, and stores should hold their lines
+    /// rather than the stream, which drops them after its retention.
     pub fn check_backpressure(&self) -> Result<(), ApiError> {
-        let backlog = self
-            .progress
-            .max_backlog_recent(std::time::Duration::from_millis(100));
-        if backlog > self.limits.backlog_high_water_records {
+        let pressure = self.progress.pressure_recent(Duration::from_millis(100));
+        if let Some(reason) = self.limits.over(&pressure) {
             return Err(ApiError::Busy {
-                reason: format!(
-                    "a sink is {backlog} records behind the stream, over the high-water mark of {}",
-                    self.limits.backlog_high_water_records
-                ),
-                retry_after_secs: 5,
+                reason,
+                retry_after_secs: BACKPRESSURE_RETRY_AFTER_SECS,
             });
         }
         Ok(())
+    }
+}
+
+/// What a 503 for a sink too far behind asks stores to wait before sending again: long enough
+/// for a backlog to shrink, short enough that lines do not pile up at the stores.
+pub const BACKPRESSURE_RETRY_AFTER_SECS: u64 = 10;
+
+impl Limits {
+    /// Why ingest should refuse lines under `pressure`, if it should: a sink further behind
+    /// than `sinks.max_lag`, or more records behind than `sinks.backlog_high_water_records`.
+    pub fn over(&self, pressure: &crate::actors::progress::Pressure) -> Option<String> {
+        if pressure.max_lag > self.max_lag {
+            let at = pressure
+                .max_lag_at
+                .as_ref()
+                .map_or_else(String::new, |(sink, shard)| format!(" ({sink} on {shard})"));
+            return Some(format!(
+                "a sink{at} is {}s behind the stream, over sinks.max_lag of {}",
+                pressure.max_lag.as_secs(),
+                humantime::format_duration(self.max_lag)
+            ));
+        }
+        if pressure.max_backlog_records > self.backlog_high_water_records {
+            return Some(format!(
+                "a sink is {} records behind the stream, over the high-water mark of {}",
+                pressure.max_backlog_records, self.backlog_high_water_records
+            ));
+        }
+        None
     }
 }
 

@@ -70,6 +70,15 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
         "dead_letter".to_owned(),
         outcome(result.map(|r| r.map_err(|e| e.to_string()))),
     );
+    // A sink too far behind makes ingest refuse lines: the instance is not ready for them.
+    let pressure = state.progress.pressure();
+    checks.insert(
+        "lag".to_owned(),
+        state
+            .limits
+            .over(&pressure)
+            .unwrap_or_else(|| "ok".to_owned()),
+    );
     let ok = checks.values().all(|v| v == "ok");
     let body = Readiness {
         status: if ok { "ready" } else { "not ready" },
@@ -93,12 +102,15 @@ fn outcome(result: Result<Result<(), String>, tokio::time::error::Elapsed>) -> S
 async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.authorize_read_all(&req, "the pipeline's status")?;
     let shards = state.progress.snapshot();
-    let caught_up = shards.iter().all(|s| s.backlog_records == 0);
+    let caught_up = shards.iter().all(|s| !s.behind);
+    let max_lag = shards.iter().map(|s| s.lag_seconds).fold(0.0, f64::max);
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "instance": state.instance,
         "caught_up": caught_up,
-        "max_backlog_records": shards.iter().map(|s| s.backlog_records).max().unwrap_or(0),
+        "max_backlog_records": shards.iter().filter_map(|s| s.backlog_records).max().unwrap_or(0),
         "high_water_records": state.limits.backlog_high_water_records,
+        "max_lag_seconds": max_lag,
+        "lag_limit_seconds": state.limits.max_lag.as_secs_f64(),
         "shards": shards,
     })))
 }

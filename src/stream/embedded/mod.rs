@@ -20,6 +20,7 @@ use super::{
     Stream, StreamError, MAX_RECORD_BYTES,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use reader::ReadPool;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -354,6 +355,21 @@ impl Stream for EmbeddedStream {
             shard_ended: false,
             millis_behind_latest: Some(millis_behind_latest),
         })
+    }
+
+    /// One row by primary key; an idle shard is answered from memory.
+    async fn first_arrival_after(
+        &self,
+        shard: &ShardId,
+        after: Option<&SequenceNumber>,
+    ) -> Result<Option<(SequenceNumber, DateTime<Utc>)>, StreamError> {
+        let index = self.shard_index(shard)?;
+        let after = after.map(embedded_seq).transpose()?.unwrap_or(0);
+        if after >= self.head(index) {
+            return Ok(None);
+        }
+        self.blocking(move |conn| reader::first_arrival_after(conn, index, after))
+            .await
     }
 
     async fn release(&self, shard: &ShardId, upto: &SequenceNumber) -> Result<u64, StreamError> {

@@ -109,6 +109,25 @@ pub(super) fn read_records(
     rows.collect()
 }
 
+/// The sequence number and arrival time of the first record of `shard` above `after`.
+pub(super) fn first_arrival_after(
+    conn: &Connection,
+    shard: u32,
+    after: u64,
+) -> rusqlite::Result<Option<(SequenceNumber, DateTime<Utc>)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT seq, arrived_at_ms FROM {} WHERE seq > ?1 ORDER BY seq LIMIT 1",
+        records_table(shard)
+    ))?;
+    stmt.query_row(params![after as i64], |row| {
+        Ok((
+            SequenceNumber::from(row.get::<_, i64>(0)? as u64),
+            millis_to_time(row.get(1)?),
+        ))
+    })
+    .optional()
+}
+
 /// Deletes records of `shard` up to `upto` that arrived before `cutoff_ms`, with their dedup keys
 /// and line ids, and idempotency keys started before `cutoff_ms`. Returns how many records.
 ///
