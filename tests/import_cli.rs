@@ -299,3 +299,94 @@ fn the_watcher_waits_for_a_growing_file_to_hold_still() {
     assert_eq!(sales(&warehouse), expected(&file));
     assert_eq!(sales(&warehouse).0, rows as u64);
 }
+
+/// The binary with `args`, killed (and the test failed) if it runs past `limit`.
+fn shopstream_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shopstream"))
+        .args(args)
+        .env_remove("SHOPSTREAM_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "`shopstream {}` still ran after {limit:?}; stderr: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_folder_of_links_loops_fifos_and_odd_names_loads_its_regular_files_once() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let drops = dir.path().join("drops");
+    std::fs::create_dir_all(drops.join("sub")).unwrap();
+    std::fs::copy(
+        fixture("online-retail-sample-182.csv"),
+        drops.join("good.csv"),
+    )
+    .unwrap();
+    // A name with a newline and an escape sequence in it.
+    std::fs::write(drops.join("new\nline\u{1b}[31m.csv"), csv_of(&[0, 1])).unwrap();
+    symlink(".", drops.join("loop")).unwrap();
+    symlink("..", drops.join("sub/back")).unwrap();
+    symlink("missing.csv", drops.join("gone.csv")).unwrap();
+    symlink("/etc/passwd", drops.join("passwd.csv")).unwrap();
+    let fifo = drops.join("pipe.csv");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+
+    let data = dir.path().join("data");
+    let (data_arg, drops_arg) = (data.display().to_string(), drops.display().to_string());
+    let out = shopstream_within(
+        &["import", "--data-dir", &data_arg, &drops_arg],
+        Duration::from_secs(60),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout {stdout}\nstderr {stderr}");
+    // The two regular files, each once; every other entry skipped with a warning that names it.
+    assert!(
+        stdout.contains("2 loaded, 0 skipped, 0 changed, 0 failed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r"new\nline\u{1b}[31m.csv"), "{stdout}");
+    assert!(
+        !stdout.contains("new\nline") && !stdout.contains('\u{1b}'),
+        "{stdout}"
+    );
+    for entry in ["loop", "sub/back", "gone.csv", "passwd.csv", "pipe.csv"] {
+        assert!(stderr.contains(entry), "no warning names {entry}: {stderr}");
+    }
+    assert!(
+        !stdout.contains("root:") && !stderr.contains("root:"),
+        "{stdout}{stderr}"
+    );
+    assert_eq!(ledger_rows(&data.join("warehouse.sqlite")), 2);
+
+    // Named explicitly, a FIFO is refused with a reason, at once.
+    let fifo_arg = fifo.display().to_string();
+    let out = shopstream_within(
+        &["import", "--data-dir", &data_arg, &fifo_arg],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("is not a regular file"), "{stdout}");
+}

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use std::fmt;
 
+use super::source::printable;
 use super::Target;
 use crate::metrics::{IMPORT_DURATION, IMPORT_FILES, IMPORT_ROWS};
 
@@ -148,7 +149,7 @@ impl fmt::Display for RunSummary {
                 "{:<8} {:<11} {}",
                 r.outcome.as_str(),
                 r.target.as_str(),
-                r.key
+                printable(&r.key)
             )?;
             if matches!(r.outcome, FileOutcome::Loaded | FileOutcome::Checked) {
                 write!(
@@ -158,7 +159,7 @@ impl fmt::Display for RunSummary {
                 )?;
             }
             if let Some(e) = &r.error {
-                write!(f, ": {e}")?;
+                write!(f, ": {}", printable(e))?;
             }
             if let Some(rej) = &r.reject_file {
                 write!(f, "\n         rejected rows: {rej}")?;

@@ -69,10 +69,22 @@ pub trait Source: Send + Sync {
 /// bytes, computed just before the file is loaded ([`Source::identify`]): a modification that
 /// keeps size and time (a restored backup, a rewrite within the same second) is still seen, at
 /// the cost of reading the file once more (BLAKE3 runs at several GB/s, far faster than parsing).
+///
+/// A folder or glob takes regular files only: symbolic links are not followed (a link to a folder
+/// may loop, one to a file may point anywhere, e.g. `/etc/passwd`), and FIFOs, sockets, devices,
+/// entries that cannot be read and names that are not UTF-8 are skipped with a warning (once per
+/// entry and process, so a watcher scanning every few seconds does not repeat it), so one odd
+/// entry never stops the rest. A file or link named explicitly is
+/// taken (it must lead to a regular file).
 #[derive(Debug, Clone)]
 pub struct LocalSource {
     spec: String,
 }
+
+/// Entries already warned about ([`LocalSource::skip`]); forgotten when it holds this many.
+const WARNED_MAX: usize = 10_000;
+static WARNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl LocalSource {
     /// # Errors
@@ -80,7 +92,7 @@ impl LocalSource {
     pub fn new(spec: &str) -> Result<Self, ImportError> {
         if is_glob(spec) {
             glob::Pattern::new(spec).map_err(|e| ImportError::Source {
-                source_name: spec.to_owned(),
+                source_name: printable(spec),
                 reason: format!("is not a valid glob pattern: {e}"),
             })?;
         }
@@ -91,8 +103,23 @@ impl LocalSource {
 
     fn fail(&self, reason: String) -> ImportError {
         ImportError::Source {
-            source_name: self.spec.clone(),
+            source_name: printable(&self.spec),
             reason,
+        }
+    }
+
+    /// Logs, once per entry, that `path` is left out and why.
+    fn skip(&self, path: &Path, why: &str) {
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.len() >= WARNED_MAX {
+            warned.clear();
+        }
+        if warned.insert(path.to_path_buf()) {
+            tracing::warn!(
+                source = %printable(&self.spec),
+                entry = %printable(&path.to_string_lossy()),
+                "Skipped: {why}."
+            );
         }
     }
 
@@ -101,28 +128,91 @@ impl LocalSource {
         if is_glob(&self.spec) {
             let matches = glob::glob(&self.spec).map_err(|e| self.fail(e.to_string()))?;
             for entry in matches {
-                let path = entry.map_err(|e| self.fail(e.to_string()))?;
-                if path.is_dir() {
-                    walk(&path, &mut out).map_err(|e| self.fail(e.to_string()))?;
-                } else if is_bulk_file(&path) {
-                    out.push(path);
+                match entry {
+                    Ok(path) => self.take(path, &mut out),
+                    Err(e) => self.skip(e.path(), &format!("cannot be read ({})", e.error())),
                 }
             }
         } else {
             let path = Path::new(&self.spec);
-            if path.is_dir() {
-                walk(path, &mut out).map_err(|e| self.fail(e.to_string()))?;
-            } else if path.is_file() {
-                // Named explicitly: taken whatever its extension.
-                out.push(path.to_path_buf());
-            } else {
-                return Err(self.fail(
-                    "does not exist; give a file, a folder, a glob such as 'dumps/*.csv.gz', or s3://bucket/prefix".into(),
-                ));
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => self.walk(path, &mut out)?,
+                // Named explicitly: taken whatever its extension, through a link too.
+                Ok(meta) if meta.is_file() => out.push(path.to_path_buf()),
+                Ok(_) => {
+                    return Err(self.fail(
+                        "is not a regular file or a folder (a FIFO, socket or device cannot be imported)".into(),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(self.fail(
+                        "does not exist; give a file, a folder, a glob such as 'dumps/*.csv.gz', or s3://bucket/prefix".into(),
+                    ))
+                }
+                Err(e) => return Err(self.fail(format!("cannot be read: {e}"))),
             }
         }
         Ok(out)
     }
+
+    /// Adds `path`, found in a folder or by a glob, to `out` when it is a bulk file, or walks it
+    /// when it is a folder; skips anything else (see [`LocalSource`]).
+    fn take(&self, path: PathBuf, out: &mut Vec<PathBuf>) {
+        let kind = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta.file_type(),
+            Err(e) => return self.skip(&path, &format!("cannot be read ({e})")),
+        };
+        if kind.is_symlink() {
+            self.skip(&path, "a symbolic link is not followed in a folder or glob; name it (or its target) explicitly to import it");
+        } else if kind.is_dir() {
+            if let Err(e) = self.walk(&path, out) {
+                self.skip(&path, &format!("the folder cannot be listed ({e})"));
+            }
+        } else if !is_bulk_file(&path) {
+            // Not a .csv or .csv.gz: not ours, silently.
+        } else if !kind.is_file() {
+            self.skip(&path, "not a regular file (a FIFO, socket or device)");
+        } else if path.to_str().is_none() {
+            self.skip(&path, "the name is not valid UTF-8; rename the file");
+        } else {
+            out.push(path);
+        }
+    }
+
+    /// Every bulk file under `dir`, without following links. A folder that cannot be listed is
+    /// an error when it is the source itself, and a warning below it.
+    fn walk(&self, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ImportError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| {
+            self.fail(format!(
+                "cannot list {}: {e}",
+                printable(&dir.to_string_lossy())
+            ))
+        })?;
+        for entry in entries {
+            match entry {
+                Ok(entry) => self.take(entry.path(), out),
+                Err(e) => self.skip(dir, &format!("an entry cannot be read ({e})")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `name` with control characters (a newline, an escape sequence) escaped, for messages and
+/// summaries: a file name cannot forge or garble a line of output.
+pub fn printable(name: &str) -> String {
+    if !name.chars().any(char::is_control) {
+        return name.to_owned();
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl Source for LocalSource {
@@ -130,9 +220,13 @@ impl Source for LocalSource {
         let mut files = Vec::new();
         for path in self.paths()? {
             let absolute = std::path::absolute(&path)
-                .map_err(|e| self.fail(format!("{}: {e}", path.display())))?;
-            let (size, stamp) = stamp(&absolute)
-                .map_err(|e| self.fail(format!("cannot read {}: {e}", absolute.display())))?;
+                .map_err(|e| self.fail(format!("{}: {e}", printable(&path.to_string_lossy()))))?;
+            let (size, stamp) = stamp(&absolute).map_err(|e| {
+                self.fail(format!(
+                    "cannot read {}: {e}",
+                    printable(&absolute.to_string_lossy())
+                ))
+            })?;
             files.push(SourceFile {
                 key: absolute.display().to_string(),
                 size,
@@ -147,7 +241,7 @@ impl Source for LocalSource {
 
     fn identify(&self, file: SourceFile) -> Result<SourceFile, ImportError> {
         let change_token = hash_file(Path::new(&file.key))
-            .map_err(|e| self.fail(format!("cannot read {}: {e}", file.key)))?;
+            .map_err(|e| self.fail(format!("cannot read {}: {e}", printable(&file.key))))?;
         Ok(SourceFile {
             change_token,
             ..file
@@ -156,13 +250,13 @@ impl Source for LocalSource {
 
     fn unchanged(&self, file: &SourceFile) -> Result<bool, ImportError> {
         let (_, now) = stamp(Path::new(&file.key))
-            .map_err(|e| self.fail(format!("cannot read {}: {e}", file.key)))?;
+            .map_err(|e| self.fail(format!("cannot read {}: {e}", printable(&file.key))))?;
         Ok(now == file.stamp)
     }
 
     fn open(&self, file: &SourceFile) -> Result<Box<dyn Read + Send>, ImportError> {
         let f = File::open(&file.key)
-            .map_err(|e| self.fail(format!("cannot open {}: {e}", file.key)))?;
+            .map_err(|e| self.fail(format!("cannot open {}: {e}", printable(&file.key))))?;
         Ok(Box::new(BufReader::with_capacity(1 << 16, f)))
     }
 }
@@ -182,18 +276,6 @@ fn is_bulk_file(path: &Path) -> bool {
 pub(crate) fn is_bulk_name(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     (name.ends_with(".csv") || name.ends_with(".csv.gz")) && !name.ends_with(REJECTS_SUFFIX)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if is_bulk_file(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Size and stamp (`<size>:<mtime in ns since 1970>`) of a file, from its metadata.

@@ -16,6 +16,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use super::report::{FileOutcome, FileReport};
+use super::source::printable;
 use super::Importer;
 
 /// Imports `sources` now and then every `interval` (from the end of one run to the start of the
@@ -91,7 +92,7 @@ impl Scans {
                 still.push(l);
             } else {
                 tracing::debug!(
-                    file = %key,
+                    file = %printable(key),
                     "A bulk file is new or still changing; it is loaded once it holds still."
                 );
             }
@@ -121,7 +122,7 @@ fn log(reports: &[FileReport]) {
         match f.outcome {
             FileOutcome::Skipped => {}
             FileOutcome::Loaded | FileOutcome::Checked => tracing::info!(
-                file = %f.key,
+                file = %printable(&f.key),
                 target = f.target.as_str(),
                 rows = f.rows_loaded,
                 new = f.rows_new,
@@ -130,7 +131,7 @@ fn log(reports: &[FileReport]) {
                 "A bulk file was imported."
             ),
             FileOutcome::Changed | FileOutcome::Failed => tracing::warn!(
-                file = %f.key,
+                file = %printable(&f.key),
                 target = f.target.as_str(),
                 outcome = f.outcome.as_str(),
                 error = f.error.as_deref().unwrap_or(""),
