@@ -246,3 +246,35 @@ impl FirehoseConfig {
         )
     }
 }
+
+/// The rule every bucket name follows, quoted in the error for one that does not.
+pub const BUCKET_RULE: &str = "a bucket name is 3 to 63 characters of lowercase letters, digits, \
+     dots and hyphens, starting and ending with a letter or a digit (AWS's bucket naming rules)";
+
+/// Checks a bucket name against AWS's naming rules before it goes into a request path: without
+/// this, `s3://../../etc/passwd` would send `GET /../?list-type=2` to the endpoint.
+///
+/// # Errors
+/// A sentence naming the bucket and [`BUCKET_RULE`] (or the rule about adjacent dots and IP
+/// addresses) when it breaks one.
+pub fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    let bytes = bucket.as_bytes();
+    let edge_ok = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && edge_ok(bytes.first())
+        && edge_ok(bytes.last());
+    if !ok {
+        return Err(format!(
+            "bucket {bucket:?} is not a valid name: {BUCKET_RULE}"
+        ));
+    }
+    if bucket.contains("..") || bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Err(format!(
+            "bucket {bucket:?} is not a valid name: it may not hold two adjacent dots or be an IP address"
+        ));
+    }
+    Ok(())
+}

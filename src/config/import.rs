@@ -63,6 +63,14 @@ impl ImportConfig {
         if self.interval < Duration::from_secs(1) {
             return Err(bad("import.interval", "must be at least 1s"));
         }
+        for source in &self.watch {
+            if let Some(rest) = source.strip_prefix("s3://") {
+                let bucket = rest.split_once('/').map_or(rest, |(b, _)| b);
+                super::check_bucket_name(bucket).map_err(|reason| {
+                    bad("import.watch", &format!("source {source:?}: {reason}"))
+                })?;
+            }
+        }
         Ok(())
     }
 }
@@ -80,6 +88,19 @@ mod tests {
             watch: Vec::new(),
             interval: Duration::from_secs(300),
         }
+    }
+
+    #[test]
+    fn watched_buckets_are_checked_when_the_settings_load() {
+        let mut c = config();
+        c.watch = vec!["s3://good-bucket/dumps/".into(), "/data/drop".into()];
+        assert!(c.validate().is_ok());
+        c.watch.push("s3://../../etc/passwd".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("import.watch") && err.contains("3 to 63 characters"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ mod import;
 mod pipeline;
 mod server;
 
-pub use aws::{AwsConfig, AwsService, DynamoDbConfig, FirehoseConfig, KinesisConfig, S3Config};
+pub use aws::{
+    check_bucket_name, AwsConfig, AwsService, DynamoDbConfig, FirehoseConfig, KinesisConfig,
+    S3Config, BUCKET_RULE,
+};
 pub use import::{ImportConfig, Target};
 pub use pipeline::{
     ArchiveConfig, Backend, DeadLetterConfig, OperationalConfig, RetryConfig, SinksConfig,
