@@ -7,7 +7,11 @@ use common::BIN;
 use std::process::Command;
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -43,6 +47,19 @@ fn demo_replays_a_dataset_into_every_sink_and_says_where_to_look() {
     assert!(out.contains("5000 lines"), "{out}");
     assert!(out.contains("/v1/invoices/"), "{out}");
     assert!(data.join("warehouse.sqlite").is_file());
+    // The story alone on the terminal, money in pounds and pence; the server's log in a file.
+    assert!(!out.contains(" INFO "), "{out}");
+    let revenue = out
+        .split("revenue ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap();
+    assert!(
+        revenue.starts_with('£') && revenue.split('.').nth(1).map(str::len) == Some(2),
+        "{revenue}"
+    );
+    let log = std::fs::read_to_string(data.join("demo.log")).unwrap();
+    assert!(log.contains("INFO"), "{log}");
 }
 
 #[test]

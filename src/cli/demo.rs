@@ -42,10 +42,18 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
     if let Some(port) = args.port {
         settings.server.port = port;
     }
-    super::init_logging(&settings);
-    crate::metrics::init();
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    // The demo's own lines tell the story; the server's log goes to a file beside its data.
+    let log_path = settings.data_dir.join("demo.log");
+    let log_file = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    super::init_logging_into(&settings, Some(log_file));
+    crate::metrics::init();
+    out!(
+        "the server's log: {} (warnings also show here; RUST_LOG=info shows everything)",
+        log_path.display()
+    );
 
     let file = match &args.file {
         Some(f) => f.clone(),
@@ -128,8 +136,9 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             .context("cannot read the operational store's totals")?;
         out!();
         out!(
-            "in every sink {:.2} s after the replay started: {lines} lines, revenue £{revenue}",
-            in_all.as_secs_f64()
+            "in every sink {:.2} s after the replay started: {lines} lines, revenue {}",
+            in_all.as_secs_f64(),
+            crate::model::pounds(revenue)
         );
         out!();
         // Reads take a reader key (auth.readers); the dashboard link carries it in its fragment,

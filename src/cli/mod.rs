@@ -114,16 +114,50 @@ pub fn require_data_dir(settings: &Settings) -> anyhow::Result<()> {
 
 /// Sets up `tracing` as the settings say; `RUST_LOG` overrides the level. Safe to call twice.
 pub fn init_logging(settings: &Settings) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(settings.log.level.clone()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match settings.log.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    init_logging_into(settings, None);
+}
+
+/// [`init_logging`], with the log going to `file` when one is given, and only warnings and errors
+/// to stderr (unless `RUST_LOG` asks for more): a command that tells a story on the terminal (the
+/// demo) keeps it readable. Colours only when stderr is a terminal.
+pub fn init_logging_into(settings: &Settings, file: Option<std::fs::File>) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::{filter::LevelFilter, fmt, prelude::*, EnvFilter, Layer, Registry};
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+    let asked = std::env::var_os("RUST_LOG").is_some();
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new(settings.log.level.clone()))
     };
+    let layer = |writer: BoxMakeWriter, ansi: bool| -> Boxed {
+        let layer = fmt::layer().with_writer(writer).with_ansi(ansi);
+        match settings.log.format {
+            LogFormat::Json => layer.json().boxed(),
+            LogFormat::Text => layer.boxed(),
+        }
+    };
+    let stderr = layer(
+        BoxMakeWriter::new(std::io::stderr),
+        std::io::stderr().is_terminal(),
+    );
+    let mut layers: Vec<Boxed> = Vec::new();
+    match file {
+        Some(file) => {
+            layers.push(
+                layer(BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+                    .with_filter(filter())
+                    .boxed(),
+            );
+            if asked {
+                layers.push(stderr.with_filter(filter()).boxed());
+            } else {
+                layers.push(stderr.with_filter(LevelFilter::WARN).boxed());
+            }
+        }
+        None => layers.push(stderr.with_filter(filter()).boxed()),
+    }
+    let _ = tracing_subscriber::registry().with(layers).try_init();
     // Once per process, whichever command calls first: a misspelt override (one underscore
     // after SHOPSTREAM) is otherwise ignored without a word.
     static WARNED: std::sync::Once = std::sync::Once::new();

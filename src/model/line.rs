@@ -29,6 +29,29 @@ pub fn micros_to_money(micros: i64) -> Money {
     Decimal::new(micros, MAX_PRICE_SCALE).normalize()
 }
 
+/// `amount` as a person reads it: pounds and pence, rounded half away from zero (as a till does),
+/// with thousands separated: `£37,646,211.91`, `-£3.50`. For output read by people only; JSON and
+/// the stores keep the exact value.
+pub fn pounds(amount: Money) -> String {
+    let rounded =
+        amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    let text = format!("{:.2}", rounded.abs());
+    let (whole, pence) = text.split_once('.').unwrap_or((&text, "00"));
+    let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    let sign = if rounded.is_sign_negative() && !rounded.is_zero() {
+        "-"
+    } else {
+        ""
+    };
+    format!("{sign}£{grouped}.{pence}")
+}
+
 /// A stable, content-derived identity for one invoice line.
 ///
 /// Every sink writes idempotently by this id, so a retried request, a redelivered stream batch or a
@@ -343,6 +366,17 @@ pub struct IngestedLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pounds_are_pounds_and_pence_with_thousands_separated() {
+        let d = |t: &str| t.parse::<Money>().unwrap();
+        assert_eq!(pounds(d("37646211.905")), "£37,646,211.91");
+        assert_eq!(pounds(d("0")), "£0.00");
+        assert_eq!(pounds(d("-3.5")), "-£3.50");
+        assert_eq!(pounds(d("-0.001")), "£0.00");
+        assert_eq!(pounds(d("999.995")), "£1,000.00");
+        assert_eq!(pounds(d("123456")), "£123,456.00");
+    }
     use chrono::NaiveDate;
     use std::str::FromStr;
 

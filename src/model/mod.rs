@@ -16,8 +16,8 @@ pub use fields::{
     MAX_STOCK_CODE_BYTES, MAX_UNIT_PRICE,
 };
 pub use line::{
-    micros_to_money, money_to_micros, IngestedLine, InvoiceLine, LineContent, LineId, Money,
-    OccurrenceCounter, RequestKey, MAX_PRICE_SCALE,
+    micros_to_money, money_to_micros, pounds, IngestedLine, InvoiceLine, LineContent, LineId,
+    Money, OccurrenceCounter, RequestKey, MAX_PRICE_SCALE,
 };
 
 use serde::{Deserialize, Serialize};
