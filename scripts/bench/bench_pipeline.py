@@ -10,7 +10,7 @@
       (ingest, stream, all three sinks). CPU time holds on a shared, noisy machine where wall
       time does not, so before/after comparisons should quote (f).
 
-Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3] [--bin PATH]
+Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3] [--bin PATH] [--quick]
 It builds the release binary (or takes --bin, e.g. an older build to compare with), generates the
 dataset into bench-out/, and prints a table.
 The client (replay) runs on the same 2 cores as the server: figures are for the pair.
@@ -121,6 +121,8 @@ def main():
     ap.add_argument("--stores", type=int, default=8)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--bin", help="a shopstream binary to measure instead of building this tree's")
+    ap.add_argument("--quick", action="store_true",
+                    help="only (a), (b), (c), (e) in (b) and (f): skip the latency and overload runs")
     args = ap.parse_args()
 
     global BIN
@@ -156,6 +158,15 @@ def main():
               f"peak RSS {rss[-1]:.0f} MB, server CPU {cpu_dry[-1]:.1f} us/line dry-run, "
               f"{cpu_all[-1]:.1f} us/line end to end", file=sys.stderr)
 
+    med = statistics.median
+    if args.quick:
+        print(f"dataset: {args.lines:,} lines; {args.runs} runs; {os.cpu_count()} cores; quick")
+        print(f"ceiling {med(ceiling):,.0f} lines/s, durable {med(durable):,.0f} lines/s "
+              f"(ratio {med(durable) / med(ceiling):.2f}), all sinks {med(visible):.2f} s, "
+              f"RSS {med(rss):.0f} MB, CPU/line dry-run {med(cpu_dry):.1f} us, "
+              f"end to end {med(cpu_all):.1f} us")
+        return
+
     half = statistics.median(durable) / 2
     srv = Server("half")
     d = replay(srv.url, data, *load, "--rate", str(int(half)))
@@ -175,7 +186,6 @@ def main():
     busy = sum(r["busy_answers"] for r in results)
     accepted = sum(r["lines_accepted"] for r in results)
 
-    med = statistics.median
     print()
     print(f"dataset: {args.lines:,} generated lines; {args.runs} runs; {args.stores} stores x {args.batch} lines per request; {os.cpu_count()} cores")
     print(f"(a) parse-and-discard HTTP ceiling    {med(ceiling):>12,.0f} lines/s   (runs: {', '.join(f'{x:,.0f}' for x in ceiling)})")

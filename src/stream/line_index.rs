@@ -18,6 +18,9 @@ use crate::model::{InvoiceLine, LineId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineClaim {
     pub line_id: LineId,
+    /// The line's invoice: with the id, the key under which the embedded log files the claim, so
+    /// the claims of one invoice sit together (as in every sink).
+    pub invoice_no: String,
     pub store_id: String,
     /// The line as JSON (an [`InvoiceLine`]), so a later conflict can say what differs.
     pub line: String,
@@ -27,9 +30,27 @@ impl LineClaim {
     pub fn new(store_id: &str, line: &InvoiceLine) -> Result<Self, serde_json::Error> {
         Ok(LineClaim {
             line_id: line.line_id.clone(),
+            invoice_no: line.invoice_no.clone(),
             store_id: store_id.to_owned(),
             line: serde_json::to_string(line)?,
         })
+    }
+}
+
+/// A line as the index looks it up: its invoice and its id. The embedded log keys its claims by
+/// both (the key every sink keeps), DynamoDB by the id alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineKey<'a> {
+    pub invoice_no: &'a str,
+    pub line_id: &'a LineId,
+}
+
+impl<'a> LineKey<'a> {
+    pub fn of(line: &'a InvoiceLine) -> Self {
+        LineKey {
+            invoice_no: &line.invoice_no,
+            line_id: &line.line_id,
+        }
     }
 }
 
@@ -128,8 +149,11 @@ pub const KEY_IN_FLIGHT_ABANDONED_AFTER: std::time::Duration = std::time::Durati
 /// The line-id index and the idempotency keys beside a stream.
 #[async_trait]
 pub trait LineIndex: Send + Sync + 'static {
-    /// The entries of those of `ids` that are taken.
-    async fn lookup(&self, ids: &[LineId]) -> Result<HashMap<LineId, StoredLine>, StreamError>;
+    /// The entries of those of `lines` whose ids are taken.
+    async fn lookup(
+        &self,
+        lines: &[LineKey<'_>],
+    ) -> Result<HashMap<LineId, StoredLine>, StreamError>;
 
     /// Appends `records`, claiming `claims[i]` (the new lines of `records[i]`) as they become
     /// durable.

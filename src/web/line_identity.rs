@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use super::error::{ApiError, Rejection};
 use super::AppState;
 use crate::model::{LineId, LineOrigin, LinePosition, Parsed};
-use crate::stream::line_index::{verdict, LineClaim, Verdict};
+use crate::stream::line_index::{verdict, LineClaim, LineKey, Verdict};
 use crate::stream::record;
 
 /// How many times an append is tried again when another request claimed some of its ids between
@@ -77,11 +77,11 @@ pub(crate) async fn append_new_lines(
     atomic: bool,
     dry_run: bool,
 ) -> Result<Outcome, ApiError> {
-    let ids: Vec<LineId> = parsed.lines.iter().map(|l| l.line_id.clone()).collect();
+    let keys: Vec<LineKey<'_>> = parsed.lines.iter().map(LineKey::of).collect();
     for _ in 0..MAX_CLAIM_ATTEMPTS {
         let stored = state
             .line_index
-            .lookup(&ids)
+            .lookup(&keys)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         let mut outcome = Outcome::default();
@@ -111,17 +111,17 @@ pub(crate) async fn append_new_lines(
                 }
             }
         }
-        if !outcome.conflicts.is_empty() && (atomic || outcome.conflicts.len() == ids.len()) {
+        if !outcome.conflicts.is_empty() && (atomic || outcome.conflicts.len() == keys.len()) {
             let message = if atomic {
                 format!(
                     "{} of {} lines conflict with lines already stored and atomic=true: nothing was written",
                     outcome.conflicts.len(),
-                    ids.len()
+                    keys.len()
                 )
             } else {
                 format!(
                     "all {} lines conflict with lines already stored: nothing was written",
-                    ids.len()
+                    keys.len()
                 )
             };
             return Err(ApiError::Conflict {

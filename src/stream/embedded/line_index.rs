@@ -1,4 +1,4 @@
-//! The embedded log's [`LineIndex`]: the `line_ids` and `idempotency_keys` tables of
+//! The embedded log's [`LineIndex`]: the `claimed_lines` and `idempotency_keys` tables of
 //! `stream.sqlite`. Line ids are claimed by the writer in the append's own transaction, so a
 //! crash never leaves a claimed id without its record, nor a record without its claims.
 
@@ -9,34 +9,37 @@ use std::collections::HashMap;
 use super::EmbeddedStream;
 use crate::model::LineId;
 use crate::stream::line_index::{
-    KeyState, LineClaim, LineIndex, StoredAnswer, StoredLine, KEY_IN_FLIGHT_ABANDONED_AFTER,
+    KeyState, LineClaim, LineIndex, LineKey, StoredAnswer, StoredLine,
+    KEY_IN_FLIGHT_ABANDONED_AFTER,
 };
 use crate::stream::{PutRecord, PutResult, StreamError};
 
-/// Ids looked up per query (SQLite's default limit on bound parameters is 32766).
-const LOOKUP_CHUNK: usize = 500;
-
 #[async_trait]
 impl LineIndex for EmbeddedStream {
-    async fn lookup(&self, ids: &[LineId]) -> Result<HashMap<LineId, StoredLine>, StreamError> {
-        let ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+    async fn lookup(
+        &self,
+        lines: &[LineKey<'_>],
+    ) -> Result<HashMap<LineId, StoredLine>, StreamError> {
+        let keys: Vec<(String, LineId)> = lines
+            .iter()
+            .map(|l| (l.invoice_no.to_owned(), l.line_id.clone()))
+            .collect();
+        // One probe of the primary key per line: the lines of a request share few invoices, so
+        // the probes read a handful of neighbouring pages.
         let rows = self
             .blocking(move |conn| {
+                let mut find = conn.prepare_cached(
+                    "SELECT store_id, line FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2",
+                )?;
                 let mut rows = Vec::new();
-                for chunk in ids.chunks(LOOKUP_CHUNK) {
-                    let marks = vec!["?"; chunk.len()].join(",");
-                    let mut stmt = conn.prepare(&format!(
-                        "SELECT line_id, store_id, line FROM line_ids WHERE line_id IN ({marks})"
-                    ))?;
-                    let found = stmt.query_map(rusqlite::params_from_iter(chunk), |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, String>(2)?,
-                        ))
-                    })?;
-                    for row in found {
-                        rows.push(row?);
+                for (invoice_no, id) in keys {
+                    let found = find
+                        .query_row(params![invoice_no, id.as_str()], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .optional()?;
+                    if let Some((store, line)) = found {
+                        rows.push((id, store, line));
                     }
                 }
                 Ok(rows)
@@ -44,9 +47,6 @@ impl LineIndex for EmbeddedStream {
             .await?;
         let mut out = HashMap::with_capacity(rows.len());
         for (id, store, line) in rows {
-            let Some(id) = LineId::parse(&id) else {
-                continue;
-            };
             out.insert(id, StoredLine::decode(store, &line, false)?);
         }
         Ok(out)

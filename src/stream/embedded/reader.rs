@@ -176,12 +176,15 @@ pub(super) fn release_records(
     // period is recognised, one after it is appended again (and the sinks' line ids still hold).
     // So are the idempotency keys: the window in which a repeat is recognised is the stream's
     // retention (docs/line-identity.md).
-    for (table, key) in [("record_keys", "key"), ("line_ids", "line_id")] {
+    for (table, key) in [
+        ("record_keys", "key"),
+        ("claimed_lines", "invoice_no, line_id"),
+    ] {
         delete_in_chunks(
             conn,
             gate,
             &format!(
-                "DELETE FROM {table} WHERE {key} IN (
+                "DELETE FROM {table} WHERE ({key}) IN (
                      SELECT {key} FROM {table}
                      WHERE shard = ?1 AND seq <= ?2 AND arrived_at_ms < ?3 LIMIT ?4
                  )"

@@ -6,8 +6,9 @@
 //! shard count never changes for a file (the embedded log cannot be resharded), so a fixed set
 //! of tables fits. `shards` holds each shard's last sequence number apart from the records, so
 //! numbering survives the removal of every record by retention. `record_keys` holds the dedup key
-//! of every record, `line_ids` the id, store and content of every line claimed by ingest (written
-//! in the append's transaction) and `idempotency_keys` the `Idempotency-Key`s of recent requests
+//! of every record, `claimed_lines` the invoice, id, store and content of every line claimed by
+//! ingest (written in the append's transaction; keyed by invoice then id, as in every sink, so a
+//! request's claims land on a few neighbouring pages instead of one random page per line) and `idempotency_keys` the `Idempotency-Key`s of recent requests
 //! with their answers (see `docs/line-identity.md`).
 
 use super::super::StreamError;
@@ -86,15 +87,17 @@ pub(super) fn prepare(
              seq           INTEGER NOT NULL,
              arrived_at_ms INTEGER NOT NULL
          ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS line_ids (
-             line_id       TEXT    PRIMARY KEY,
+         CREATE TABLE IF NOT EXISTS claimed_lines (
+             invoice_no    TEXT    NOT NULL,
+             line_id       TEXT    NOT NULL,
              store_id      TEXT    NOT NULL,
              line          TEXT    NOT NULL,
              shard         INTEGER NOT NULL,
              seq           INTEGER NOT NULL,
-             arrived_at_ms INTEGER NOT NULL
+             arrived_at_ms INTEGER NOT NULL,
+             PRIMARY KEY (invoice_no, line_id)
          ) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS line_ids_by_arrival ON line_ids (arrived_at_ms);
+         CREATE INDEX IF NOT EXISTS claimed_lines_by_arrival ON claimed_lines (arrived_at_ms);
          CREATE INDEX IF NOT EXISTS record_keys_by_shard_seq ON record_keys (shard, seq);
          CREATE TABLE IF NOT EXISTS idempotency_keys (
              store_id      TEXT    NOT NULL,
@@ -108,6 +111,7 @@ pub(super) fn prepare(
          CREATE INDEX IF NOT EXISTS idempotency_keys_by_start ON idempotency_keys (started_at_ms);",
     )
     .map_err(backend)?;
+    migrate_line_ids(&tx).map_err(backend)?;
     let recorded: Option<String> = tx
         .query_row(
             "SELECT value FROM stream_meta WHERE key = 'shards'",
@@ -174,4 +178,76 @@ pub(super) fn prepare(
     }
     tx.commit().map_err(backend)?;
     Ok(last)
+}
+
+/// Moves the claims of a file written before they were keyed by invoice (table `line_ids`, keyed
+/// by id alone) into `claimed_lines`, in the transaction that prepares the file. The invoice is
+/// read from each claim's stored line.
+fn migrate_line_ids(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let old: bool = tx.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'line_ids'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    let moved = tx.execute(
+        "INSERT OR IGNORE INTO claimed_lines
+             (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
+         SELECT json_extract(line, '$.invoice_no'), line_id, store_id, line, shard, seq, arrived_at_ms
+         FROM line_ids",
+        [],
+    )?;
+    tx.execute_batch("DROP TABLE line_ids;")?;
+    tracing::info!(
+        moved,
+        "Moved the stream's line claims to the table keyed by invoice (claimed_lines)."
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream file from before the claims were keyed by invoice keeps its claims.
+    #[test]
+    fn the_claims_of_an_older_file_move_to_claimed_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.sqlite");
+        let mut conn = connect(&path).unwrap();
+        conn.execute_batch(
+            r#"CREATE TABLE line_ids (
+                   line_id TEXT PRIMARY KEY, store_id TEXT NOT NULL, line TEXT NOT NULL,
+                   shard INTEGER NOT NULL, seq INTEGER NOT NULL, arrived_at_ms INTEGER NOT NULL
+               ) WITHOUT ROWID;
+               INSERT INTO line_ids VALUES
+                   ('0123456789abcdef0123456789abcdef', 'store-1',
+                    '{"line_id":"0123456789abcdef0123456789abcdef","invoice_no":"536365"}', 0, 7, 1000);"#,
+        )
+        .unwrap();
+        prepare(&mut conn, &path, 2).unwrap();
+        let (invoice, store, seq): (String, String, i64) = conn
+            .query_row(
+                "SELECT invoice_no, store_id, seq FROM claimed_lines WHERE line_id = '0123456789abcdef0123456789abcdef'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (invoice.as_str(), store.as_str(), seq),
+            ("536365", "store-1", 7)
+        );
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'line_ids'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the old table is dropped");
+        // Opening again is a no-op.
+        prepare(&mut conn, &path, 2).unwrap();
+    }
 }

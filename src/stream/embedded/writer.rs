@@ -23,7 +23,7 @@ const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct AppendRequest {
     pub records: Vec<PutRecord>,
     pub shards: Vec<u32>,
-    /// Per record, the line ids it claims in `line_ids` (empty for a plain `put`); a request one
+    /// Per record, the line ids it claims in `claimed_lines` (empty for a plain `put`); a request one
     /// of whose ids is already taken writes nothing and is answered `LinesTaken`.
     pub claims: Vec<Vec<LineClaim>>,
     pub reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
@@ -286,16 +286,19 @@ fn write_group(
     Ok((written, landed))
 }
 
-/// The ids among `claims` that `line_ids` holds already, or that the request claims twice.
+/// The ids among `claims` that `claimed_lines` holds already, or that the request claims twice.
 fn taken_ids(
     tx: &rusqlite::Transaction<'_>,
     claims: &[Vec<LineClaim>],
 ) -> rusqlite::Result<Vec<crate::model::LineId>> {
     let mut taken = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut find = tx.prepare_cached("SELECT 1 FROM line_ids WHERE line_id = ?1")?;
+    let mut find =
+        tx.prepare_cached("SELECT 1 FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2")?;
     for claim in claims.iter().flatten() {
-        if !seen.insert(&claim.line_id) || find.exists([claim.line_id.as_str()])? {
+        if !seen.insert((&claim.invoice_no, &claim.line_id))
+            || find.exists([claim.invoice_no.as_str(), claim.line_id.as_str()])?
+        {
             taken.push(claim.line_id.clone());
         }
     }
@@ -311,10 +314,12 @@ fn claim_ids(
     arrived_at_ms: i64,
 ) -> rusqlite::Result<()> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO line_ids (line_id, store_id, line, shard, seq, arrived_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO claimed_lines (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for claim in claims.into_iter().flatten() {
         insert.execute(params![
+            claim.invoice_no,
             claim.line_id.as_str(),
             claim.store_id,
             claim.line,

@@ -24,7 +24,8 @@ use super::lease_table::is_conditional_failure;
 use crate::aws::describe;
 use crate::model::LineId;
 use crate::stream::line_index::{
-    KeyState, LineClaim, LineIndex, StoredAnswer, StoredLine, KEY_IN_FLIGHT_ABANDONED_AFTER,
+    KeyState, LineClaim, LineIndex, LineKey, StoredAnswer, StoredLine,
+    KEY_IN_FLIGHT_ABANDONED_AFTER,
 };
 use crate::stream::{PutRecord, PutResult, Stream, StreamError};
 
@@ -151,10 +152,13 @@ impl DynamoLineIndex {
 
 #[async_trait]
 impl LineIndex for DynamoLineIndex {
-    async fn lookup(&self, ids: &[LineId]) -> Result<HashMap<LineId, StoredLine>, StreamError> {
+    async fn lookup(
+        &self,
+        lines: &[LineKey<'_>],
+    ) -> Result<HashMap<LineId, StoredLine>, StreamError> {
         let mut out = HashMap::new();
-        for chunk in ids.chunks(BATCH_GET_MAX) {
-            let mut unique: Vec<&LineId> = chunk.iter().collect();
+        for chunk in lines.chunks(BATCH_GET_MAX) {
+            let mut unique: Vec<&LineId> = chunk.iter().map(|l| l.line_id).collect();
             unique.sort();
             unique.dedup();
             let keys = unique
