@@ -7,8 +7,38 @@ pub mod dashboard;
 pub mod error;
 pub mod ingest;
 mod line_identity;
+pub mod openapi;
 pub mod ops;
 pub mod query;
+
+/// Declares a route group's routes once: its `ROUTES` table (method and path, as
+/// `src/web/openapi.json` spells them) and its `config` function, both from the same lines, so
+/// the table that `tests/openapi.rs` holds against the document cannot drift from what is served.
+macro_rules! route_group {
+    ($($method:ident $path:literal => $handler:expr),+ $(,)?) => {
+        /// The routes of this group: (method, path).
+        pub const ROUTES: &[$crate::web::Route] = &[$($crate::web::Route {
+            method: stringify!($method),
+            path: $path,
+        }),+];
+
+        /// Registers the routes of this group; another method on one of its paths is a 405.
+        pub fn config(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.service(
+                actix_web::web::resource($path)
+                    .route(actix_web::web::$method().to($handler))
+                    .default_service(actix_web::web::to(|| async {
+                        Err::<actix_web::HttpResponse, _>(
+                            $crate::web::error::ApiError::MethodNotAllowed {
+                                allowed: stringify!($method),
+                            },
+                        )
+                    })),
+            );)+
+        }
+    };
+}
+pub(crate) use route_group;
 
 use actix_web::dev::Service;
 use actix_web::http::header;
@@ -206,12 +236,36 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// One route: its HTTP method in lower case (`get`, `post`) and its path pattern
+/// (`/v1/invoices/{invoice_no}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+}
+
+/// A route group: how it registers its routes, and which they are.
+type Group = (fn(&mut web::ServiceConfig), &'static [Route]);
+
+/// The route groups of the main port.
+const GROUPS: &[Group] = &[
+    (ingest::config, ingest::ROUTES),
+    (query::config, query::ROUTES),
+    (ops::config, ops::ROUTES),
+    (openapi::config, openapi::ROUTES),
+    (dashboard::config, dashboard::ROUTES),
+];
+
 /// Every route of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    ingest::config(cfg);
-    query::config(cfg);
-    ops::config(cfg);
-    dashboard::config(cfg);
+    for (config, _) in GROUPS {
+        config(cfg);
+    }
+}
+
+/// Every route [`routes`] registers, for the test that holds the OpenAPI document to them.
+pub fn route_table() -> Vec<Route> {
+    GROUPS.iter().flat_map(|(_, r)| r.iter().copied()).collect()
 }
 
 /// Builds the HTTP server (not yet running) and the addresses it is bound to. Signals are left to

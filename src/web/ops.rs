@@ -8,11 +8,11 @@ use std::time::Duration;
 use super::error::ApiError;
 use super::AppState;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics))
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready))
-        .route("/v1/status", web::get().to(status));
+super::route_group! {
+    get "/metrics" => metrics,
+    get "/health/live" => live,
+    get "/health/ready" => ready,
+    get "/v1/status" => status,
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
