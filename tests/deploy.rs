@@ -106,6 +106,39 @@ fn the_task_runs_the_aws_config_and_has_time_to_shut_down() {
         container["PortMappings"][0]["ContainerPort"],
         settings.server.port
     );
+    // /metrics on a port of its own, which only the monitoring network reaches; the API and
+    // the health check stay on the main port.
+    let ops_port = settings
+        .server
+        .ops_port
+        .expect("config/aws.toml sets server.ops_port");
+    let mapped: Vec<&Value> = container["PortMappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["ContainerPort"])
+        .collect();
+    assert!(mapped.contains(&&Value::from(ops_port)), "{mapped:?}");
+    let ingress = resource(&t, "TaskSecurityGroup", "AWS::EC2::SecurityGroup")
+        ["SecurityGroupIngress"]
+        .as_array()
+        .unwrap();
+    let opened_to = |port: u16| -> Vec<&Value> {
+        ingress
+            .iter()
+            .filter(|r| r["FromPort"] == port && r["ToPort"] == port)
+            .map(|r| &r["CidrIp"]["Ref"])
+            .collect()
+    };
+    assert_eq!(opened_to(ops_port), [&Value::from("MetricsCidr")]);
+    assert_eq!(
+        opened_to(settings.server.port),
+        [&Value::from("AllowedCidr")]
+    );
+    assert!(container["HealthCheck"]["Command"][1]
+        .as_str()
+        .unwrap()
+        .contains(&format!(":{}/health/ready", settings.server.port)));
 }
 
 /// The merge of `deploy/redshift.sql`, run on SQLite (it uses only what both dialects share):
