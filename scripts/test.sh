@@ -29,6 +29,8 @@ phase "build (cargo test --no-run)" cargo test --locked --no-run "$@"
 # The heavy tests (emulators plus several shopstream processes) take a lock of their own and run
 # one at a time (tests/common: heavy_test); the rest run in parallel.
 phase "cargo test" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$0"' "$log" "$@"
+# The binary the build phase made, fuzzed against its OpenAPI document on a port of its own.
+phase "API against its OpenAPI document (schemathesis)" bash scripts/testing/schemathesis.sh
 phase "alert rules (promtool check rules)" promtool check rules deploy/prometheus/alerts.yml
 phase "alert rule tests (promtool test rules)" promtool test rules deploy/prometheus/alerts_test.yml
 phase "CloudFormation template (cfn-lint)" cfn-lint deploy/cloudformation.json

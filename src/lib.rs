@@ -20,7 +20,8 @@
 //!   [`LineId`](model::LineId), and the parsers for JSON, NDJSON and CSV in the real export formats.
 //! - [`config`]: layered settings (defaults, file, environment), validated at start; each stage's
 //!   AWS settings sit with the stage (`[stream.kinesis]`, `[archive.s3]`, ...).
-//! - [`web`]: the actix-web API: ingest, invoice and customer look-ups, dashboard, metrics, health.
+//! - [`web`]: the actix-web API: ingest, invoice and customer look-ups, dashboard, metrics, health,
+//!   and its OpenAPI document (`web/openapi.json`, served at `/openapi.json`).
 //! - [`stream`]: the durable, sharded log between ingest and sinks ([`Stream`](stream::Stream)),
 //!   its record format (`stream::record`, encoded and decoded there only), which shards this
 //!   instance reads ([`ShardOwnership`](stream::ShardOwnership)), and the checkpoints of the sinks.

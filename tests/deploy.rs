@@ -106,6 +106,39 @@ fn the_task_runs_the_aws_config_and_has_time_to_shut_down() {
         container["PortMappings"][0]["ContainerPort"],
         settings.server.port
     );
+    // /metrics on a port of its own, which only the monitoring network reaches; the API and
+    // the health check stay on the main port.
+    let ops_port = settings
+        .server
+        .ops_port
+        .expect("config/aws.toml sets server.ops_port");
+    let mapped: Vec<&Value> = container["PortMappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["ContainerPort"])
+        .collect();
+    assert!(mapped.contains(&&Value::from(ops_port)), "{mapped:?}");
+    let ingress = resource(&t, "TaskSecurityGroup", "AWS::EC2::SecurityGroup")
+        ["SecurityGroupIngress"]
+        .as_array()
+        .unwrap();
+    let opened_to = |port: u16| -> Vec<&Value> {
+        ingress
+            .iter()
+            .filter(|r| r["FromPort"] == port && r["ToPort"] == port)
+            .map(|r| &r["CidrIp"]["Ref"])
+            .collect()
+    };
+    assert_eq!(opened_to(ops_port), [&Value::from("MetricsCidr")]);
+    assert_eq!(
+        opened_to(settings.server.port),
+        [&Value::from("AllowedCidr")]
+    );
+    assert!(container["HealthCheck"]["Command"][1]
+        .as_str()
+        .unwrap()
+        .contains(&format!(":{}/health/ready", settings.server.port)));
 }
 
 /// The merge of `deploy/redshift.sql`, run on SQLite (it uses only what both dialects share):
@@ -217,4 +250,77 @@ fn iam_grants_no_wildcards_but_the_documented_ones() {
         }
     }
     assert!(statements >= 8, "the roles' statements were not found");
+}
+
+/// The keys the task serves with come from Secrets Manager, each from its own secret named by a
+/// parameter: a store key as `SHOPSTREAM__AUTH__STORES__<id>` and a reader key as
+/// `SHOPSTREAM__AUTH__READERS__<name>` (`auth.readers`), and the execution role, which ECS
+/// fetches them with, may read each secret and only those.
+#[test]
+fn store_and_reader_keys_come_from_their_own_secrets() {
+    let t = template();
+    let container = &resource(&t, "Task", "AWS::ECS::TaskDefinition")["ContainerDefinitions"][0];
+    let secrets: Vec<(&str, &str)> = container["Secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["Name"]["Fn::Sub"].as_str().unwrap(),
+                s["ValueFrom"]["Fn::Sub"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        secrets,
+        [
+            (
+                "SHOPSTREAM__AUTH__STORES__${DemoStoreId}",
+                "${StoreKeysSecretArn}:${DemoStoreId}::"
+            ),
+            (
+                "SHOPSTREAM__AUTH__READERS__${ReaderName}",
+                "${ReaderKeysSecretArn}:${ReaderName}::"
+            ),
+        ]
+    );
+    for parameter in ["StoreKeysSecretArn", "ReaderKeysSecretArn"] {
+        assert!(
+            t["Parameters"][parameter]["Description"].is_string(),
+            "{parameter}"
+        );
+    }
+    // The name is part of an environment variable's name and a settings key: letters, digits
+    // and underscores, lower case as settings keys are spelled.
+    assert_eq!(
+        t["Parameters"]["ReaderName"]["AllowedPattern"],
+        "^[a-z0-9_]+$"
+    );
+
+    let role = resource(&t, "ExecutionRole", "AWS::IAM::Role");
+    let mut readable: Vec<&Value> = Vec::new();
+    for policy in role["Policies"].as_array().unwrap() {
+        for s in policy["PolicyDocument"]["Statement"].as_array().unwrap() {
+            if s["Action"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "secretsmanager:GetSecretValue")
+            {
+                readable.push(&s["Resource"]["Ref"]);
+            }
+        }
+    }
+    assert_eq!(
+        readable,
+        [
+            &Value::from("StoreKeysSecretArn"),
+            &Value::from("ReaderKeysSecretArn")
+        ]
+    );
+    let task_role = serde_json::to_string(resource(&t, "TaskRole", "AWS::IAM::Role")).unwrap();
+    assert!(
+        !task_role.contains("secretsmanager"),
+        "the task itself reads no secret: ECS hands the keys over as environment variables"
+    );
 }

@@ -35,6 +35,19 @@ if [ "$(cfn-lint --version 2>/dev/null)" != "cfn-lint ${CFN_LINT_VERSION}" ]; th
   }
 fi
 
+# schemathesis fuzzes the HTTP API against src/web/openapi.json (scripts/testing/schemathesis.sh,
+# a phase of scripts/test.sh); pinned like cfn-lint, as its checks and flags change between versions.
+SCHEMATHESIS_VERSION="4.32.5"
+if [ "$(schemathesis --version 2>/dev/null)" != "schemathesis, version ${SCHEMATHESIS_VERSION}" ]; then
+  echo "==> pip install schemathesis==${SCHEMATHESIS_VERSION}"
+  python3 -m pip install --quiet "schemathesis==${SCHEMATHESIS_VERSION}"
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+  command -v schemathesis >/dev/null || {
+    echo "schemathesis is not on PATH after installing; add pip's script folder to PATH" >&2
+    exit 1
+  }
+fi
+
 if [ -f scripts/local/aws-local.sh ]; then
   bash scripts/local/aws-local.sh install
 fi

@@ -30,6 +30,8 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
     }
     if let Some(port) = args.port {
         settings.server.port = port;
+        // `--port` may now equal `server.ops_port`.
+        settings.server.validate()?;
     }
     super::init_logging(&settings);
     crate::metrics::init();
@@ -81,8 +83,9 @@ fn served_keys(settings: &Settings) -> crate::config::AuthConfig {
 
 /// A running pipeline and HTTP server.
 pub struct Running {
-    pub server: actix_web::dev::ServerHandle,
-    pub server_task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    /// The API's server, and the ops server's after it when `server.ops_port` is set.
+    pub servers: Vec<actix_web::dev::ServerHandle>,
+    pub server_tasks: Vec<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
     pub pipeline: Arc<Pipeline>,
     pub state: Arc<AppState>,
     pub addrs: Vec<std::net::SocketAddr>,
@@ -125,22 +128,26 @@ impl Running {
             )),
             bodies: crate::web::admission::BodyGate::new(&settings.server),
         });
-        let (server, addrs) = crate::web::server(state.clone(), settings).with_context(|| {
-            format!(
-                "cannot listen on {}:{} (server.bind, server.port)",
-                settings.server.bind, settings.server.port
-            )
-        })?;
-        let handle = server.handle();
-        let server_task = actix_web::rt::spawn(server);
+        let servers = crate::web::server(state.clone(), settings)?;
+        let addrs = servers.addrs;
+        let mut handles = vec![servers.api.handle()];
+        let mut tasks = vec![actix_web::rt::spawn(servers.api)];
         let import_stop = start_import_watcher(settings).await?;
         for addr in &addrs {
             tracing::info!(%addr, data_dir = %settings.data_dir.display(), "shopstream is listening.");
             out!("shopstream listening on http://{addr}");
         }
+        if let Some((ops, ops_addrs)) = servers.ops {
+            handles.push(ops.handle());
+            tasks.push(actix_web::rt::spawn(ops));
+            for addr in &ops_addrs {
+                tracing::info!(%addr, "Metrics and health are served on the ops port.");
+                out!("shopstream ops (/metrics, /health) on http://{addr}");
+            }
+        }
         Ok(Running {
-            server: handle,
-            server_task,
+            servers: handles,
+            server_tasks: tasks,
             pipeline,
             state,
             addrs,
@@ -155,8 +162,13 @@ impl Running {
         let started = Instant::now();
         let deadline = settings.server.shutdown_deadline;
         self.import_stop.send_replace(true);
-        self.server.stop(true).await;
-        let _ = self.server_task.await;
+        // The API first: metrics and health stay up while its requests finish.
+        for server in &self.servers {
+            server.stop(true).await;
+        }
+        for task in self.server_tasks {
+            let _ = task.await;
+        }
         let left = deadline.saturating_sub(started.elapsed());
         if self.pipeline.shutdown(left).await {
             tracing::info!(

@@ -289,6 +289,28 @@ mod tests {
     }
 
     #[test]
+    fn an_ops_port_is_optional_and_not_the_main_port() {
+        assert_eq!(load_toml("").unwrap().server.ops_port, None);
+        assert_eq!(
+            load_toml("[server]\nops_port = 9090")
+                .unwrap()
+                .server
+                .ops_port,
+            Some(9090)
+        );
+        let err = load_toml("[server]\nops_port = 8080")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.ops_port") && err.contains("a port of its own"),
+            "{err}"
+        );
+        // 0 on both picks two free ports (tests).
+        let s = load_toml("[server]\nport = 0\nops_port = 0").unwrap();
+        assert_eq!(s.server.ops_port, Some(0));
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         let err =
             Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), no_env()).unwrap_err();

@@ -13,6 +13,11 @@ pub struct ServerConfig {
     pub bind: String,
     /// Port to listen on; 0 picks a free one (tests), which is logged.
     pub port: u16,
+    /// A second port, on the same `bind` address, for `/metrics` (and `/health/*`): when set,
+    /// `/metrics` is served there only (404 on `port`), so a load balancer in front of `port`
+    /// never exposes it. Unset (the default): everything on `port`. 0 picks a free one (tests).
+    #[serde(default)]
+    pub ops_port: Option<u16>,
     /// Largest request body accepted; larger bodies get 413.
     pub max_body_bytes: usize,
     /// Most lines in one request; more get 413.
@@ -58,6 +63,18 @@ impl ServerConfig {
         }
         if self.body_timeout.is_zero() {
             return Err(bad("server.body_timeout", "must be greater than 0s"));
+        }
+        if self
+            .ops_port
+            .is_some_and(|ops| ops != 0 && ops == self.port)
+        {
+            return Err(bad(
+                "server.ops_port",
+                &format!(
+                    "is {} like server.port: /metrics needs a port of its own; pick another, or leave server.ops_port out to serve it on server.port",
+                    self.port
+                ),
+            ));
         }
         if self.max_inflight_per_store > self.max_inflight_ingest {
             return Err(bad(

@@ -1,12 +1,12 @@
 //! `GET /`: a one-page dashboard for people (sales figures, pipeline progress, invoice and
 //! customer look-up), served from the binary; it reads the same JSON API as any client.
 
-use actix_web::{web, HttpResponse};
+use actix_web::HttpResponse;
 
 const PAGE: &str = include_str!("dashboard.html");
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(page));
+super::route_group! {
+    get "/" => page,
 }
 
 async fn page() -> HttpResponse {

@@ -69,6 +69,9 @@ pub enum ApiError {
     KeyReused { key: String },
     #[error("{what} not found")]
     NotFound { what: String },
+    /// A route's path with a method it does not take; `allowed` is the one it takes (`get`).
+    #[error("this path takes {} only (see /openapi.json)", allowed.to_ascii_uppercase())]
+    MethodNotAllowed { allowed: &'static str },
     #[error("shopstream is busy ({reason}); retry after {retry_after_secs} s")]
     Busy {
         reason: String,
@@ -165,6 +168,7 @@ impl ApiError {
             ApiError::KeyInFlight { .. } => "idempotency_key_in_flight",
             ApiError::KeyReused { .. } => "idempotency_key_reused",
             ApiError::NotFound { .. } => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Busy { .. } => "busy",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::StoreFault(_) => "store_fault",
@@ -191,6 +195,7 @@ impl ResponseError for ApiError {
             }
             ApiError::Conflict { .. } | ApiError::KeyInFlight { .. } => StatusCode::CONFLICT,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Busy { .. } | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StoreFault(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -212,6 +217,10 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized | ApiError::ReaderUnauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // RFC 9110 section 15.5.6: a 405 names the methods the path takes.
+            ApiError::MethodNotAllowed { allowed } => {
+                response.insert_header((header::ALLOW, allowed.to_ascii_uppercase()));
             }
             // RFC 7694: a 415 for a content coding says which codings are accepted.
             ApiError::UnsupportedEncoding { .. } => {

@@ -15,8 +15,8 @@ use crate::model::{parse_body, DateOrder, LineId, ParseOptions, RequestKey};
 use crate::stream::line_index::{KeyState, LineClaim, StoredAnswer};
 use crate::stream::{PutRecord, StreamError};
 
-pub(crate) fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/invoices", web::post().to(ingest));
+super::route_group! {
+    post "/v1/invoices" => ingest,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,8 +7,38 @@ pub mod dashboard;
 pub mod error;
 pub mod ingest;
 mod line_identity;
+pub mod openapi;
 pub mod ops;
 pub mod query;
+
+/// Declares a route group's routes once: its `ROUTES` table (method and path, as
+/// `src/web/openapi.json` spells them) and its `config` function, both from the same lines, so
+/// the table that `tests/openapi.rs` holds against the document cannot drift from what is served.
+macro_rules! route_group {
+    ($($method:ident $path:literal => $handler:expr),+ $(,)?) => {
+        /// The routes of this group: (method, path).
+        pub const ROUTES: &[$crate::web::Route] = &[$($crate::web::Route {
+            method: stringify!($method),
+            path: $path,
+        }),+];
+
+        /// Registers the routes of this group; another method on one of its paths is a 405.
+        pub fn config(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.service(
+                actix_web::web::resource($path)
+                    .route(actix_web::web::$method().to($handler))
+                    .default_service(actix_web::web::to(|| async {
+                        Err::<actix_web::HttpResponse, _>(
+                            $crate::web::error::ApiError::MethodNotAllowed {
+                                allowed: stringify!($method),
+                            },
+                        )
+                    })),
+            );)+
+        }
+    };
+}
+pub(crate) use route_group;
 
 use actix_web::dev::Service;
 use actix_web::http::header;
@@ -206,24 +236,92 @@ fn bearer_token(value: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Every route of the API.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    ingest::config(cfg);
-    query::config(cfg);
-    ops::config(cfg);
-    dashboard::config(cfg);
+/// One route: its HTTP method in lower case (`get`, `post`) and its path pattern
+/// (`/v1/invoices/{invoice_no}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
 }
 
-/// Builds the HTTP server (not yet running) and the addresses it is bound to. Signals are left to
-/// the caller, which stops the server first and the pipeline after it.
+/// A route group: how it registers its routes, and which they are.
+type Group = (fn(&mut web::ServiceConfig), &'static [Route]);
+
+/// The route groups of the main port, but `/metrics`.
+const GROUPS: &[Group] = &[
+    (ingest::config, ingest::ROUTES),
+    (query::config, query::ROUTES),
+    (ops::config, ops::ROUTES),
+    (ops::health::config, ops::health::ROUTES),
+    (openapi::config, openapi::ROUTES),
+    (dashboard::config, dashboard::ROUTES),
+];
+
+/// `/metrics`: on the main port unless `server.ops_port` is set.
+const METRICS: Group = (ops::metrics::config, ops::metrics::ROUTES);
+
+/// The route groups of `server.ops_port`: metrics and health, nothing that reads sales data.
+const OPS_GROUPS: &[Group] = &[METRICS, (ops::health::config, ops::health::ROUTES)];
+
+/// The groups the main port serves: every route, `/metrics` only without an ops port.
+fn main_groups(ops_port: bool) -> impl Iterator<Item = &'static Group> {
+    GROUPS.iter().chain((!ops_port).then_some(&METRICS))
+}
+
+/// Every route the main port registers without `server.ops_port` (the default), for the test
+/// that holds the OpenAPI document to them.
+pub fn route_table() -> Vec<Route> {
+    main_groups(false)
+        .flat_map(|(_, r)| r.iter().copied())
+        .collect()
+}
+
+/// The HTTP servers, bound and not yet running: the API, and the ops server of
+/// `server.ops_port` when that is set.
+pub struct Servers {
+    pub api: actix_web::dev::Server,
+    /// Where the API listens.
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// The ops server (`/metrics`, `/health/*`) and where it listens, when `server.ops_port` is
+    /// set. It has a worker of its own, so a scrape is answered while the API is flooded.
+    pub ops: Option<(actix_web::dev::Server, Vec<std::net::SocketAddr>)>,
+}
+
+/// Builds the HTTP servers (not yet running) and the addresses they are bound to. Signals are
+/// left to the caller, which stops the servers first and the pipeline after them.
 ///
 /// # Errors
-/// When the address cannot be bound (in use, no permission).
-pub fn server(
-    state: Arc<AppState>,
-    settings: &Settings,
-) -> std::io::Result<(actix_web::dev::Server, Vec<std::net::SocketAddr>)> {
+/// When an address cannot be bound (in use, no permission); the error names the setting.
+pub fn server(state: Arc<AppState>, settings: &Settings) -> std::io::Result<Servers> {
     let data = web::Data::from(state);
+    let ops_port = settings.server.ops_port;
+    let ops = match ops_port {
+        None => None,
+        Some(port) => {
+            let data = data.clone();
+            let server = HttpServer::new(move || {
+                OPS_GROUPS
+                    .iter()
+                    .fold(App::new().app_data(data.clone()), |app, (config, _)| {
+                        app.configure(config)
+                    })
+            })
+            .workers(1)
+            .disable_signals()
+            .bind((settings.server.bind.as_str(), port))
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on {}:{port} (server.bind, server.ops_port): {e}",
+                        settings.server.bind
+                    ),
+                )
+            })?;
+            let addrs = server.addrs();
+            Some((server.run(), addrs))
+        }
+    };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -259,14 +357,31 @@ pub fn server(
                         res
                     })
                 })
-                .configure(routes)
+                .configure(|cfg| {
+                    for (config, _) in main_groups(ops_port.is_some()) {
+                        config(cfg);
+                    }
+                })
         })
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(grace)
-        .bind((settings.server.bind.as_str(), settings.server.port))?;
+        .bind((settings.server.bind.as_str(), settings.server.port))
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {}:{} (server.bind, server.port): {e}",
+                    settings.server.bind, settings.server.port
+                ),
+            )
+        })?;
     let addrs = server.addrs();
-    Ok((server.run(), addrs))
+    Ok(Servers {
+        api: server.run(),
+        addrs,
+        ops,
+    })
 }
 
 #[cfg(test)]

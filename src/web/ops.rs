@@ -8,14 +8,28 @@ use std::time::Duration;
 use super::error::ApiError;
 use super::AppState;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics))
-        .route("/health/live", web::get().to(live))
-        .route("/health/ready", web::get().to(ready))
-        .route("/v1/status", web::get().to(status));
+super::route_group! {
+    get "/v1/status" => status,
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Liveness and readiness: on the main port, where the load balancer asks, and on
+/// `server.ops_port` when set.
+pub mod health {
+    crate::web::route_group! {
+        get "/health/live" => super::live,
+        get "/health/ready" => super::ready,
+    }
+}
+
+/// `GET /metrics`: on `server.ops_port` only when that is set, so a load balancer in front of
+/// the main port never exposes it; on the main port otherwise.
+pub mod metrics {
+    crate::web::route_group! {
+        get "/metrics" => super::scrape,
+    }
+}
+
+async fn scrape(state: web::Data<AppState>) -> HttpResponse {
     // Backlog gauges are computed on demand so a scrape always sees the current figures.
     state.progress.snapshot();
     HttpResponse::Ok()

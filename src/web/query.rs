@@ -10,14 +10,11 @@ use crate::config::ReadAccess;
 use crate::store::operational::invoice_total;
 use crate::store::warehouse::DayRange;
 
-pub fn config(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/invoices/{invoice_no}", web::get().to(invoice))
-        .route(
-            "/v1/customers/{customer_id}/invoices",
-            web::get().to(customer_invoices),
-        )
-        .route("/v1/sales/summary", web::get().to(sales_summary))
-        .route("/v1/sales/customers", web::get().to(sales_customers));
+super::route_group! {
+    get "/v1/invoices/{invoice_no}" => invoice,
+    get "/v1/customers/{customer_id}/invoices" => customer_invoices,
+    get "/v1/sales/summary" => sales_summary,
+    get "/v1/sales/customers" => sales_customers,
 }
 
 async fn invoice(
