@@ -174,3 +174,99 @@ fn import_refuses_a_bucket_name_outside_aws_rules_without_a_request() {
         "the import contacted the endpoint"
     );
 }
+
+/// `replay` against an endpoint that answers every request 500 (a broken proxy in front of the
+/// service) gives up after `--max-attempts` per request and reports the lines failed, instead of
+/// retrying for ever.
+#[test]
+fn replay_gives_up_on_a_server_that_only_answers_500() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lines.csv");
+    common::generate(&file, 20, &[]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    // One request: headers, then a body of Content-Length bytes.
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let answer = "{\"error\":\"internal\",\"message\":\"upstream broke\"}";
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                }
+            });
+        }
+    });
+    let started = Instant::now();
+    let mut child = shopstream()
+        .args(["replay", file.to_str().unwrap(), "--url"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .args([
+            "--key",
+            common::DEMO_KEY,
+            "--stores",
+            "1",
+            "--batch",
+            "1000",
+            "--max-attempts",
+            "3",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Before the fix it never returned: it is stopped after a minute, and the test fails.
+    while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "replay kept retrying: {all}"
+    );
+    assert!(!out.status.success(), "replay reported success: {all}");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "one request, tried --max-attempts times: {all}"
+    );
+    assert!(
+        all.contains("HTTP 500"),
+        "the error names the answer: {all}"
+    );
+    assert!(all.contains("\"lines_failed\": 20"), "{all}");
+}

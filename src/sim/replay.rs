@@ -272,7 +272,9 @@ async fn send(
                     // Backpressure is not a failure: wait as told, however often.
                     attempt = attempt.saturating_sub(1);
                     Duration::from_secs(retry_after.unwrap_or(1))
-                } else if status.is_server_error() {
+                } else if status.is_server_error() && attempt < opts.max_attempts {
+                    // Other 5xx answers (a proxy's 502 or 504, a 500) may pass, but not forever:
+                    // they count against max_attempts like a failed connection.
                     backoff(attempt)
                 } else {
                     let message = answer.and_then(|a| a.message).unwrap_or_default();
