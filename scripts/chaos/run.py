@@ -5,8 +5,9 @@ It generates invoice lines with `shopstream generate`, starts `shopstream serve`
 port with its own data folder and settings, sends the lines with three `shopstream replay`s at once
 (one store key, four connections each) and, while they run, injects:
 
-1. kill -9 of the server during the replays, then a restart on the same port; the replays resend
-   what was not acknowledged (connection errors are retried, line ids make that safe);
+1. kill -9 of the server during the replays, twice (early in the outage, and again while the
+   archive's disk is full), each time restarted on the same port two seconds later; the replays
+   resend what was not acknowledged (connection errors are retried, line ids make that safe);
 2. a sink outage of --outage-seconds: `operational.sqlite` held by another process inside
    `BEGIN EXCLUSIVE` (the writer gets SQLITE_BUSY for the whole time); ingest goes on;
 3. a poison line: one line of a three-line invoice that the operational store and the warehouse
@@ -523,13 +524,18 @@ def main() -> int:
         operational = Lock(data / "operational.sqlite", outage)
         log(f"fault 2: operational.sqlite locked (BEGIN EXCLUSIVE) for {outage:.0f} s")
 
+        kills: list[str] = []
+
+        def kill9(why: str) -> None:
+            log(f"fault 1: kill -9 of the server {why}")
+            kills.append(f"t+{time.time() - t0:.0f} s ({why})")
+            server.kill9()
+            time.sleep(2)
+            server.start()
+            log("server restarted on the same port")
+
         at(12)
-        log("fault 1: kill -9 of the server during the replays")
-        server.kill9()
-        time.sleep(2)
-        server.start()
-        log("server restarted on the same port")
-        faults["1 kill -9 during replay"] = f"killed at t+{time.time() - t0 - 2:.0f} s, back 2 s later"
+        kill9("during the replays and the outage")
 
         at(20)
         status, answer = server.post_lines(poison_invoice())
@@ -545,13 +551,18 @@ def main() -> int:
         if disk.mounted:
             filled = disk.fill()
             log(f"fault 5: archive tmpfs filled ({filled / 2**20:.1f} MiB filler) for {side:.0f} s")
-            time.sleep(side)
+            at(40 + 1.5 * side)
+            kill9("again, with the archive's disk full and the outage on")
+            at(40 + 2 * side)
             disk.free()
             log("fault 5: archive tmpfs freed")
             faults[FULL_DISK] = (
                 f"tmpfs size-capped, {filled / 2**20:.1f} MiB filler, ENOSPC for {side:.0f} s")
         else:
             faults[FULL_DISK] = f"NOT RUN: mount refused ({disk.why_not})"
+            at(40 + 1.5 * side)
+            kill9("again, with the outage on")
+        faults["1 kill -9 during replay"] = "; ".join(kills) + ", each back 2 s later"
 
         held = warehouse.wait()
         faults["4 locked warehouse"] = f"BEGIN EXCLUSIVE held {held:.0f} s"
