@@ -18,9 +18,9 @@ port with its own data folder and settings, sends the lines with three `shopstre
 5. a full disk under the archive folder: the folder is a size-capped tmpfs, filled to ENOSPC with
    a filler file for a third of the outage, then freed;
 6. 3x overload: the three replays share one store's rate limit (set so that all the lines take
-   90% of the faults' span, so ingest goes on through every fault) and send as fast as they are answered on twelve connections against
-   `server.max_inflight_ingest = 4`, so the server answers 429 and 503 with Retry-After, which
-   replay honours.
+   90% of the faults' span, so ingest goes on through every fault) and send as fast as they are
+   answered on twelve connections against `server.max_inflight_ingest = 4`, so the server
+   answers 429 and 503 with Retry-After, which replay honours.
 
 Then it replays every file once more (a resend of anything not acknowledged: it must add nothing
 that was acknowledged before), waits until `/v1/status` says every sink caught up, stops the
@@ -49,7 +49,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sqlite3
