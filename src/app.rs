@@ -331,7 +331,7 @@ pub async fn start_pipeline(
         progress,
         ownership: backends.ownership.clone(),
         settings: ShardSinkSettings {
-            read_batch_records: settings.sinks.read_batch_records,
+            read_batch_records: settings.sinks.read_batch_for(settings.stream.backend),
             poll_interval: settings.sinks.poll_interval,
             checkpoint_interval: settings.sinks.checkpoint_interval,
             retry: settings.sinks.retry.clone(),

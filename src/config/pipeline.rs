@@ -58,8 +58,9 @@ impl StreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinksConfig {
-    /// Most records a shard reader takes from the stream in one read.
-    pub read_batch_records: usize,
+    /// Most records a shard reader takes from the stream in one read; unset, it depends on the
+    /// stream (see [`SinksConfig::read_batch_for`]).
+    pub read_batch_records: Option<usize>,
     /// How long a shard reader waits before polling an idle shard again.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -90,9 +91,26 @@ pub struct SinksConfig {
     pub retry: RetryConfig,
 }
 
+/// Records per read when `sinks.read_batch_records` is unset, embedded: each of the three sinks
+/// holds what it read until written, so a smaller read bounds memory while ingest outruns the
+/// sinks (541,909 lines, 2 cores: peak RSS 287 MB at 500, 173 MB at 100, at the same speed).
+pub const EMBEDDED_READ_BATCH_RECORDS: usize = 100;
+
+/// The same on Kinesis: a shard allows 5 GetRecords calls a second and takes up to 1,000 records
+/// a second, so a reader must take at least 200 a call to keep up with a full shard.
+pub const KINESIS_READ_BATCH_RECORDS: usize = 500;
+
 impl SinksConfig {
+    /// Records per read from a stream on `backend`: the setting, or the backend's default.
+    pub fn read_batch_for(&self, backend: Backend) -> usize {
+        self.read_batch_records.unwrap_or(match backend {
+            Backend::Embedded => EMBEDDED_READ_BATCH_RECORDS,
+            Backend::Aws => KINESIS_READ_BATCH_RECORDS,
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.read_batch_records == 0 {
+        if self.read_batch_records == Some(0) {
             return Err(bad("sinks.read_batch_records", "must be greater than 0"));
         }
         if self.backlog_high_water_records == 0 {
