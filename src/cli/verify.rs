@@ -18,6 +18,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::app::Backends;
+use crate::config::Backend;
 use crate::model::{IngestedLine, Money};
 use crate::stream::{Position, SinkKind};
 
@@ -163,12 +164,22 @@ async fn reconcile(
         .context("cannot read the operational store")?
         .map(group);
     eprintln!("verify: reading the warehouse");
-    let warehouse = backends
+    let warehouse = match backends
         .warehouse
         .stored_lines()
         .await
         .context("cannot read the warehouse")?
-        .map(group);
+    {
+        Some(lines) => Some(group(lines)),
+        // Firehose cannot be queried, but a delivery stream made by `aws init` writes its
+        // objects into the archive's bucket: those are what the warehouse was sent.
+        None if settings.warehouse.backend == Backend::Aws
+            && settings.archive.backend == Backend::Aws =>
+        {
+            Some(read_firehose_output(backends, &settings.warehouse.firehose.prefix).await?)
+        }
+        None => None,
+    };
     eprintln!("verify: reading the dead letters");
     let letters = backends.dead_letters(settings);
     // (sink, day) -> dead-lettered keys.
@@ -292,7 +303,13 @@ async fn read_stream(backends: &Backends) -> anyhow::Result<Holdings> {
         loop {
             let batch = backends.stream.read(&shard.id, from.clone(), 1000).await?;
             let Some(last) = batch.records.last() else {
-                break;
+                // Kinesis answers empty batches on the way through a shard (its iterator moves
+                // on, cached by the backend for the same `from`): only an empty read at the tip
+                // is the end.
+                if batch.shard_ended || batch.millis_behind_latest.unwrap_or(0) == 0 {
+                    break;
+                }
+                continue;
             };
             from = Position::After(last.sequence_number.clone());
             for record in &batch.records {
@@ -361,6 +378,61 @@ fn totals(days: &[DayReport]) -> BTreeMap<&'static str, Option<(u64, String)>> {
         ("warehouse", sum(|d| &d.warehouse)),
         ("input", sum(|d| &d.input)),
     ])
+}
+
+/// The `sales` columns verify needs of a Firehose output row (see `SalesRow`).
+#[derive(serde::Deserialize)]
+struct FirehoseRow {
+    line_id: String,
+    invoice_no: String,
+    invoice_date: String,
+    line_total: String,
+}
+
+/// Every row of the Firehose output objects under `prefix` (NDJSON, gzip or not). Firehose
+/// delivers at least once: a row delivered twice counts once, as the Redshift merge keeps it.
+async fn read_firehose_output(backends: &Backends, prefix: &str) -> anyhow::Result<Holdings> {
+    let mut held = Holdings::new();
+    for meta in backends.archive.list(prefix).await? {
+        let body = backends.archive.get(&meta.key).await?;
+        let mut text = String::new();
+        if body.starts_with(&[0x1f, 0x8b]) {
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut text)
+                .with_context(|| format!("Firehose object {} is not gzip text", meta.key))?;
+        } else {
+            text = String::from_utf8(body.to_vec())
+                .with_context(|| format!("Firehose object {} is not UTF-8", meta.key))?;
+        }
+        for row in text.lines().filter(|r| !r.trim().is_empty()) {
+            let r: FirehoseRow = serde_json::from_str(row).with_context(|| {
+                format!(
+                    "Firehose object {} has a row that is not a sales row",
+                    meta.key
+                )
+            })?;
+            let day = r
+                .invoice_date
+                .get(..10)
+                .and_then(|d| d.parse().ok())
+                .with_context(|| {
+                    format!(
+                        "Firehose object {}: bad invoice_date {:?}",
+                        meta.key, r.invoice_date
+                    )
+                })?;
+            let total: Money = r.line_total.parse().with_context(|| {
+                format!(
+                    "Firehose object {}: bad line_total {:?}",
+                    meta.key, r.line_total
+                )
+            })?;
+            held.entry(day)
+                .or_default()
+                .insert((r.invoice_no, r.line_id), total);
+        }
+    }
+    Ok(held)
 }
 
 fn print_table(days: &[DayReport], with_input: bool) {
