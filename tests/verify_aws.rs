@@ -79,6 +79,32 @@ async fn verify_reads_every_aws_sink_and_names_a_damaged_archive() {
          {total_cell}: {total_row}"
     );
 
+    // Per shard, the S3 archive holds what each Kinesis shard holds.
+    let json = tokio::task::spawn_blocking({
+        let config = server.config.clone();
+        let data = server.data_dir.clone();
+        move || {
+            Command::new(BIN)
+                .envs(AWS_TEST_ENV.iter().copied())
+                .env("SHOPSTREAM__DATA_DIR", data)
+                .arg("--config")
+                .arg(config)
+                .args(["verify", "--json"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(json.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let mut shards = std::collections::BTreeSet::new();
+    for d in report["days"].as_array().unwrap() {
+        assert_eq!(d["archive_shards"], d["stream_shards"], "{d:#}");
+        shards.extend(d["stream_shards"].as_object().unwrap().keys().cloned());
+    }
+    assert!(shards.len() > 1, "lines on several shards: {shards:?}");
+
     // One archive object gone from the bucket.
     let listed = clients
         .s3

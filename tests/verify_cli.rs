@@ -103,6 +103,17 @@ fn verify_agrees_after_replay_and_names_the_damaged_sink_and_day() {
     let day0 = &report["days"][0];
     assert_eq!(day0["warehouse"]["digest"], day0["stream"]["digest"]);
     assert_eq!(report["total"]["warehouse"][0], expected.rows);
+    // Per shard, the archive holds what the stream holds, and the shards add up to the day.
+    for d in report["days"].as_array().unwrap() {
+        assert_eq!(d["archive_shards"], d["stream_shards"], "{d:#}");
+        let sum: u64 = d["stream_shards"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, d["stream"]["lines"].as_u64().unwrap(), "{d:#}");
+    }
 
     // One row gone from the warehouse: verify names the warehouse and that line's day.
     let db = server.data_dir.join("warehouse.sqlite");

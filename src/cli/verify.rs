@@ -35,6 +35,9 @@ pub struct Args {
 /// The lines one source holds: per day, `(invoice_no, line_id)` to the line's total.
 type Holdings = BTreeMap<chrono::NaiveDate, BTreeMap<(String, String), Money>>;
 
+/// Lines per day and shard, for the sources that know the shard (the stream, the archive).
+type ShardLines = BTreeMap<chrono::NaiveDate, BTreeMap<String, u64>>;
+
 /// What one source holds of one day.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 struct Cell {
@@ -78,6 +81,9 @@ struct DayReport {
     /// Dead-lettered lines of this day per sink, excused from that sink.
     dead_letters: BTreeMap<String, u64>,
     stream_trimmed: bool,
+    /// Lines of the day per shard in the stream and in the archive (whose keys name the shard).
+    stream_shards: BTreeMap<String, u64>,
+    archive_shards: BTreeMap<String, u64>,
     /// One sentence per difference, naming the sink; empty when the day agrees.
     differences: Vec<String>,
 }
@@ -153,9 +159,9 @@ async fn reconcile(
     input: Option<Holdings>,
 ) -> anyhow::Result<Vec<DayReport>> {
     eprintln!("verify: reading the stream");
-    let stream = read_stream(backends).await?;
+    let (stream, stream_shards) = read_stream(backends).await?;
     eprintln!("verify: reading the archive");
-    let archive = read_archive(backends, &settings.archive.prefix).await?;
+    let (archive, archive_shards) = read_archive(backends, &settings.archive.prefix).await?;
     eprintln!("verify: reading the operational store");
     let operational = backends
         .operational
@@ -249,6 +255,24 @@ async fn reconcile(
         }
         let stream_cell = Cell::of(stream.get(&day));
         let stream_trimmed = (stream_cell.lines as usize) < expected.len();
+        let shards_of = |s: &ShardLines| s.get(&day).cloned().unwrap_or_default();
+        let (in_stream, in_archive) = (shards_of(&stream_shards), shards_of(&archive_shards));
+        // An invoice's lines are on one shard, and the archive files them under the shard they
+        // were read from: with the whole day in the stream, the shards must match one for one.
+        if !stream_trimmed {
+            let shards: BTreeSet<&String> = in_stream.keys().chain(in_archive.keys()).collect();
+            for shard in shards {
+                let (a, st) = (
+                    in_archive.get(shard).copied().unwrap_or(0),
+                    in_stream.get(shard).copied().unwrap_or(0),
+                );
+                if a != st {
+                    differences.push(format!(
+                        "archive {day} shard {shard}: {a} lines, the stream holds {st}"
+                    ));
+                }
+            }
+        }
         let input_cell = input.as_ref().map(|i| Cell::of(i.get(&day)));
         if let Some(ic) = &input_cell {
             for (kind, held) in &sinks {
@@ -272,6 +296,8 @@ async fn reconcile(
             input: input_cell,
             dead_letters,
             stream_trimmed,
+            stream_shards: in_stream,
+            archive_shards: in_archive,
             differences,
         });
     }
@@ -296,8 +322,9 @@ fn add(held: &mut Holdings, l: &IngestedLine) {
 }
 
 /// Every record each shard still retains, from the oldest on.
-async fn read_stream(backends: &Backends) -> anyhow::Result<Holdings> {
+async fn read_stream(backends: &Backends) -> anyhow::Result<(Holdings, ShardLines)> {
     let mut held = Holdings::new();
+    let mut shards = ShardLines::new();
     for shard in backends.stream.list_shards().await? {
         let mut from = Position::TrimHorizon;
         loop {
@@ -321,6 +348,11 @@ async fn read_stream(backends: &Backends) -> anyhow::Result<Holdings> {
                 })?;
                 for l in lines.into_ingested() {
                     add(&mut held, &l);
+                    *shards
+                        .entry(l.line.invoice_date.date())
+                        .or_default()
+                        .entry(shard.id.0.clone())
+                        .or_default() += 1;
                 }
             }
             if batch.shard_ended {
@@ -328,15 +360,18 @@ async fn read_stream(backends: &Backends) -> anyhow::Result<Holdings> {
             }
         }
     }
-    Ok(held)
+    Ok((held, shards))
 }
 
 /// Every line of every archive object (gzip NDJSON of [`IngestedLine`]).
-async fn read_archive(backends: &Backends, prefix: &str) -> anyhow::Result<Holdings> {
+async fn read_archive(backends: &Backends, prefix: &str) -> anyhow::Result<(Holdings, ShardLines)> {
     let prefix = format!("{}/", prefix.trim_end_matches('/'));
     let mut held = Holdings::new();
+    let mut shards = ShardLines::new();
     for meta in backends.archive.list(&prefix).await? {
         let body = backends.archive.get(&meta.key).await?;
+        // `<prefix>/dt=<day>/shard=<id>/<first>-<last>.ndjson.gz` (actors/archive).
+        let shard = meta.key.split('/').find_map(|p| p.strip_prefix("shard="));
         let mut text = String::new();
         flate2::read::GzDecoder::new(&body[..])
             .read_to_string(&mut text)
@@ -353,10 +388,17 @@ async fn read_archive(backends: &Backends, prefix: &str) -> anyhow::Result<Holdi
                     meta.key
                 )
             })?;
+            if let Some(shard) = shard {
+                *shards
+                    .entry(l.line.invoice_date.date())
+                    .or_default()
+                    .entry(shard.to_owned())
+                    .or_default() += 1;
+            }
             add(&mut held, &l);
         }
     }
-    Ok(held)
+    Ok((held, shards))
 }
 
 /// Lines and revenue of each source over every day (`None` where a source could not be read).
