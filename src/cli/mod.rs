@@ -18,6 +18,7 @@ mod dead_letter;
 mod demo;
 mod replay;
 mod serve;
+mod verify;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -61,6 +62,9 @@ pub enum Command {
     /// Set up the AWS resources of the aws backends (`aws init`).
     Aws(aws::AwsArgs),
     Import(import::Args),
+    /// Reconciles what every sink holds against the stream (and an input file): per day, line
+    /// counts, revenue and a digest of line ids. Exits 1 naming the sink and day that differ.
+    Verify(verify::Args),
 }
 
 /// Parses the command line and runs the command. The binary's `main` is only this.
@@ -74,6 +78,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Aws(args) => aws::run(args, cli.config.as_deref()),
         Command::Import(args) => import::run(args, cli.config.as_deref()),
+        Command::Verify(args) => verify::run(cli.config.as_deref(), args),
     }
 }
 

@@ -416,6 +416,32 @@ impl OperationalStore for DynamoOperationalStore {
         Ok((count, sum.money("the total of all lines")?))
     }
 
+    /// A consistent scan of the whole table: one read unit per 4 KB of items, so about a
+    /// thousandth of a unit per line.
+    async fn stored_lines(&self) -> Result<Option<Vec<crate::store::StoredLine>>, StoreError> {
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StoreError::aws_call("Scan", &self.resource(), &e))?;
+            for item in page.items() {
+                let l = from_item(item)?;
+                out.push(crate::store::StoredLine {
+                    day: l.line.invoice_date.date(),
+                    total: l.line.line_total(),
+                    line_id: l.line.line_id.to_string(),
+                    invoice_no: l.line.invoice_no,
+                });
+            }
+        }
+        Ok(Some(out))
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         let out = self
             .client

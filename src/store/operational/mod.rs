@@ -67,5 +67,11 @@ pub trait OperationalStore: Send + Sync + 'static {
     /// Count of stored lines and the exact sum of their totals (for reconciliation and tests).
     async fn totals(&self) -> Result<(u64, Money), StoreError>;
 
+    /// Every stored line, for `shopstream verify`. Backends that cannot be read whole answer
+    /// `None`, and verify says so instead of comparing them.
+    async fn stored_lines(&self) -> Result<Option<Vec<crate::store::StoredLine>>, StoreError> {
+        Ok(None)
+    }
+
     async fn health(&self) -> Result<(), StoreError>;
 }

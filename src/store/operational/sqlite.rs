@@ -319,6 +319,15 @@ impl OperationalStore for SqliteOperationalStore {
             .await
     }
 
+    async fn stored_lines(&self) -> Result<Option<Vec<crate::store::StoredLine>>, StoreError> {
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| {
+                crate::store::stored_lines_sql(conn, &path, "invoice_lines").map(Some)
+            })
+            .await
+    }
+
     /// Checks that a reader can query the table.
     async fn health(&self) -> Result<(), StoreError> {
         self.db

@@ -162,6 +162,12 @@ pub trait Warehouse: Send + Sync + 'static {
 
     async fn health(&self) -> Result<(), StoreError>;
 
+    /// Every line of the fact table, for `shopstream verify`. Backends that cannot be read
+    /// whole (Firehose) answer `None`, and verify says so instead of comparing them.
+    async fn stored_lines(&self) -> Result<Option<Vec<crate::store::StoredLine>>, StoreError> {
+        Ok(None)
+    }
+
     /// Starts loading one bulk file, after the ledger's check ([`LedgerSkip::check`]) of what it
     /// remembers of `file`. On a reload, the lines only the old content brought are taken out
     /// before the new ones go in; a line the stream or another file brought too stays.

@@ -206,6 +206,13 @@ impl Warehouse for SqliteWarehouse {
             .map(drop)
     }
 
+    async fn stored_lines(&self) -> Result<Option<Vec<crate::store::StoredLine>>, StoreError> {
+        let path = self.db.path().to_owned();
+        self.db
+            .read(move |conn| crate::store::stored_lines_sql(conn, &path, "sales").map(Some))
+            .await
+    }
+
     /// Read from the rollups: a few milliseconds whatever the size of `sales`. A range also
     /// reads the lines of its days from `sales` (invoices, customers and products have no
     /// rollup by day).
