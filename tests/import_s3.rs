@@ -33,6 +33,7 @@ impl Moto {
             .endpoint_url(&self.endpoint)
             .credentials_provider(Credentials::new("test", "test", None, None, "test"))
             .force_path_style(true)
+            .http_client(shopstream::aws::https_client())
             .build();
         Client::from_conf(config)
     }

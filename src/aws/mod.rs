@@ -13,6 +13,6 @@ mod clients;
 mod errors;
 mod retry;
 
-pub use clients::AwsClients;
+pub use clients::{https_client, AwsClients};
 pub use errors::{call_failure, describe, error_code, is_retriable_code, is_transient, SdkError};
 pub use retry::{retry_entries, EntryOutcome, EntryRetry, PartialFailure};

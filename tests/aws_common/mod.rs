@@ -284,6 +284,7 @@ pub fn aws_config(test: &str) -> Settings {
 pub async fn clients(cfg: &Settings) -> AwsClients {
     use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
     let shared = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(shopstream::aws::https_client())
         .region(Region::new(cfg.aws.region.clone()))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .load()
