@@ -184,3 +184,98 @@ fn verify_exits_2_when_it_cannot_run() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("data_dir"), "{stderr}");
 }
+
+/// The lines of `file` with the stock code of its first line, and that code.
+fn lines_of_first_stock_code(file: &Path) -> (String, u64) {
+    let mut reader = csv::Reader::from_path(file).unwrap();
+    let col = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "StockCode")
+        .unwrap();
+    let codes: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[col].to_owned())
+        .collect();
+    let n = codes.iter().filter(|c| **c == codes[0]).count() as u64;
+    (codes[0].clone(), n)
+}
+
+/// Lines a sink dead-lettered are excused from it, and once retention has dropped the stream's
+/// records the days are marked trimmed and the sinks are compared with each other: both times
+/// verify agrees (exit 0) and says why.
+#[test]
+fn verify_excuses_dead_letters_and_marks_a_trimmed_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.csv");
+    generate(&file, 2000, &[]);
+    let expected = expected_from_csv(&file);
+    let (poison, poisoned) = lines_of_first_stock_code(&file);
+    // Records leave the stream 8 s after every sink has them (max_lag must be at most half).
+    let server = Server::start(
+        &dir.path().join("data"),
+        0,
+        "[stream]\nretention = \"8s\"\n\n[sinks]\nmax_lag = \"4s\"\n",
+    );
+    // The warehouse refuses every line of one stock code, as a backend refuses an invalid line:
+    // the warehouse forwarder dead-letters them and goes on.
+    let conn = rusqlite::Connection::open(server.data_dir.join("warehouse.sqlite")).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER test_poison BEFORE INSERT ON sales WHEN NEW.stock_code = '{poison}'
+         BEGIN SELECT RAISE(ABORT, 'test poison line'); END"
+    ))
+    .unwrap();
+    drop(conn);
+    let summary = replay(&server.base, &file, &["--stores", "2"]);
+    assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
+    server.wait_caught_up(Duration::from_secs(60));
+
+    let report = |what: &str| {
+        let out = verify(&server, &["--json", "--input", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{what}: {:?}", text(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dead_in = |r: &serde_json::Value, sink: &str| -> u64 {
+        r["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["dead_letters"][sink].as_u64())
+            .sum()
+    };
+    let r = report("dead letters");
+    assert_eq!(dead_in(&r, "warehouse"), poisoned, "{r:#}");
+    assert_eq!(dead_in(&r, "operational"), 0, "{r:#}");
+    assert_eq!(
+        r["total"]["warehouse"][0],
+        expected.rows - poisoned,
+        "{r:#}"
+    );
+    assert_eq!(r["total"]["operational"][0], expected.rows, "{r:#}");
+
+    // Retention drops the records: wait (while it makes progress) until the stream is empty.
+    let mut last = u64::MAX;
+    let mut still = std::time::Instant::now();
+    let r = loop {
+        let r = report("trimming");
+        let held = r["total"]["stream"][0].as_u64().unwrap();
+        if held == 0 {
+            break r;
+        }
+        if held < last {
+            (last, still) = (held, std::time::Instant::now());
+        }
+        assert!(
+            still.elapsed() < Duration::from_secs(60),
+            "the stream has held {held} lines for 60 s past its 8 s retention: {r:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for d in r["days"].as_array().unwrap() {
+        assert_eq!(d["stream_trimmed"], true, "{d:#}");
+    }
+    assert_eq!(r["agree"], true, "{r:#}");
+    assert_eq!(r["total"]["archive"][0], expected.rows, "{r:#}");
+    assert_eq!(dead_in(&r, "warehouse"), poisoned, "{r:#}");
+}
