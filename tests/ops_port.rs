@@ -1,6 +1,6 @@
 //! `server.ops_port` against the real binary: with it set, `/metrics` answers on that port only
 //! (404 on the main port, where a load balancer listens), health answers on both, the ops port
-//! serves nothing else, and its metrics are the process's own (requests to the main port count
+//! serves nothing else, and its metrics are the process's own (requests to either port count
 //! there), and both ports close on SIGTERM. Without it, `/metrics` stays on the main port. An ops port equal to the main port
 //! stops the start with the key named.
 
@@ -60,6 +60,16 @@ fn metrics_move_to_the_ops_port_and_health_answers_on_both() {
         .unwrap_or_else(|| panic!("no count of /health/live in:\n{metrics}"));
     let count: f64 = served.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 1.0, "{served}");
+    // The ops port's own answers are counted too: the scrape above shows in the next one.
+    let (_, metrics) = get(ops("/metrics"));
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("shopstream_http_requests_total{")
+                && l.contains("route=\"/metrics\"")
+                && l.contains("status=\"200\"")
+        }),
+        "the ops port's scrape is not counted:\n{metrics}"
+    );
 
     // Both servers stop on SIGTERM, and the process exits cleanly.
     let mut server = server;

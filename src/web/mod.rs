@@ -40,7 +40,7 @@ macro_rules! route_group {
 }
 pub(crate) use route_group;
 
-use actix_web::dev::Service;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpServer};
 use futures::FutureExt;
@@ -287,6 +287,33 @@ pub struct Servers {
     pub ops: Option<(actix_web::dev::Server, Vec<std::net::SocketAddr>)>,
 }
 
+/// Middleware of both ports: counts each answer in `shopstream_http_requests_total` by route
+/// pattern and status, and times it in `shopstream_http_request_duration_seconds`.
+fn counted<S, B>(
+    req: ServiceRequest,
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+{
+    let started = Instant::now();
+    srv.call(req).map(move |res| {
+        if let Ok(res) = &res {
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned());
+            crate::metrics::HTTP_REQUESTS
+                .with_label_values(&[&route, res.status().as_str()])
+                .inc();
+            crate::metrics::HTTP_REQUEST_DURATION
+                .with_label_values(&[&route])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        res
+    })
+}
+
 /// Builds the HTTP servers (not yet running) and the addresses they are bound to. Signals are
 /// left to the caller, which stops the servers first and the pipeline after them.
 ///
@@ -300,11 +327,10 @@ pub fn server(state: Arc<AppState>, settings: &Settings) -> std::io::Result<Serv
         Some(port) => {
             let data = data.clone();
             let server = HttpServer::new(move || {
-                OPS_GROUPS
-                    .iter()
-                    .fold(App::new().app_data(data.clone()), |app, (config, _)| {
-                        app.configure(config)
-                    })
+                OPS_GROUPS.iter().fold(
+                    App::new().app_data(data.clone()).wrap_fn(counted),
+                    |app, (config, _)| app.configure(config),
+                )
             })
             .workers(1)
             .disable_signals()
@@ -339,24 +365,7 @@ pub fn server(state: Arc<AppState>, settings: &Settings) -> std::io::Result<Serv
                     web::PathConfig::default()
                         .error_handler(|e, _| ApiError::BadInput(format!("bad path: {e}")).into()),
                 )
-                .wrap_fn(|req, srv| {
-                    let started = Instant::now();
-                    srv.call(req).map(move |res| {
-                        if let Ok(res) = &res {
-                            let route = res
-                                .request()
-                                .match_pattern()
-                                .unwrap_or_else(|| "unmatched".to_owned());
-                            crate::metrics::HTTP_REQUESTS
-                                .with_label_values(&[&route, res.status().as_str()])
-                                .inc();
-                            crate::metrics::HTTP_REQUEST_DURATION
-                                .with_label_values(&[&route])
-                                .observe(started.elapsed().as_secs_f64());
-                        }
-                        res
-                    })
-                })
+                .wrap_fn(counted)
                 .configure(|cfg| {
                     for (config, _) in main_groups(ops_port.is_some()) {
                         config(cfg);
