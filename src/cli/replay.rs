@@ -24,7 +24,8 @@ pub struct Args {
     /// Concurrent stores (connections).
     #[arg(long, default_value_t = 4)]
     pub stores: usize,
-    /// Lines per request; an invoice is never split unless it alone is larger.
+    /// Lines per request, whole invoices kept together; an invoice with more lines than this
+    /// is sent in pieces of at most this many (its numbered lines keep their ids).
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
     /// Overall lines per second (default: as fast as shopstream acknowledges).

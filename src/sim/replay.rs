@@ -3,8 +3,10 @@
 //!
 //! Rows are sent as they are in the file (CSV, in the file's own encoding and delimiter): the
 //! server is the one that validates, so a file with bad rows shows exactly what stores would be
-//! told. Lines of one invoice always travel in one request (unless the invoice alone exceeds the
-//! batch size).
+//! told. Lines of one invoice travel in one request, unless the invoice alone has more lines than the
+//! batch size: then it is cut into pieces of at most that many lines (its numbered lines keep
+//! their ids, so the pieces are stored exactly as one request would be), so no request grows past
+//! twice the batch size and the server's request limits.
 //!
 //! Every row gets a `LineNo` of its own (unless the file has that column): its position among the
 //! rows of its invoice, in file order, from 1, counted per invoice (memory grows with invoices,
@@ -350,11 +352,14 @@ fn chunk_csv<R: Read>(
     };
     let mut writer = new_writer()?;
     let mut lines = 0u64;
+    // Where the current invoice's rows begin in this chunk.
+    let mut invoice_from = 0u64;
     let mut current: Vec<u8> = Vec::new();
     let mut record = csv::ByteRecord::new();
     while reader.read_byte_record(&mut record)? {
         let invoice = record.get(invoice_col).unwrap_or_default();
-        if lines as usize >= batch && invoice != current.as_slice() {
+        let new_invoice = invoice != current.as_slice();
+        if lines as usize >= batch && (new_invoice || (lines - invoice_from) as usize >= batch) {
             let body = writer.into_inner().map_err(|e| e.into_error())?;
             if tx
                 .blocking_send(Chunk {
@@ -367,9 +372,11 @@ fn chunk_csv<R: Read>(
             }
             writer = new_writer()?;
             lines = 0;
+            invoice_from = 0;
         }
-        if invoice != current.as_slice() {
+        if new_invoice {
             current = invoice.to_vec();
+            invoice_from = lines;
         }
         if number_lines {
             let n = line_nos.entry(current.clone()).or_insert(0);
@@ -417,7 +424,7 @@ mod tests {
         let csv = "InvoiceNo,StockCode,Quantity\n1,A,1\n1,B,2\n1,C,3\n2,A,1\n3,A,1\n3,B,1\n";
         let (tx, mut rx) = mpsc::channel(16);
         let bytes = std::sync::atomic::AtomicU64::new(0);
-        chunk_csv(csv.as_bytes(), 2, tx, &bytes).unwrap();
+        chunk_csv(csv.as_bytes(), 3, tx, &bytes).unwrap();
         let mut bodies = Vec::new();
         while let Ok(c) = rx.try_recv() {
             bodies.push((String::from_utf8(c.body.to_vec()).unwrap(), c.lines));
@@ -429,6 +436,32 @@ mod tests {
             .starts_with("InvoiceNo,StockCode,Quantity,LineNo\n1,A,1,1\n1,B,2,2\n"));
         assert_eq!(bodies[1].1, 3);
         assert!(bodies[1].0.contains("2,A,1,1\n3,A,1,1\n3,B,1,2\n"));
+    }
+
+    #[test]
+    fn an_invoice_larger_than_the_batch_is_cut_into_pieces_numbered_on() {
+        let mut csv = "InvoiceNo,StockCode\n0,A\n".to_owned();
+        for code in ["a", "b", "c", "d", "e", "f", "g"] {
+            csv.push_str(&format!("1,{code}\n"));
+        }
+        csv.push_str("2,A\n");
+        let (tx, mut rx) = mpsc::channel(16);
+        let bytes = std::sync::atomic::AtomicU64::new(0);
+        chunk_csv(csv.as_bytes(), 3, tx, &bytes).unwrap();
+        let mut bodies = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            bodies.push((String::from_utf8(c.body.to_vec()).unwrap(), c.lines));
+        }
+        let header = "InvoiceNo,StockCode,LineNo\n";
+        assert_eq!(
+            bodies,
+            [
+                (format!("{header}0,A,1\n1,a,1\n1,b,2\n1,c,3\n"), 4),
+                (format!("{header}1,d,4\n1,e,5\n1,f,6\n"), 3),
+                (format!("{header}1,g,7\n2,A,1\n"), 2),
+            ],
+            "no request past twice the batch; the invoice's lines numbered 1 to 7 across them"
+        );
     }
 
     #[test]
