@@ -6,7 +6,9 @@ Runs the real release binary with every stage on AWS against local servers on 12
 scripts/testing/fault_proxy.py with faults off, which counts every call as it passes: Kinesis PutRecords
 calls, records and PUT payload units (25 KiB steps, partition key included), DynamoDB
 BatchWriteItem calls and items per call, Firehose PutRecordBatch calls and billed 5 KiB units,
-S3 PUT-class requests. The store simulator sends the generated file as stores do (whole invoices
+S3 PUT-class requests. It also prints the shopstream process's own CPU time per line (user +
+system, from /proc/PID/stat, from before the first request until every sink has every line): the
+local servers are slow and take most of the machine, so only shopstream's share is measured. The store simulator sends the generated file as stores do (whole invoices
 per request); the count stops once every sink has written every accepted line and the server has
 shut down cleanly (its last flushes included).
 
@@ -15,9 +17,10 @@ same lines: one PutRecord per line (one payload unit each: every line is far bel
 two UpdateItem calls per line (the invoice and the customer look-up).
 
 Usage: python3 scripts/bench/bench_aws_api.py [--lines 1000000] [--stores 4] [--batch 500]
+    [--shards 4] [--no-build | --bin PATH]
 Needs `scripts/local/aws-local.sh install` (moto, kinesalite). Builds the release binary. Writes
-bench-out/aws-api.json and prints a Markdown table. Figures are counts, not timings: they do not
-depend on the machine's speed, only on the data and the batching settings.
+bench-out/aws-api.json and prints a Markdown table. The call figures are counts, not timings: they
+do not depend on the machine's speed, only on the data and the batching settings.
 """
 
 import argparse
@@ -55,10 +58,17 @@ ENV = dict(
     AWS_RESPONSE_CHECKSUM_VALIDATION="when_required",
 )
 PAYLOAD_UNIT = 25 * 1024
+IDLE_SECONDS = 30
 
 PUT_RECORDS = "Kinesis_20131202.PutRecords"
 GET_RECORDS = "Kinesis_20131202.GetRecords"
 BATCH_WRITE = "DynamoDB_20120810.BatchWriteItem"
+# Single-item DynamoDB writes: mostly the line-id index (src/stream/kinesis/line_index.rs: a
+# conditional PutItem claims each new line, an UpdateItem commits it once its record landed, a
+# DeleteItem releases a claim whose record did not; a BatchGetItem per request looks the lines
+# up first), the rest leases and checkpoints. The proxy counts by operation, not by table.
+LINE_INDEX_WRITES = tuple(f"DynamoDB_20120810.{op}" for op in ("PutItem", "UpdateItem", "DeleteItem"))
+LINE_INDEX_READS = "DynamoDB_20120810.BatchGetItem"
 PUT_RECORD_BATCH = "Firehose_20150804.PutRecordBatch"
 S3_PUT_CLASS = ("PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload")
 
@@ -134,6 +144,13 @@ def proxy_call(url, path, method="GET"):
         return json.load(r)
 
 
+def cpu_seconds(pid):
+    """User + system CPU time process `pid` has used so far (utime and stime of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def status(url):
     with urllib.request.urlopen(read_request(url + "/v1/status"), timeout=10) as r:
         return json.load(r)
@@ -204,15 +221,17 @@ def main():
     ap.add_argument("--batch", type=int, default=500, help="lines per request of the stores")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--no-build", action="store_true", help="use the release binary as it is")
+    ap.add_argument("--bin", help="a shopstream binary to measure instead of building this tree's")
     args = ap.parse_args()
+    binary = os.path.abspath(args.bin) if args.bin else BIN
 
     os.makedirs(OUT, exist_ok=True)
-    if not args.no_build:
+    if not (args.no_build or args.bin):
         subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "shopstream"],
                        cwd=ROOT, check=True)
     data = os.path.join(OUT, f"aws-api-{args.lines}.csv")
     if not os.path.exists(data):
-        subprocess.run([BIN, "generate", "--lines", str(args.lines), "--output", data], check=True)
+        subprocess.run([binary, "generate", "--lines", str(args.lines), "--output", data], check=True)
 
     work = tempfile.mkdtemp(prefix="shopstream-bench-aws-")
     procs = []
@@ -228,12 +247,12 @@ def main():
         cfg = os.path.join(work, "bench.toml")
         with open(cfg, "w") as f:
             f.write(config_text(moto_proxy, kinesis_proxy, args.shards))
-        subprocess.run([BIN, "--config", cfg, "aws", "init"], check=True, env=ENV,
+        subprocess.run([binary, "--config", cfg, "aws", "init"], check=True, env=ENV,
                        stdout=subprocess.DEVNULL)
         for url in (moto_proxy, kinesis_proxy):
             proxy_call(url, "/__fault_proxy/reset", "POST")
 
-        server = Proc("serve", [BIN, "--config", cfg, "serve", "--data-dir",
+        server = Proc("serve", [binary, "--config", cfg, "serve", "--data-dir",
                                 os.path.join(work, "data"), "--port", "0"], work)
         procs.append(server)
         server.log.close()
@@ -247,9 +266,10 @@ def main():
         if url is None:
             sys.exit(f"the server did not start; see {server.log_path}")
 
+        cpu_before = cpu_seconds(server.proc.pid)
         print(f"sending {args.lines:,} lines from {args.stores} stores ...", file=sys.stderr)
         t0 = time.monotonic()
-        rep = subprocess.run([BIN, "replay", data, "--url", url, "--key", KEY, "--json",
+        rep = subprocess.run([binary, "replay", data, "--url", url, "--key", KEY, "--json",
                               "--stores", str(args.stores), "--batch", str(args.batch)],
                              check=True, capture_output=True, text=True, env=ENV)
         summary = json.loads(rep.stdout[rep.stdout.index("{"):])
@@ -265,6 +285,13 @@ def main():
                 print(f"  written: {w}", file=sys.stderr)
                 last = w
             time.sleep(2)
+        cpu_used = cpu_seconds(server.proc.pid) - cpu_before
+        elapsed_busy = time.monotonic() - t0
+        # What the server costs with nothing to do (polling GetRecords, renewing leases), to tell
+        # the per-line work from the time-bound work in a run as slow as the local servers.
+        idle_from = cpu_seconds(server.proc.pid)
+        time.sleep(IDLE_SECONDS)
+        idle_per_s = (cpu_seconds(server.proc.pid) - idle_from) / IDLE_SECONDS
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(60)
         elapsed = time.monotonic() - t0
@@ -292,6 +319,9 @@ def main():
         "kinesis_get_records_calls": kops.get(GET_RECORDS, {}).get("calls", 0),
         "dynamodb_batch_write_item_calls": bwi.get("calls", 0),
         "dynamodb_items_written": bwi.get("entries", 0),
+        "dynamodb_single_item_write_calls": sum(mops.get(op, {}).get("calls", 0)
+                                               for op in LINE_INDEX_WRITES),
+        "dynamodb_line_index_batch_get_calls": mops.get(LINE_INDEX_READS, {}).get("calls", 0),
         "firehose_put_record_batch_calls": prb.get("calls", 0),
         "firehose_records": prb.get("entries", 0),
         "firehose_billed_5k_units": prb.get("billed_units_5k", 0),
@@ -301,6 +331,10 @@ def main():
         "lines_generated": args.lines,
         "lines_accepted": accepted,
         "seconds_to_all_sinks": round(elapsed, 1),
+        "server_cpu_us_per_line": round(cpu_used * 1e6 / accepted, 1),
+        "server_idle_cpu_ms_per_s": round(idle_per_s * 1e3, 1),
+        "server_cpu_us_per_line_less_idle": round(
+            max(0.0, cpu_used - idle_per_s * elapsed_busy) * 1e6 / accepted, 1),
         "settings": {"stores": args.stores, "batch": args.batch, "shards": args.shards},
         "ours": ours,
         "ours_per_million_lines": {k2: per_m(v) for k2, v in ours.items()},
@@ -329,6 +363,10 @@ def main():
         ("DynamoDB write calls (BatchWriteItem / UpdateItem)", o["dynamodb_batch_write_item_calls"],
          r["dynamodb_update_item_calls"]),
         ("DynamoDB items written", o["dynamodb_items_written"], r["dynamodb_update_item_calls"]),
+        ("DynamoDB single-item writes (line-id claims, leases, checkpoints)",
+         o["dynamodb_single_item_write_calls"], None),
+        ("DynamoDB line-id index BatchGetItem calls", o["dynamodb_line_index_batch_get_calls"],
+         None),
         ("Firehose PutRecordBatch calls", o["firehose_put_record_batch_calls"], None),
         ("Firehose records", o["firehose_records"], r["firehose_records_one_per_line"]),
         ("Firehose billed 5 KiB units", o["firehose_billed_5k_units"],
@@ -349,6 +387,12 @@ def main():
           f"time, not lines: {ours['kinesis_get_records_calls']:,} in this run of {elapsed:.0f} s "
           f"over {args.shards} shards (at most 5 per second per shard). Details in "
           "bench-out/aws-api.json.")
+    print(f"\nshopstream's CPU per line, end to end on the AWS backends (user + system of the "
+          f"server process, from the first request until every sink had every line): "
+          f"{result['server_cpu_us_per_line']} us ({cpu_used:.1f} s for {accepted:,} lines in "
+          f"{elapsed_busy:.0f} s). Idle, it uses {result['server_idle_cpu_ms_per_s']} ms of CPU a "
+          f"second (measured over {IDLE_SECONDS} s after the sinks caught up); less that for the "
+          f"run's length: {result['server_cpu_us_per_line_less_idle']} us a line.")
 
 
 if __name__ == "__main__":
