@@ -7,8 +7,9 @@ new generated file per round, so the line-id index never turns them into cheap d
 answers what it cannot take with 503 + Retry-After and the clients honour it; appends that time
 out are dropped unwritten, the append queue is bounded in bytes, the archive's ETag cache by an
 LRU. It samples the server's resident memory (VmRSS of /proc/PID/status) every 5 s and prints,
-per minute, the RSS median and maximum, the lines acknowledged and the busy answers, then the
-ratio of the last minute's median RSS to the second minute's (the first is warm-up).
+per minute, the RSS median and maximum, the medians of its anonymous, file and shared parts (so
+a creep can be told apart: heap, or mapped files), the lines acknowledged and the busy answers,
+then the ratio of the last minute's median RSS to the second minute's (the first is warm-up).
 
 Usage: python3 scripts/bench/bench_overload_rss.py [--minutes 10] [--lines-per-round 100000]
        [--bin PATH]
@@ -28,12 +29,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_pipeline as bp  # noqa: E402  (the server wrapper and paths)
 
 
-def rss_mb(pid):
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def memory_mb(pid):
+    """The server's resident memory in MB, whole (VmRSS) and split: RssAnon (heap, stacks: what
+    the allocator holds), RssFile (mapped files: the binary, libraries) and RssShmem (shared
+    mappings, such as SQLite's WAL index `-shm` files)."""
+    out = dict.fromkeys(MEMORY_FIELDS, float("nan"))
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key = line.split(":", 1)[0]
+            if key in out:
+                out[key] = int(line.split()[1]) / 1024
+    return out
 
 
 def tag_invoices(path, tag):
@@ -72,9 +81,13 @@ def main():
     pid = srv.proc.pid
     deadline = time.monotonic() + args.minutes * 60
     lock = threading.Lock()
-    # minute -> {"rss": [...], "accepted": n, "busy": n}
+    # minute -> {"rss": [...], "anon": [...], "file": [...], "shmem": [...], "accepted": n,
+    # "busy": n}
     minutes = {}
     started = time.monotonic()
+
+    def new_minute():
+        return {"rss": [], "anon": [], "file": [], "shmem": [], "accepted": 0, "busy": 0}
 
     def minute():
         return int((time.monotonic() - started) // 60)
@@ -90,7 +103,7 @@ def main():
             r = bp.replay(srv.url, data, "--stores", str(args.stores), "--batch", str(args.batch))
             os.remove(data)
             with lock:
-                m = minutes.setdefault(minute(), {"rss": [], "accepted": 0, "busy": 0})
+                m = minutes.setdefault(minute(), new_minute())
                 m["accepted"] += r["lines_accepted"]
                 m["busy"] += r["busy_answers"]
             round_no += 1
@@ -100,7 +113,11 @@ def main():
         t.start()
     while any(t.is_alive() for t in threads):
         with lock:
-            minutes.setdefault(minute(), {"rss": [], "accepted": 0, "busy": 0})["rss"].append(rss_mb(pid))
+            m = minutes.setdefault(minute(), new_minute())
+            mem = memory_mb(pid)
+            for key, field in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"),
+                               ("shmem", "RssShmem")):
+                m[key].append(mem[field])
         time.sleep(5)
     peak = srv.peak_rss_mb()
     srv.wait_caught_up(limit=1800)
@@ -109,13 +126,15 @@ def main():
     print()
     print(f"{args.clients} clients x {args.stores} stores x {args.batch} lines per request, "
           f"{args.minutes:g} minutes, {os.cpu_count()} cores")
-    print(f"{'minute':>6} {'RSS median MB':>14} {'RSS max MB':>11} {'lines acked':>12} {'busy answers':>13}")
+    print(f"{'minute':>6} {'RSS median MB':>14} {'RSS max MB':>11} {'anon':>6} {'file':>6} "
+          f"{'shmem':>6} {'lines acked':>12} {'busy answers':>13}")
     for m in sorted(minutes):
         v = minutes[m]
         if not v["rss"]:
             continue
-        print(f"{m:>6} {statistics.median(v['rss']):>14.0f} {max(v['rss']):>11.0f} "
-              f"{v['accepted']:>12,} {v['busy']:>13,}")
+        med = {k: statistics.median(v[k]) for k in ("rss", "anon", "file", "shmem")}
+        print(f"{m:>6} {med['rss']:>14.0f} {max(v['rss']):>11.0f} {med['anon']:>6.0f} "
+              f"{med['file']:>6.0f} {med['shmem']:>6.0f} {v['accepted']:>12,} {v['busy']:>13,}")
     rounds = [m for m in sorted(minutes) if minutes[m]["rss"]]
     if len(rounds) >= 3:
         second = statistics.median(minutes[rounds[1]]["rss"])
