@@ -146,8 +146,13 @@ class Emulators:
         for helper in reversed(self.helpers):
             helper.stop()
         if self.moto_proc and self.moto_proc.poll() is None:
+            # moto can take longer than a SIGTERM's grace to let go of a large in-memory state.
             self.moto_proc.terminate()
-            self.moto_proc.wait(10)
+            try:
+                self.moto_proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.moto_proc.kill()
+                self.moto_proc.wait()
 
 
 def config_text(data: Path, rate: int, emulators: Emulators, request_lines: int) -> str:
