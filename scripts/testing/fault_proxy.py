@@ -3,7 +3,8 @@
 
     python3 scripts/testing/fault_proxy.py --upstream http://127.0.0.1:5000 [--listen 127.0.0.1:0]
         [--port-file PATH] [--fail-rate F] [--throttle-rate F] [--expire-rate F] [--seed N]
-        [--refuse TARGET ...] [--delay-puts N --delay-seconds S] [--stats-file PATH] [--verbose]
+        [--refuse TARGET ...] [--refuse-s3-writes BUCKET/PREFIX ...]
+        [--delay-puts N --delay-seconds S] [--stats-file PATH] [--verbose]
 
 Point the AWS SDK's endpoint at the proxy instead of the server. Every request is forwarded as it
 came (method, path and query, headers, body) and the answer returned as it came, except:
@@ -27,6 +28,10 @@ came (method, path and query, headers, body) and the answer returned as it came,
   - `--refuse TARGET` (repeatable; e.g. `Kinesis_20131202.ListShards`): every call of that
     operation is answered HTTP 400 `LimitExceededException` without forwarding, as Kinesis answers
     a control-plane call over its rate limit, for as long as the refusal stands.
+  - `--refuse-s3-writes BUCKET/PREFIX` (repeatable; e.g. `shopstream-archive/raw/`): every S3
+    write (PutObject and the multipart upload calls) of a key under that path-style prefix is
+    answered HTTP 503 `SlowDown` without forwarding, as S3 answers a prefix over its request
+    rate; reads, listings and writes elsewhere in the bucket pass. The SDKs retry 503.
   - `--delay-puts N --delay-seconds S`: the first N Kinesis `PutRecords` calls are forwarded at
     once (the records land) but answered only S seconds later, so a caller whose timeout is
     shorter gives up on records that are in the stream (and a client resends them). Counted as
@@ -44,7 +49,8 @@ came (method, path and query, headers, body) and the answer returned as it came,
     POST /__fault_proxy/config   {"fail_rate": 0.1, "throttle_rate": 0.05} (any key) changes
                                  the rates at run time; tests set both to 0 to let retries drain;
                                  {"refuse": ["Kinesis_20131202.ListShards"]} replaces the refused
-                                 operations ([] refuses none)
+                                 operations ([] refuses none), {"refuse_s3_writes": ["b/raw/"]}
+                                 the refused S3 write prefixes
     POST /__fault_proxy/reset    zeroes the counters
 
 It listens on loopback only (the servers behind it accept any credentials) and prints
@@ -93,6 +99,10 @@ THROTTLE = {
 }
 KINESIS_ENTRY_ERRORS = ("ProvisionedThroughputExceededException", "InternalFailure")
 INJECTED = "injected by fault_proxy"
+# The S3 requests --refuse-s3-writes refuses (kinds of `s3_kind`).
+S3_WRITES = frozenset(
+    {"PutObject", "UploadPart", "CreateMultipartUpload", "CompleteMultipartUpload"}
+)
 
 # Headers that belong to one connection, not to the message: never forwarded either way.
 # Content-Length is recomputed for every forwarded body.
@@ -300,7 +310,7 @@ class Stats:
                 else:
                     c[k] = c.get(k, 0) + v
 
-    def s3(self, kind, request_bytes, response_bytes, error):
+    def s3(self, kind, request_bytes, response_bytes, error, refused=False):
         with self._lock:
             self._requests += 1
             c = self._s3.get(kind)
@@ -315,6 +325,8 @@ class Stats:
             c["request_bytes"] += request_bytes
             c["response_bytes"] += response_bytes
             c["error_responses"] += error
+            if refused:
+                c["refused"] = c.get("refused", 0) + 1
 
     def unreachable(self):
         with self._lock:
@@ -351,7 +363,8 @@ class Stats:
             "PutObject": {                  CompleteMultipartUpload, AbortMultipartUpload,
               "requests", "request_bytes",  GetObject, ListObjects, HeadBucket, HeadObject,
               "response_bytes",             DeleteObject, DeleteObjects, CreateBucket, other
-              "error_responses"}
+              "error_responses",
+              "refused"}                    (answered 503 SlowDown by --refuse-s3-writes)
           }
         }
         "error_responses" counts answers of HTTP 400 and above from the upstream (not injected).
@@ -376,8 +389,9 @@ class Faults:
     """The fault rates and the random source, shared by all connections."""
 
     def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0, refuse=(), delay_puts=0,
-                 delay_seconds=0.0):
+                 delay_seconds=0.0, refuse_s3_writes=()):
         self._lock = threading.Lock()
+        self.refuse_s3_writes = sorted(set(refuse_s3_writes))
         self.delay_puts = delay_puts
         self.delay_seconds = delay_seconds
         self.refuse = sorted(set(refuse))
@@ -394,24 +408,27 @@ class Faults:
             "throttle_rate": self.throttle_rate,
             "expire_rate": self.expire_rate,
             "refuse": list(self.refuse),
+            "refuse_s3_writes": list(self.refuse_s3_writes),
             "seed": self.seed,
         }
 
     def update(self, changes):
-        """Applies {"fail_rate": F, "throttle_rate": F}; returns an error message or None."""
+        """Applies {"fail_rate": F, "throttle_rate": F, "expire_rate": F, "refuse": [...],
+        "refuse_s3_writes": [...]} (any of them); returns an error message or None."""
         if not isinstance(changes, dict):
             return 'the body must be a JSON object such as {"fail_rate": 0.1, "throttle_rate": 0}'
-        unknown = set(changes) - {"fail_rate", "throttle_rate", "expire_rate", "refuse"}
+        lists = {"refuse": '["Kinesis_20131202.ListShards"]',
+                 "refuse_s3_writes": '["shopstream-archive/raw/"]'}
+        unknown = set(changes) - {"fail_rate", "throttle_rate", "expire_rate", *lists}
         if unknown:
             return (
-                f"unknown keys {sorted(unknown)}: only fail_rate, throttle_rate, expire_rate and "
-                "refuse can change"
+                f"unknown keys {sorted(unknown)}: only fail_rate, throttle_rate, expire_rate, "
+                "refuse and refuse_s3_writes can change"
             )
-        refuse = changes.pop("refuse", None)
-        if refuse is not None and (
-            not isinstance(refuse, list) or not all(isinstance(t, str) and t for t in refuse)
-        ):
-            return f'refuse is {refuse!r}: give a list of X-Amz-Target names such as ["Kinesis_20131202.ListShards"]'
+        given = {key: changes.pop(key) for key in lists if key in changes}
+        for key, value in given.items():
+            if not isinstance(value, list) or not all(isinstance(t, str) and t for t in value):
+                return f"{key} is {value!r}: give a list of strings such as {lists[key]}"
         for key, value in changes.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 return f"{key} is {value!r}: give a number from 0 to 1"
@@ -419,12 +436,19 @@ class Faults:
             self.fail_rate = float(changes.get("fail_rate", self.fail_rate))
             self.throttle_rate = float(changes.get("throttle_rate", self.throttle_rate))
             self.expire_rate = float(changes.get("expire_rate", self.expire_rate))
-            if refuse is not None:
-                self.refuse = sorted(set(refuse))
+            if "refuse" in given:
+                self.refuse = sorted(set(given["refuse"]))
+            if "refuse_s3_writes" in given:
+                self.refuse_s3_writes = sorted(set(given["refuse_s3_writes"]))
         return None
 
     def refused(self, target):
         return target in self.refuse
+
+    def s3_write_refused(self, kind, path):
+        """Whether S3 request `kind` on path-style `path` (`/bucket/key`) is a refused write."""
+        key = path.lstrip("/")
+        return kind in S3_WRITES and any(key.startswith(p) for p in self.refuse_s3_writes)
 
     def active(self):
         return self.fail_rate > 0 or self.throttle_rate > 0
@@ -502,6 +526,17 @@ def synthetic(status, content_type, obj, crc=False):
     if crc:
         headers.append(("x-amz-crc32", str(zlib.crc32(body) & 0xFFFFFFFF)))
     return Response(status, reason, headers, body)
+
+
+# S3's answer to a prefix over its request rate (an XML error body, as S3 sends).
+S3_SLOW_DOWN = Response(
+    503,
+    "Slow Down",
+    [("Content-Type", "application/xml"), ("x-amz-request-id", "fault-proxy")],
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate. (refused by fault_proxy)</Message>"
+    b"<RequestId>fault-proxy</RequestId></Error>",
+)
 
 
 class ProxyServer(http.server.ThreadingHTTPServer):
@@ -636,9 +671,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if target is None:
                 self.s3(body)
             elif self.server.faults.refused(target):
-                self.send_kinesis_error(
-                    "LimitExceededException", "Rate exceeded (refused by fault_proxy)"
-                )
+                self.send_refusal(target)
                 self.server.stats.op(target, refused=1)
                 self.log(f"{target}: refused (LimitExceededException)")
             elif target in THROTTLE and self.server.faults.active():
@@ -676,6 +709,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         r.headers.append(("x-amzn-ErrorType", code))
         self.send(r)
 
+    def send_refusal(self, target):
+        """Answers `target` HTTP 400 LimitExceededException, in its service's JSON protocol
+        (DynamoDB's 1.0 with its CRC32 header, the others' 1.1)."""
+        code = "LimitExceededException"
+        dynamodb = target.startswith("DynamoDB_")
+        r = synthetic(
+            400,
+            "application/x-amz-json-1.0" if dynamodb else "application/x-amz-json-1.1",
+            {"__type": code, "message": "Rate exceeded (refused by fault_proxy)"},
+            crc=dynamodb,
+        )
+        r.headers.append(("x-amzn-ErrorType", code))
+        self.send(r)
+
     def control(self, body):
         srv = self.server
         name = self.path[len(CONTROL_PREFIX) :].split("?", 1)[0].rstrip("/")
@@ -709,12 +756,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
             )
 
     def s3(self, body):
+        path, _, query = self.path.partition("?")
+        kind = s3_kind(self.command, path, query)
+        if self.server.faults.s3_write_refused(kind, path):
+            self.send(S3_SLOW_DOWN)
+            self.server.stats.s3(kind, len(body), len(S3_SLOW_DOWN.body), False, refused=True)
+            self.log(f"S3 {kind} {path}: refused (503 SlowDown)")
+            return
         r = self.forward(body)
         self.send(r)
-        path, _, query = self.path.partition("?")
-        self.server.stats.s3(
-            s3_kind(self.command, path, query), len(body), len(r.body), r.status >= 400
-        )
+        self.server.stats.s3(kind, len(body), len(r.body), r.status >= 400)
 
     def counted(self, target, body):
         """Forwards unchanged, counting what the operation's answer or request says."""
@@ -924,6 +975,9 @@ def main(argv=None):
     p.add_argument("--refuse", action="append", default=[], metavar="TARGET",
                    help="answer every call of this X-Amz-Target operation with "
                    "LimitExceededException (repeatable)")
+    p.add_argument("--refuse-s3-writes", action="append", default=[], metavar="BUCKET/PREFIX",
+                   help="answer every S3 write of a key under this path-style prefix with 503 "
+                   "SlowDown (repeatable)")
     p.add_argument("--delay-puts", type=int, default=0,
                    help="hold the answers of the first N PutRecords calls (after forwarding them)")
     p.add_argument("--delay-seconds", type=float, default=0.0,
@@ -934,7 +988,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate, args.refuse,
-                    args.delay_puts, args.delay_seconds)
+                    args.delay_puts, args.delay_seconds, args.refuse_s3_writes)
     try:
         server = ProxyServer(args.listen, args.upstream, faults, args.verbose)
     except OSError as e:

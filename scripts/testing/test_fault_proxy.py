@@ -176,7 +176,7 @@ class FaultProxyTest(unittest.TestCase):
         return boto3.client(service, endpoint_url=cls.endpoint, config=config, **CREDENTIALS)
 
     def setUp(self):
-        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0, refuse=[])
+        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0, refuse=[], refuse_s3_writes=[])
         status, _ = http_json("POST", self.endpoint + "/__fault_proxy/reset")
         self.assertEqual(status, 200)
 
@@ -284,6 +284,50 @@ class FaultProxyTest(unittest.TestCase):
         )
         self.assertEqual(status, 400)
         self.assertIn("refuse", body["error"])
+
+    def test_a_refused_dynamodb_call_is_answered_in_dynamodb_json(self):
+        t = self.table("refused")
+        self.configure(refuse=["DynamoDB_20120810.BatchWriteItem"])
+        with self.assertRaises(ClientError) as e:
+            self.dynamodb.batch_write_item(
+                RequestItems={t: [{"PutRequest": {"Item": {"k": {"S": "a"}}}}]}
+            )
+        err = e.exception.response
+        self.assertEqual(err["Error"]["Code"], "LimitExceededException")
+        self.assertEqual(
+            err["ResponseMetadata"]["HTTPHeaders"]["content-type"], "application/x-amz-json-1.0"
+        )
+        self.assertEqual(self.table_keys(t), [])
+
+    def test_s3_writes_under_a_refused_prefix_are_answered_slow_down_until_lifted(self):
+        self.direct_s3.create_bucket(Bucket="slow")
+        self.direct_s3.put_object(Bucket="slow", Key="raw/old", Body=b"old")
+        self.configure(refuse_s3_writes=["slow/raw/"])
+        for write in (
+            lambda: self.s3.put_object(Bucket="slow", Key="raw/a", Body=b"a"),
+            lambda: self.s3.create_multipart_upload(Bucket="slow", Key="raw/big"),
+        ):
+            with self.assertRaises(ClientError) as e:
+                write()
+            err = e.exception.response
+            self.assertEqual(err["Error"]["Code"], "SlowDown")
+            self.assertEqual(err["ResponseMetadata"]["HTTPStatusCode"], 503)
+        # Reads under the prefix and writes elsewhere in the bucket pass.
+        self.assertEqual(self.s3.get_object(Bucket="slow", Key="raw/old")["Body"].read(), b"old")
+        self.s3.put_object(Bucket="slow", Key="dead-letter/x", Body=b"x")
+        listing = self.direct_s3.list_objects_v2(Bucket="slow")["Contents"]
+        self.assertEqual(sorted(o["Key"] for o in listing), ["dead-letter/x", "raw/old"])
+        self.configure(refuse_s3_writes=[])
+        self.s3.put_object(Bucket="slow", Key="raw/a", Body=b"a")
+        kinds = self.stats()["s3"]
+        self.assertEqual((kinds["PutObject"]["requests"], kinds["PutObject"]["refused"]), (3, 1))
+        self.assertEqual(kinds["CreateMultipartUpload"]["refused"], 1)
+        self.assertNotIn("refused", kinds["GetObject"])
+        status, body = http_json(
+            "POST", self.endpoint + "/__fault_proxy/config", {"refuse_s3_writes": "slow/raw/"}
+        )
+        self.assertEqual(status, 400)
+        self.assertIn("refuse_s3_writes", body["error"])
 
     def test_delayed_puts_land_at_once_and_are_answered_late(self):
         proxy, endpoint, _ = start_proxy(
