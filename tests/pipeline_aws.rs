@@ -266,3 +266,109 @@ async fn readiness_names_the_missing_aws_resource() {
     }
     drop(server);
 }
+
+/// A line DynamoDB refuses as invalid: the fault proxy answers `ValidationException` to every
+/// BatchWriteItem that holds it, as DynamoDB answers a request with an invalid item, naming no
+/// item. The operational writer finds the line by writing one at a time, dead-letters it with
+/// the refusal, and stores every other line; the other sinks hold every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_dynamodb_refuses_as_invalid_is_dead_lettered_alone() {
+    let _heavy = heavy_test();
+    let cfg = aws_common::aws_config("invalid_line");
+    let clients = aws_common::init(&cfg).await;
+    let proxy = aws_common::fault_proxy(
+        &cfg.aws.endpoint_url,
+        &["--invalid-if-contains", "POISON PILL"],
+    );
+    let toml = format!(
+        r#"
+[stream]
+shards = 1
+[operational]
+backend = "aws"
+[operational.dynamodb]
+invoices_table = "{invoices}"
+[sinks]
+poll_interval = "50ms"
+checkpoint_interval = "100ms"
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+partial_retry_initial_backoff = "10ms"
+partial_retry_max_backoff = "200ms"
+"#,
+        invoices = cfg.operational.dynamodb.invoices_table,
+        endpoint = proxy.endpoint,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/online-retail-sample-873-iso.csv");
+    let file = dir.path().join("poisoned.csv");
+    let mut csv = std::fs::read(&fixture).unwrap();
+    csv.extend_from_slice(b"581587,22899,POISON PILL MUG,2,12/9/2011 12:50,2.10,12680,France\n");
+    std::fs::write(&file, csv).unwrap();
+    let expected = expected_from_csv(&file);
+
+    let data = dir.path().join("data");
+    let server = tokio::task::spawn_blocking({
+        let (data, file) = (data.clone(), file.clone());
+        move || {
+            let server = Server::start(&data, 0, &toml);
+            let summary = replay(&server.base, &file, &["--batch", "200"]);
+            assert_eq!(summary["lines_accepted"], expected.rows, "{summary:#}");
+            server.wait_caught_up_or(Duration::from_secs(120), aws_common::emulator_errors);
+            server
+        }
+    })
+    .await
+    .unwrap();
+
+    // DynamoDB: every line but the poisoned one, exactly once.
+    let store = DynamoOperationalStore::from_config(&clients, &cfg.aws, &cfg.operational.dynamodb);
+    let (n, revenue) = store.totals().await.unwrap();
+    let poison_total = rust_decimal::Decimal::new(420, 2);
+    assert_eq!(
+        (n, revenue.normalize()),
+        (
+            expected.rows - 1,
+            (expected.revenue - poison_total).normalize()
+        )
+    );
+    // One dead letter, the operational sink's, of that line, with DynamoDB's reason.
+    let letters = dead_letters(&data);
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    let letter = &letters[0];
+    assert_eq!(letter["sink"], "operational", "{letter:#}");
+    assert_eq!(
+        letter["line"]["description"], "POISON PILL MUG",
+        "{letter:#}"
+    );
+    let reason = letter["reason"].as_str().unwrap();
+    assert!(reason.contains("ValidationException"), "{reason}");
+    // The warehouse holds every line, the poisoned one too.
+    let url = server.url("/v1/sales/summary");
+    let summary: serde_json::Value =
+        tokio::task::spawn_blocking(move || client().get(url).send().unwrap().json().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(summary["lines"], expected.rows, "{summary:#}");
+    drop(server);
+}
+
+/// The dead letters a server with the local dead-letter store wrote under `data`, parsed.
+fn dead_letters(data: &Path) -> Vec<serde_json::Value> {
+    fn walk(dir: &Path, out: &mut Vec<serde_json::Value>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+    }
+    let mut letters = Vec::new();
+    walk(&data.join("dead-letter/dead-letter"), &mut letters);
+    letters
+}

@@ -235,18 +235,22 @@ def aws_init(binary: Path, config: Path) -> str:
     return r.stdout
 
 
-def readback(repo: Path, moto_endpoint: str, parts: list[Path], work: Path) -> dict:
+def readback(repo: Path, moto_endpoint: str, parts: list[Path], work: Path,
+             skip: tuple[str, ...] = (), name: str = "readback") -> dict:
     """`scripts/ops/readback.py --json` against moto itself (not through a proxy): every sink
-    compared with the input files. Firehose delivers at least once (docs/aws.md), so a line id
-    seen twice there is counted once and reported, not failed."""
+    but `skip` compared with the input files. Firehose delivers at least once (docs/aws.md), so a
+    line id seen twice there is counted once and reported, not failed. The report is kept as
+    `<name>.json` in the work folder."""
     argv = [sys.executable, str(repo / "scripts/ops/readback.py"), "--json",
             "--endpoint", moto_endpoint, "--bucket", BUCKET,
             "--invoices-table", INVOICES_TABLE, "--archive-prefix", ARCHIVE_PREFIX + "/",
             "--firehose-prefix", FIREHOSE_PREFIX, "--allow-duplicates", "firehose"]
     for part in parts:
         argv += ["--input", str(part)]
+    for sink in skip:
+        argv += ["--skip", sink]
     r = subprocess.run(argv, capture_output=True, text=True, env=env())
-    (work / "readback.json").write_text(r.stdout)
+    (work / f"{name}.json").write_text(r.stdout)
     if r.returncode not in (0, 1):
         raise SystemExit(f"readback.py could not read the sinks ({r.returncode}): {r.stderr}")
     return json.loads(r.stdout)
@@ -269,6 +273,13 @@ def dead_letters(moto_endpoint: str) -> list[str]:
         token = root.findtext(ns + "NextContinuationToken")
         if not token:
             return keys
+
+
+def dead_letter(moto_endpoint: str, key: str) -> dict:
+    """One dead letter, parsed (a plain GetObject; moto does not check signatures)."""
+    url = f"{moto_endpoint}/{BUCKET}/{urllib.parse.quote(key)}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def env() -> dict:

@@ -36,11 +36,14 @@ With `--backend aws-local` every stage runs on AWS-compatible servers instead: k
 `scripts/testing/fault_proxy.py`, set up with `shopstream aws init`. The faults keep their
 numbers and times but are made by the proxies: 2 every `BatchWriteItem` refused
 (LimitExceededException) for the outage, and `GetRecords` answered ExpiredIteratorException as it
-ends; 4 every Firehose `PutRecordBatch` refused; 5 every S3 write under the archive's prefix
-answered 503 SlowDown; 3 (poison) is not run: no line is poison on AWS, see docs/reliability.md.
+ends; 3 every DynamoDB `BatchWriteItem` and Firehose `PutRecordBatch` that holds the poison line
+answered as the services answer an invalid item (ValidationException, InvalidArgumentException:
+the whole call, naming no line), so the writers must find the line themselves; 4 every Firehose
+`PutRecordBatch` refused; 5 every S3 write under the archive's prefix answered 503 SlowDown.
 The check reads the bucket and the table back with `scripts/ops/readback.py` (boto3): every line
 in the archive and DynamoDB exactly once, in the Firehose objects at least once (Firehose has no
-idempotent put), no dead letters.
+idempotent put, though the dedup windows should leave no second copy), the poison line in the
+archive and in the dead letters of the operational and warehouse sinks only.
 
     python3 scripts/chaos/run.py                       # builds, 100,000 lines, 400 s outage
     python3 scripts/chaos/run.py --quick               # a smoke run: 5,000 lines, 30 s outage
@@ -355,6 +358,19 @@ def customer(text) -> int | None:
     return int(Decimal(str(text)))
 
 
+CSV_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
+               "CustomerID", "Country"]
+
+
+def write_csv(path: Path, lines: list[dict]) -> None:
+    """Lines as posted (dicts of the dataset's columns) as a CSV file of those columns."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for line in lines:
+            w.writerow([line[c] for c in CSV_COLUMNS])
+
+
 def split_by_invoice(source: Path, parts: list[Path]) -> collections.Counter:
     """Deals whole invoices round-robin to `parts` (an invoice never spans two files: replay
     numbers lines per invoice and file) and returns the content of every row, as a multiset of
@@ -637,8 +653,14 @@ def run_embedded(args, binary: Path, work: Path, parts: list[Path], expected, ra
 KILL = "1 kill -9 during replay"
 OUTAGE = "2 sink outage (operational)"
 EXPIRY = "2 expired iterators"
+POISON = "3 poison line"
 WAREHOUSE_REFUSED = "4 warehouse refused"
 ARCHIVE_REFUSED = "5 archive writes refused (S3)"
+POISON_DESCRIPTION = "A LINE THE STORES REFUSE"
+# What the proxy looks for: the poison line's attribute in a DynamoDB item, and its field in a
+# Firehose row. Neither matches the line-id table's claims, which hold the line as escaped JSON.
+POISON_TEXTS = [f'"Description":{{"S":"{POISON_DESCRIPTION}"}}',
+                f'"description":"{POISON_DESCRIPTION}"']
 
 
 class AwsChaos:
@@ -650,6 +672,7 @@ class AwsChaos:
         self.server, self.t0 = server, t0
         self.refused: set[str] = set()
         self.events: dict[str, list[str]] = collections.defaultdict(list)
+        self.poison_ok = False
 
     def note(self, fault: str, what: str) -> None:
         log(f"fault {fault}: {what}")
@@ -673,6 +696,15 @@ class AwsChaos:
         self.note(fault, f"{rate:.0%} of GetRecords answered ExpiredIteratorException" if rate
                   else "GetRecords answered as kinesalite answers again")
 
+    def poison(self, fault: str) -> None:
+        """Has DynamoDB and Firehose refuse every write call holding the poison line as invalid
+        (for the rest of the run), then sends the three-line invoice that holds it."""
+        self.moto.configure(invalid_if_contains=POISON_TEXTS)
+        status, answer = self.server.post_lines(poison_invoice())
+        self.poison_ok = status == 200 and answer.get("accepted") == 3
+        self.note(fault, "write calls holding the poison line refused as invalid; poison invoice "
+                  f"sent: HTTP {status}, accepted {answer.get('accepted')} of 3")
+
     def kill9(self, fault: str, why: str) -> None:
         self.note(fault, f"kill -9 of the server {why}")
         self.server.kill9()
@@ -693,6 +725,7 @@ def aws_timeline(outage: float, side: float) -> list[tuple[float, str, tuple]]:
     events = [
         (5, "refuse", (OUTAGE, aws_local.BATCH_WRITE_ITEM, True)),
         (12, "kill9", (KILL, "during the replays and the outage")),
+        (20, "poison", (POISON,)),
         (30, "refuse", (WAREHOUSE_REFUSED, aws_local.PUT_RECORD_BATCH, True)),
         (30 + side, "refuse", (WAREHOUSE_REFUSED, aws_local.PUT_RECORD_BATCH, False)),
         (40 + side, "archive", (ARCHIVE_REFUSED, True)),
@@ -735,8 +768,17 @@ def run_aws_local(args, repo: Path, binary: Path, work: Path, parts: list[Path],
         code = server.terminate()
         log(f"server stopped with SIGTERM: exit {code}")
         log("reading every sink back (scripts/ops/readback.py against moto_server)")
-        back = aws_local.readback(repo, emulators.moto_endpoint, parts, work)
-        letters = aws_local.dead_letters(emulators.moto_endpoint)
+        # The poison invoice is in the archive whole, in the stores without its poison line.
+        whole, stores = work / "poison-whole.csv", work / "poison-stores.csv"
+        write_csv(whole, poison_invoice())
+        write_csv(stores, [l for l in poison_invoice() if l["StockCode"] != POISON_STOCK_CODE])
+        back = aws_local.readback(repo, emulators.moto_endpoint, parts + [stores], work,
+                                  skip=("archive",), name="readback-stores")
+        archive = aws_local.readback(repo, emulators.moto_endpoint, parts + [whole], work,
+                                     skip=("dynamodb", "firehose"), name="readback-archive")
+        back["sinks"]["archive"] = archive["sinks"]["archive"]
+        letters = {key: aws_local.dead_letter(emulators.moto_endpoint, key)
+                   for key in aws_local.dead_letters(emulators.moto_endpoint)}
         stats = {"moto": emulators.moto.stats(), "kinesis": emulators.kinesis.stats()}
         (work / "proxy-stats.json").write_text(json.dumps(stats, indent=2))
     finally:
@@ -746,7 +788,7 @@ def run_aws_local(args, repo: Path, binary: Path, work: Path, parts: list[Path],
     expired_logged = server.log_path.read_text(errors="replace").count("shard iterator expired")
     faults = aws_faults(chaos.events, summaries, watcher, stats, expired_logged)
     return report_aws(args, work, total, summaries, resent, faults, watcher, back, letters, stats,
-                      code, time.time() - t0)
+                      code, time.time() - t0, chaos.poison_ok)
 
 
 def replays_then_resend(binary: Path, server: Server, parts: list[Path], replays, work: Path,
@@ -787,8 +829,9 @@ def aws_faults(events, summaries, watcher, stats, expired_logged: int) -> dict[s
         f" ({op_count(kinesis, aws_local.GET_RECORDS, 'injected_expired')} injected, "
         f"{op_count(kinesis, aws_local.GET_RECORDS, 'error_responses')} error answers of "
         f"kinesalite itself; the server logged 'shard iterator expired' {expired_logged} times)")
-    faults["3 poison line"] = ("NOT RUN: no line is poison on this backend, and a refused call "
-                               "is retried, never dead-lettered (docs/reliability.md)")
+    faults[POISON] += (f" ({op_count(moto, aws_local.BATCH_WRITE_ITEM, 'invalid')} BatchWriteItem "
+                       f"and {op_count(moto, aws_local.PUT_RECORD_BATCH, 'invalid')} "
+                       "PutRecordBatch calls refused as invalid)")
     faults["6 3x overload"] = (
         f"{sum(s['busy_answers'] for s in summaries)} busy answers honoured "
         f"(HTTP 429: {watcher.total('http_requests_total', status='429')}, "
@@ -801,9 +844,12 @@ AWS_SINKS = [("archive", "archive"), ("operational", "dynamodb"), ("warehouse", 
 
 
 def report_aws(args, work, total, summaries, resent, faults, watcher, back, letters, stats,
-               exit_code, seconds) -> int:
+               exit_code, seconds, poison_ok) -> int:
     problems: list[str] = []
     dead = collections.Counter(k.split("/")[1] for k in letters)
+    dead_poison = collections.Counter(
+        k.split("/")[1] for k, l in letters.items()
+        if (l.get("line") or {}).get("stock_code") == POISON_STOCK_CODE)
     rows = []
     for sink, name in AWS_SINKS:
         r = back["sinks"][name]
@@ -815,12 +861,19 @@ def report_aws(args, work, total, summaries, resent, faults, watcher, back, lett
         if not rows[-1][10]:
             problems.append(f"{sink}: its fault did not bite (no write was retried)")
         problems += [f"{name}: {problem}" for problem in r["problems"]]
-    if back["input"]["lines"] != total:
-        problems.append(f"readback.py counts {back['input']['lines']} input lines, not {total}")
-    if letters:
-        problems.append(f"{len(letters)} dead letters, expected none: {letters[:5]}")
+    # The inputs plus the poison invoice's two good lines.
+    if back["input"]["lines"] != total + 2:
+        problems.append(f"readback.py counts {back['input']['lines']} input lines, not "
+                        f"{total} + 2")
+    for sink, expected in [("archive", 0), ("operational", 1), ("warehouse", 1)]:
+        if dead.get(sink, 0) != expected or dead_poison.get(sink, 0) != expected:
+            problems.append(f"{sink}: {dead.get(sink, 0)} dead letters ({dead_poison.get(sink, 0)} "
+                            f"of them the poison line), expected {expected}")
+    if not poison_ok:
+        problems.append(f"the poison invoice was not accepted whole: {faults[POISON]}")
     moto, kinesis = stats["moto"], stats["kinesis"]
     for fault, count in [(OUTAGE, op_count(moto, aws_local.BATCH_WRITE_ITEM, "refused")),
+                         (POISON, op_count(moto, aws_local.BATCH_WRITE_ITEM, "invalid")),
                          (WAREHOUSE_REFUSED, op_count(moto, aws_local.PUT_RECORD_BATCH, "refused")),
                          (ARCHIVE_REFUSED, s3_refused(moto)),
                          (EXPIRY, op_count(kinesis, aws_local.GET_RECORDS, "injected_expired"))]:
@@ -831,7 +884,8 @@ def report_aws(args, work, total, summaries, resent, faults, watcher, back, lett
     firehose_dups = back["sinks"]["firehose"]["duplicate_copies"]
     return verdict(problems, "every acknowledged line is in the archive and DynamoDB exactly "
                    f"once and in the Firehose objects at least once ({firehose_dups} second "
-                   "copies, which the Redshift merge by line_id removes); no dead letters")
+                   "copies, which the Redshift merge by line_id removes); the poison line is in "
+                   "the archive and in the two stores' dead letters only")
 
 
 def report(args, work, expected, summaries, resent, faults, watcher, poison_ok,

@@ -62,6 +62,8 @@ Standard library only, so it runs wherever Python 3.11 does.
 """
 
 import argparse
+import base64
+import binascii
 import http.client
 import http.server
 import ipaddress
@@ -389,8 +391,9 @@ class Faults:
     """The fault rates and the random source, shared by all connections."""
 
     def __init__(self, fail_rate, throttle_rate, seed, expire_rate=0.0, refuse=(), delay_puts=0,
-                 delay_seconds=0.0, refuse_s3_writes=()):
+                 delay_seconds=0.0, refuse_s3_writes=(), invalid_if_contains=()):
         self._lock = threading.Lock()
+        self.invalid_if_contains = sorted(set(invalid_if_contains))
         self.refuse_s3_writes = sorted(set(refuse_s3_writes))
         self.delay_puts = delay_puts
         self.delay_seconds = delay_seconds
@@ -409,21 +412,24 @@ class Faults:
             "expire_rate": self.expire_rate,
             "refuse": list(self.refuse),
             "refuse_s3_writes": list(self.refuse_s3_writes),
+            "invalid_if_contains": list(self.invalid_if_contains),
             "seed": self.seed,
         }
 
     def update(self, changes):
         """Applies {"fail_rate": F, "throttle_rate": F, "expire_rate": F, "refuse": [...],
-        "refuse_s3_writes": [...]} (any of them); returns an error message or None."""
+        "refuse_s3_writes": [...], "invalid_if_contains": [...]} (any of them); returns an error
+        message or None."""
         if not isinstance(changes, dict):
             return 'the body must be a JSON object such as {"fail_rate": 0.1, "throttle_rate": 0}'
         lists = {"refuse": '["Kinesis_20131202.ListShards"]',
-                 "refuse_s3_writes": '["shopstream-archive/raw/"]'}
+                 "refuse_s3_writes": '["shopstream-archive/raw/"]',
+                 "invalid_if_contains": '["POISON PILL"]'}
         unknown = set(changes) - {"fail_rate", "throttle_rate", "expire_rate", *lists}
         if unknown:
             return (
                 f"unknown keys {sorted(unknown)}: only fail_rate, throttle_rate, expire_rate, "
-                "refuse and refuse_s3_writes can change"
+                "refuse, refuse_s3_writes and invalid_if_contains can change"
             )
         given = {key: changes.pop(key) for key in lists if key in changes}
         for key, value in given.items():
@@ -440,10 +446,29 @@ class Faults:
                 self.refuse = sorted(set(given["refuse"]))
             if "refuse_s3_writes" in given:
                 self.refuse_s3_writes = sorted(set(given["refuse_s3_writes"]))
+            if "invalid_if_contains" in given:
+                self.invalid_if_contains = sorted(set(given["invalid_if_contains"]))
         return None
 
     def refused(self, target):
         return target in self.refuse
+
+    def invalid_text(self, target, body):
+        """The first --invalid-if-contains text the request body holds (for a Firehose
+        PutRecordBatch, also the decoded data of one of its records), or None."""
+        if not self.invalid_if_contains:
+            return None
+        texts = [body]
+        if target == PUT_RECORD_BATCH:
+            try:
+                texts += [base64.b64decode(r.get("Data", ""))
+                          for r in json.loads(body).get("Records") or []]
+            except (ValueError, TypeError, AttributeError, binascii.Error):
+                pass
+        for text in self.invalid_if_contains:
+            if any(text.encode() in t for t in texts):
+                return text
+        return None
 
     def s3_write_refused(self, kind, path):
         """Whether S3 request `kind` on path-style `path` (`/bucket/key`) is a refused write."""
@@ -674,6 +699,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_refusal(target)
                 self.server.stats.op(target, refused=1)
                 self.log(f"{target}: refused (LimitExceededException)")
+            elif (text := self.server.faults.invalid_text(target, body)) is not None:
+                # Firehose's name for an invalid request; DynamoDB's and Kinesis' is this one.
+                code = ("InvalidArgumentException" if target.startswith("Firehose_")
+                        else "ValidationException")
+                self.send_refusal(
+                    target,
+                    code,
+                    "One or more parameter values were invalid "
+                    f"(refused by fault_proxy: the request holds {text!r})",
+                )
+                self.server.stats.op(target, invalid=1)
+                self.log(f"{target}: refused as invalid ({code})")
             elif target in THROTTLE and self.server.faults.active():
                 self.faulty(target, body)
             elif target == GET_RECORDS and self.server.faults.expire():
@@ -709,15 +746,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         r.headers.append(("x-amzn-ErrorType", code))
         self.send(r)
 
-    def send_refusal(self, target):
-        """Answers `target` HTTP 400 LimitExceededException, in its service's JSON protocol
+    def send_refusal(self, target, code="LimitExceededException",
+                     message="Rate exceeded (refused by fault_proxy)"):
+        """Answers `target` HTTP 400 with error `code`, in its service's JSON protocol
         (DynamoDB's 1.0 with its CRC32 header, the others' 1.1)."""
-        code = "LimitExceededException"
         dynamodb = target.startswith("DynamoDB_")
         r = synthetic(
             400,
             "application/x-amz-json-1.0" if dynamodb else "application/x-amz-json-1.1",
-            {"__type": code, "message": "Rate exceeded (refused by fault_proxy)"},
+            {"__type": code, "message": message},
             crc=dynamodb,
         )
         r.headers.append(("x-amzn-ErrorType", code))
@@ -978,6 +1015,11 @@ def main(argv=None):
     p.add_argument("--refuse-s3-writes", action="append", default=[], metavar="BUCKET/PREFIX",
                    help="answer every S3 write of a key under this path-style prefix with 503 "
                    "SlowDown (repeatable)")
+    p.add_argument("--invalid-if-contains", action="append", default=[], metavar="TEXT",
+                   help="answer a JSON-protocol call (DynamoDB, Firehose, Kinesis) whose request "
+                   "body (or a Firehose record's decoded data) holds TEXT with "
+                   "ValidationException (Firehose: InvalidArgumentException), as a service "
+                   "answers an invalid item (repeatable)")
     p.add_argument("--delay-puts", type=int, default=0,
                    help="hold the answers of the first N PutRecords calls (after forwarding them)")
     p.add_argument("--delay-seconds", type=float, default=0.0,
@@ -988,7 +1030,8 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     faults = Faults(args.fail_rate, args.throttle_rate, args.seed, args.expire_rate, args.refuse,
-                    args.delay_puts, args.delay_seconds, args.refuse_s3_writes)
+                    args.delay_puts, args.delay_seconds, args.refuse_s3_writes,
+                    args.invalid_if_contains)
     try:
         server = ProxyServer(args.listen, args.upstream, faults, args.verbose)
     except OSError as e:

@@ -176,7 +176,8 @@ class FaultProxyTest(unittest.TestCase):
         return boto3.client(service, endpoint_url=cls.endpoint, config=config, **CREDENTIALS)
 
     def setUp(self):
-        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0, refuse=[], refuse_s3_writes=[])
+        self.configure(fail_rate=0, throttle_rate=0, expire_rate=0, refuse=[], refuse_s3_writes=[],
+                       invalid_if_contains=[])
         status, _ = http_json("POST", self.endpoint + "/__fault_proxy/reset")
         self.assertEqual(status, 200)
 
@@ -298,6 +299,28 @@ class FaultProxyTest(unittest.TestCase):
             err["ResponseMetadata"]["HTTPHeaders"]["content-type"], "application/x-amz-json-1.0"
         )
         self.assertEqual(self.table_keys(t), [])
+
+    def test_a_dynamodb_write_holding_the_text_is_refused_as_invalid(self):
+        t = self.table("invalid")
+        self.configure(invalid_if_contains=["POISON PILL"])
+        with self.assertRaises(ClientError) as e:
+            self.dynamodb.batch_write_item(
+                RequestItems={t: [
+                    {"PutRequest": {"Item": {"k": {"S": "a"}}}},
+                    {"PutRequest": {"Item": {"k": {"S": "b"}, "d": {"S": "POISON PILL MUG"}}}},
+                ]}
+            )
+        err = e.exception.response
+        self.assertEqual(err["Error"]["Code"], "ValidationException")
+        self.assertIn("POISON PILL", err["Error"]["Message"])
+        self.assertEqual(self.table_keys(t), [])
+        # A call without the text goes through.
+        self.dynamodb.batch_write_item(
+            RequestItems={t: [{"PutRequest": {"Item": {"k": {"S": "a"}}}}]}
+        )
+        self.assertEqual(self.table_keys(t), ["a"])
+        ops = self.stats()["operations"]["DynamoDB_20120810.BatchWriteItem"]
+        self.assertEqual((ops["calls"], ops["invalid"]), (2, 1))
 
     def test_s3_writes_under_a_refused_prefix_are_answered_slow_down_until_lifted(self):
         self.direct_s3.create_bucket(Bucket="slow")
@@ -438,6 +461,21 @@ class FaultProxyTest(unittest.TestCase):
         out = self.dynamodb.batch_write_item(RequestItems={a: requests[a][:3]})
         self.assertEqual(len(out["UnprocessedItems"][a]), 3)
         self.assertIn("x-amz-crc32", out["ResponseMetadata"]["HTTPHeaders"])
+
+    def test_a_firehose_record_holding_the_text_is_refused_as_invalid(self):
+        self.delivery_stream("inv", "inv-bucket")
+        self.configure(invalid_if_contains=['"d":"POISON"'])
+        with self.assertRaises(ClientError) as e:
+            self.firehose.put_record_batch(
+                DeliveryStreamName="inv",
+                Records=[{"Data": b'{"d":"ok"}\n'}, {"Data": b'{"d":"POISON"}\n'}],
+            )
+        self.assertEqual(e.exception.response["Error"]["Code"], "InvalidArgumentException")
+        out = self.firehose.put_record_batch(
+            DeliveryStreamName="inv", Records=[{"Data": b'{"d":"ok"}\n'}]
+        )
+        self.assertEqual(out["FailedPutCount"], 0)
+        self.assertEqual(self.delivered("inv-bucket").decode().splitlines(), ['{"d":"ok"}'])
 
     def test_put_record_batch_faults_merge_in_order(self):
         self.delivery_stream("prb", "prb-bucket")

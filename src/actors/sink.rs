@@ -31,6 +31,9 @@ pub struct SinkFailure {
     /// go to dead letters.
     pub retriable: bool,
     pub message: String,
+    /// A permanent failure of a call that does not say which of its lines caused it
+    /// ([`StoreError::Invalid`]): see [`SinkFailure::whole_call`].
+    pub whole_call: bool,
 }
 
 impl SinkFailure {
@@ -38,6 +41,7 @@ impl SinkFailure {
         SinkFailure {
             retriable: true,
             message: message.into(),
+            whole_call: false,
         }
     }
 
@@ -45,6 +49,18 @@ impl SinkFailure {
         SinkFailure {
             retriable: false,
             message: message.into(),
+            whole_call: false,
+        }
+    }
+
+    /// The backend refused a write call as invalid without naming a line. Written one line at a
+    /// time, a line refused so on its own goes to dead letters; when every line of a unit of
+    /// several is refused, the backend is the cause and the unit is retried as transient.
+    pub fn whole_call(message: impl Into<String>) -> Self {
+        SinkFailure {
+            retriable: false,
+            message: message.into(),
+            whole_call: true,
         }
     }
 }
@@ -55,6 +71,7 @@ impl From<StoreError> for SinkFailure {
     fn from(e: StoreError) -> Self {
         SinkFailure {
             retriable: e.is_retriable(),
+            whole_call: matches!(e, StoreError::Invalid(_)),
             message: e.to_string(),
         }
     }

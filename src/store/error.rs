@@ -18,6 +18,13 @@ pub enum StoreError {
     /// DynamoDB item over 400 KB, a Firehose record over 1000 KiB).
     #[error("line {line_id} cannot be stored: {reason}")]
     Rejected { line_id: String, reason: String },
+    /// Not worth retrying as it is: the backend refused a whole write call as invalid (DynamoDB's
+    /// `ValidationException`, a Firehose entry refused with a non-retriable code) without naming
+    /// the line that caused it. The sink writes the call's lines one at a time: a line refused so
+    /// on its own goes to dead letters; when every line of a unit is refused, the backend is the
+    /// cause (a table whose key schema does not match, say) and the unit is retried.
+    #[error("the backend refused the write as invalid: {0}")]
+    Invalid(String),
     /// Not worth retrying: a sum the store keeps or computes (a rollup, a summary, a total) is out
     /// of range. Validation bounds make this unreachable for accepted lines (`crate::store::sum`);
     /// should it happen, trying again gives the same answer, so it is never transient.
@@ -36,7 +43,25 @@ impl StoreError {
     /// a wrong setting that an operator fixes. The shard worker retries those for as long as they
     /// last and never dead-letters a line for them.
     pub fn is_retriable(&self) -> bool {
-        !matches!(self, StoreError::Rejected { .. } | StoreError::Aggregate(_))
+        !matches!(
+            self,
+            StoreError::Rejected { .. } | StoreError::Aggregate(_) | StoreError::Invalid(_)
+        )
+    }
+
+    /// The failure of a write call to an AWS service: as [`aws_call`](Self::aws_call), except
+    /// that a request the service refuses as invalid (`ValidationException`,
+    /// `InvalidArgumentException`, `SerializationException`) is [`StoreError::Invalid`].
+    pub(crate) fn aws_write<E>(what: &str, resource: &str, e: &SdkError<E>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match error_code(e) {
+            Some("ValidationException" | "InvalidArgumentException" | "SerializationException") => {
+                StoreError::Invalid(call_failure(what, resource, e).0)
+            }
+            _ => StoreError::aws_call(what, resource, e),
+        }
     }
 
     /// The failure of a call to an AWS service (`what` on `resource`): `Unavailable` when trying

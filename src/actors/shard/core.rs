@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-use super::dedup::{DedupWindows, LineWindow};
+use bytes::Bytes;
+
+use super::dedup::{DedupWindows, LineWindow, SavedWindow};
 use crate::actors::dead_letter::{DeadLetter, DeadLetters};
 use crate::actors::progress::Progress;
 use crate::actors::sink::{FlushPolicy, SinkFailure, SinkUnit, SinkWriter};
@@ -159,7 +161,11 @@ pub struct ShardLoop {
     progressed: bool,
     /// Ids of the lines read lately, to drop a line the stream holds twice.
     window: LineWindow,
-    window_saved: Instant,
+    /// When this run last saved the window (`None`: not yet, a save is due).
+    window_saved: Option<Instant>,
+    /// The window as it was right after a unit was written, with that unit's last sequence
+    /// number: saved once the checkpoint reaches it (see [`super::dedup`]).
+    window_snapshot: Option<(SequenceNumber, Bytes)>,
 }
 
 impl ShardLoop {
@@ -173,7 +179,8 @@ impl ShardLoop {
             last_saved: Instant::now(),
             progressed: false,
             window: LineWindow::default(),
-            window_saved: Instant::now(),
+            window_saved: None,
+            window_snapshot: None,
         }
     }
 
@@ -435,6 +442,7 @@ impl ShardLoop {
                 .with_label_values(&[kind.as_str()])
                 .inc_by(lines.len() as u64);
         }
+        self.snapshot_window(&last);
         let before = self.written.as_ref().map_or(0, |w| w.1);
         self.written = Some((last, before + lines.len() as u64));
         self.unit = Unit::default();
@@ -452,51 +460,133 @@ impl ShardLoop {
         Ok(())
     }
 
-    /// Loads the window saved with an earlier checkpoint; an unreadable one is dropped (a window
-    /// only ever dedups, so starting empty loses nothing).
+    /// Loads the window saved with an earlier checkpoint and adds the lines between what it
+    /// covers and the checkpoint (written before a crash that came between two saves). A window
+    /// that is unreadable, or covers records past the checkpoint, is dropped: a window only ever
+    /// dedups, so starting empty loses nothing.
     async fn load_window(&mut self) -> Result<(), RunError> {
         let p = self.parts.clone();
         let kind = self.kind();
         let capacity = p.settings.dedup_window_lines;
         self.window = LineWindow::new(capacity);
+        self.window_saved = None;
+        self.window_snapshot = None;
         if capacity == 0 {
             return Ok(());
         }
         let saved = self
             .retry_bounded("load dedup window", || p.dedup.load(kind, &p.shard))
             .await?;
-        if let Some(bytes) = saved {
-            match LineWindow::from_bytes(capacity, &bytes) {
-                Ok(w) => self.window = w,
-                Err(e) => {
-                    tracing::warn!(sink = %kind, shard = %p.shard, error = %e, "The saved dedup window is not readable; starting with an empty one.")
+        let Some(bytes) = saved else {
+            return Ok(());
+        };
+        let saved = match SavedWindow::decode(capacity, &bytes) {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(sink = %kind, shard = %p.shard, error = %e, "The saved dedup window is not readable; starting with an empty one.");
+                return Ok(());
+            }
+        };
+        match (saved.covers, self.checkpoint.clone()) {
+            // Saved by a version that did not record what it covers: at rest, so at or before
+            // the checkpoint.
+            (None, _) => self.window = saved.window,
+            (Some(covers), Some(checkpoint)) if covers <= checkpoint => {
+                self.window = saved.window;
+                if covers < checkpoint {
+                    self.catch_up_window(covers, &checkpoint).await?;
                 }
             }
+            (Some(covers), checkpoint) => {
+                tracing::warn!(sink = %kind, shard = %p.shard, covers = %covers, checkpoint = ?checkpoint, "The saved dedup window covers records past the checkpoint; starting with an empty one.");
+            }
         }
-        self.window_saved = Instant::now();
         Ok(())
     }
 
-    /// Saves the window when it changed and `sinks.dedup_save_interval` has passed (or `force`).
-    /// Only right after a checkpoint with nothing read beyond it: the saved window then holds no
-    /// line after the checkpoint, so a re-read after a restart never drops an unwritten line.
-    async fn save_window(&mut self, force: bool) -> Result<(), RunError> {
-        let p = self.parts.clone();
-        let due = force || self.window_saved.elapsed() >= p.settings.dedup_save_interval;
-        if !(due
-            && self.window.is_enabled()
+    /// Adds to the window the lines of the records after `covers` up to `checkpoint`: they were
+    /// written before the restart, and a copy of them read later must be dropped.
+    async fn catch_up_window(
+        &mut self,
+        covers: SequenceNumber,
+        checkpoint: &SequenceNumber,
+    ) -> Result<(), RunError> {
+        let mut from = Position::After(covers.clone());
+        let (mut records, mut lines) = (0_u64, 0_u64);
+        'read: loop {
+            let batch = self.read(from.clone()).await?;
+            if batch.records.is_empty() {
+                break;
+            }
+            for record in batch.records {
+                if record.sequence_number > *checkpoint {
+                    break 'read;
+                }
+                from = Position::After(record.sequence_number.clone());
+                records += 1;
+                // A record that is not a line batch was dead-lettered when it was first read.
+                if let Ok(b) = crate::stream::record::decode(&record.data) {
+                    for l in &b.lines {
+                        self.window.insert(&l.line_id);
+                        lines += 1;
+                    }
+                }
+            }
+        }
+        tracing::info!(sink = %self.kind(), shard = %self.parts.shard, covers = %covers, checkpoint = %checkpoint, records, lines, "Read back the lines written since the dedup window was saved.");
+        Ok(())
+    }
+
+    fn window_due(&self) -> bool {
+        self.window_saved
+            .is_none_or(|t| t.elapsed() >= self.parts.settings.dedup_save_interval)
+    }
+
+    /// Right after a unit up to `last` was written the window holds no line past it: keeps a copy
+    /// to save when the checkpoint gets there, if a save is due and no copy waits already.
+    fn snapshot_window(&mut self, last: &SequenceNumber) {
+        if self.window.is_enabled()
             && self.window.is_dirty()
-            && self.unit.is_empty()
-            && self.written.is_none())
+            && self.window_snapshot.is_none()
+            && self.window_due()
         {
+            let encoded = SavedWindow::encode(last, &self.window);
+            self.window_snapshot = Some((last.clone(), Bytes::from(encoded)));
+            self.window.mark_saved();
+        }
+    }
+
+    /// Saves the window copy whose records the checkpoint has reached. At rest (nothing read past
+    /// the checkpoint) the window itself is copied first, when a save is due (or `force`).
+    async fn save_window(&mut self, force: bool) -> Result<(), RunError> {
+        if !self.window.is_enabled() {
             return Ok(());
         }
+        let at_rest = self.unit.is_empty() && self.written.is_none();
+        if at_rest && self.window.is_dirty() && (force || self.window_due()) {
+            if let Some(checkpoint) = &self.checkpoint {
+                let encoded = SavedWindow::encode(checkpoint, &self.window);
+                self.window_snapshot = Some((checkpoint.clone(), Bytes::from(encoded)));
+                self.window.mark_saved();
+            }
+        }
+        let reached = match (&self.window_snapshot, &self.checkpoint) {
+            (Some((covers, _)), Some(checkpoint)) => covers <= checkpoint,
+            _ => false,
+        };
+        if !reached {
+            return Ok(());
+        }
+        let Some((_, encoded)) = self.window_snapshot.take() else {
+            return Ok(());
+        };
+        let p = self.parts.clone();
         let kind = self.kind();
-        let window = &self.window;
-        self.retry_bounded("save dedup window", || p.dedup.save(kind, &p.shard, window))
-            .await?;
-        self.window.mark_saved();
-        self.window_saved = Instant::now();
+        self.retry_bounded("save dedup window", || {
+            p.dedup.save(kind, &p.shard, encoded.clone())
+        })
+        .await?;
+        self.window_saved = Some(Instant::now());
         Ok(())
     }
 
@@ -534,7 +624,9 @@ impl ShardLoop {
     /// `/v1/status` and readiness show what it retries. A permanent failure (the backend refuses a
     /// line, or the write panicked) has the lines written one at a time so that only the ones that
     /// fail permanently go to dead letters; the archive, whose unit is one object, dead-letters
-    /// the unit.
+    /// the unit. When every line of a unit of several is refused by a call that names no line
+    /// ([`SinkFailure::whole_call`]), the backend is the cause, not the lines: the unit is
+    /// retried as transient and nothing is dead-lettered.
     async fn write_unit(&self, unit: &SinkUnit<'_>) -> Result<(), RunError> {
         let mut backoff = Backoff::new(&self.parts.settings.retry);
         loop {
@@ -549,13 +641,36 @@ impl ShardLoop {
                 return self.dead_letter_all(unit, &f).await;
             }
             tracing::warn!(sink = %self.kind(), shard = %self.parts.shard, error = %f, "A unit was refused; writing its lines one by one.");
-            return self.write_lines_one_by_one(unit).await;
+            let refused = self.write_lines_one_by_one(unit).await?;
+            if refused.len() == unit.lines.len() && refused.iter().all(|(_, f)| f.whole_call) {
+                let f = SinkFailure::retriable(format!(
+                    "each of the {} lines of a unit was refused as invalid, also on its own: the \
+                     backend's settings, not the lines, are the likely cause (check the table or \
+                     delivery stream); retrying. The first refusal: {}",
+                    refused.len(),
+                    refused[0].1.message
+                ));
+                self.wait_before_retry(&mut backoff, &f).await?;
+                continue;
+            }
+            for (line, f) in &refused {
+                let single = SinkUnit {
+                    lines: std::slice::from_ref(*line),
+                    ..*unit
+                };
+                self.dead_letter_all(&single, f).await?;
+            }
+            return Ok(());
         }
     }
 
-    /// Writes each line on its own: a line refused for good (or whose write panics) goes to dead
-    /// letters, a transient failure is retried until it passes.
-    async fn write_lines_one_by_one(&self, unit: &SinkUnit<'_>) -> Result<(), RunError> {
+    /// Writes each line on its own, retrying a transient failure until it passes; returns the
+    /// lines refused for good (or whose write panics), with why.
+    async fn write_lines_one_by_one<'u>(
+        &self,
+        unit: &SinkUnit<'u>,
+    ) -> Result<Vec<(&'u IngestedLine, SinkFailure)>, RunError> {
+        let mut refused = Vec::new();
         for line in unit.lines {
             let single = SinkUnit {
                 lines: std::slice::from_ref(line),
@@ -567,13 +682,13 @@ impl ShardLoop {
                     Ok(()) => break,
                     Err(f) if f.retriable => self.wait_before_retry(&mut backoff, &f).await?,
                     Err(f) => {
-                        self.dead_letter_all(&single, &f).await?;
+                        refused.push((line, f));
                         break;
                     }
                 }
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
     async fn dead_letter_all(

@@ -4,12 +4,18 @@
 //! succeeded (503 after a timeout mid-retry) puts the same lines in the stream twice, in two
 //! records. Ingest's line-id index stops most of these before the stream; this window is the
 //! second line of defence and works on its own. It holds the ids of the last
-//! `sinks.dedup_window_lines` lines the worker read, oldest evicted first, and is saved with a
-//! checkpoint (at most every `sinks.dedup_save_interval`, and when the worker stops) as an object
-//! `dedup-window/<sink>/<shard>` in the dead-letter store. A saved window only ever holds lines at
-//! or before the checkpoint saved with it, all of them written, so dropping one of them on a
-//! re-read after a restart loses nothing; a window older than the checkpoint (a crash between
-//! saves) only dedups less.
+//! `sinks.dedup_window_lines` lines the worker read, oldest evicted first.
+//!
+//! It is saved as an object `dedup-window/<sink>/<shard>` in the dead-letter store, together
+//! with the sequence number it *covers*: the window holds exactly the lines up to that record,
+//! all of them written. Two rules keep a restart exact:
+//! - a window is saved only once the checkpoint has reached what it covers (a snapshot taken
+//!   when a unit is written waits for its checkpoint), so a saved window never holds a line that
+//!   a restart reads again and must write;
+//! - on a restart the worker reads the stream again from what the window covers to its
+//!   checkpoint and adds those lines, without writing them: a crash between two saves (at most
+//!   `sinks.dedup_save_interval` apart) loses nothing of the window. Only lines the stream no
+//!   longer holds (retention, or released on the embedded log) cannot be added back.
 
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
@@ -17,7 +23,11 @@ use std::sync::Arc;
 
 use crate::model::LineId;
 use crate::object_store::{ObjectStore, ObjectStoreError};
-use crate::stream::{ShardId, SinkKind};
+use crate::stream::{SequenceNumber, ShardId, SinkKind};
+
+/// The start of a saved window that names what it covers (format 2). A window saved before
+/// (format 1) is bare 16-byte keys and covers nothing known.
+const MAGIC: &[u8; 5] = b"SSDW\x02";
 
 /// A line id as the window keeps it: 16 bytes of its BLAKE3 hash.
 type Key = [u8; 16];
@@ -108,6 +118,58 @@ impl LineWindow {
     }
 }
 
+/// A window as saved: its keys and the sequence number it covers (`None` for a window saved by a
+/// version that did not record it).
+#[derive(Debug, Clone)]
+pub struct SavedWindow {
+    pub covers: Option<SequenceNumber>,
+    pub window: LineWindow,
+}
+
+impl SavedWindow {
+    /// The bytes of `window`, covering the lines up to `covers`.
+    pub fn encode(covers: &SequenceNumber, window: &LineWindow) -> Vec<u8> {
+        let seq = covers.as_str().as_bytes();
+        let mut out = Vec::with_capacity(MAGIC.len() + 2 + seq.len() + window.order.len() * 16);
+        out.extend_from_slice(MAGIC);
+        // A sequence number is at most 129 digits (or "shard-end").
+        let len = u16::try_from(seq.len()).expect("a sequence number is short");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(seq);
+        out.extend(window.order.iter().flatten());
+        out
+    }
+
+    /// A window of `capacity` from [`SavedWindow::encode`] (or the older bare-keys form).
+    ///
+    /// # Errors
+    /// When the bytes are cut short or name no sequence number.
+    pub fn decode(capacity: usize, bytes: &[u8]) -> Result<Self, String> {
+        let Some(rest) = bytes.strip_prefix(MAGIC) else {
+            return Ok(SavedWindow {
+                covers: None,
+                window: LineWindow::from_bytes(capacity, bytes)?,
+            });
+        };
+        let (len, rest) = rest
+            .split_first_chunk::<2>()
+            .ok_or("the window is cut short before its sequence number")?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        if rest.len() < len {
+            return Err("the window is cut short in its sequence number".into());
+        }
+        let (seq, keys) = rest.split_at(len);
+        let covers = std::str::from_utf8(seq)
+            .ok()
+            .and_then(|s| s.parse::<SequenceNumber>().ok())
+            .ok_or("the window names no valid sequence number")?;
+        Ok(SavedWindow {
+            covers: Some(covers),
+            window: LineWindow::from_bytes(capacity, keys)?,
+        })
+    }
+}
+
 /// Where the workers keep their windows: objects `dedup-window/<sink>/<shard>` of an object store.
 #[derive(Clone)]
 pub struct DedupWindows {
@@ -136,15 +198,14 @@ impl DedupWindows {
         }
     }
 
+    /// Saves a window encoded by [`SavedWindow::encode`].
     pub async fn save(
         &self,
         sink: SinkKind,
         shard: &ShardId,
-        window: &LineWindow,
+        encoded: Bytes,
     ) -> Result<(), ObjectStoreError> {
-        self.store
-            .put(&Self::key(sink, shard), Bytes::from(window.to_bytes()))
-            .await
+        self.store.put(&Self::key(sink, shard), encoded).await
     }
 }
 
@@ -182,6 +243,27 @@ mod tests {
         let mut small = LineWindow::from_bytes(1, &w.to_bytes()).unwrap();
         assert!(!small.insert(&id(4)) && small.insert(&id(3)));
         assert!(LineWindow::from_bytes(3, &[0u8; 17]).is_err());
+    }
+
+    #[test]
+    fn a_saved_window_names_what_it_covers_and_the_older_form_still_loads() {
+        let mut w = LineWindow::new(3);
+        for n in 1..=2 {
+            w.insert(&id(n));
+        }
+        // A Kinesis sequence number, larger than any machine integer.
+        let covers: SequenceNumber = "49590338271490256608559692538361571095921575989136588898"
+            .parse()
+            .unwrap();
+        let saved = SavedWindow::decode(3, &SavedWindow::encode(&covers, &w)).unwrap();
+        assert_eq!(saved.covers, Some(covers));
+        assert!(!saved.window.clone().insert(&id(2)));
+        let old = SavedWindow::decode(3, &w.to_bytes()).unwrap();
+        assert_eq!(old.covers, None);
+        assert!(!old.window.clone().insert(&id(1)));
+        let encoded = SavedWindow::encode(&SequenceNumber::from(7), &w);
+        assert!(SavedWindow::decode(3, &encoded[..6]).is_err());
+        assert!(SavedWindow::decode(3, &encoded[..encoded.len() - 1]).is_err());
     }
 
     #[test]

@@ -83,6 +83,17 @@ impl FakeStream {
         }
         Arc::new(stream)
     }
+
+    /// Appends `record` to `shard`.
+    fn push(&self, shard: &str, record: Record) {
+        self.shards
+            .lock()
+            .unwrap()
+            .get_mut(&ShardId(shard.into()))
+            .unwrap()
+            .records
+            .push(record);
+    }
 }
 
 #[async_trait]
@@ -246,6 +257,9 @@ struct FakeSink {
     refused: BTreeSet<String>,
     /// A stock code whose write panics (an arithmetic overflow in a writer, say).
     panics_on: Option<String>,
+    /// Stock codes whose write call the backend refuses as a whole, naming no line (DynamoDB's
+    /// ValidationException for a BatchWriteItem).
+    invalid: Mutex<BTreeSet<String>>,
     /// The next this many writes fail as transient (throttled, locked).
     transient_failures: AtomicU32,
     events: Events,
@@ -271,6 +285,15 @@ impl SinkWriter for FakeSink {
     async fn write(&self, unit: &SinkUnit<'_>) -> Result<(), SinkFailure> {
         if take_one(&self.transient_failures) {
             return Err(SinkFailure::retriable("database is locked"));
+        }
+        if unit
+            .lines
+            .iter()
+            .any(|l| self.invalid.lock().unwrap().contains(&l.line.stock_code))
+        {
+            return Err(SinkFailure::whole_call(
+                "BatchWriteItem failed: ValidationException: One or more parameter values were invalid",
+            ));
         }
         for l in unit.lines {
             if self.panics_on.as_deref() == Some(l.line.stock_code.as_str()) {
@@ -404,16 +427,19 @@ async fn a_refused_line_goes_to_dead_letters_and_the_rest_of_its_unit_is_written
         refused: BTreeSet::from(["C".to_owned()]),
         ..FakeSink::default()
     };
+    assert_only_c_is_dead_lettered(sink, "price has 7 decimals").await;
+}
+
+/// Runs the closed shard into `sink`, which refuses line C alone: C goes to dead letters with a
+/// reason holding `reason`, the rest is stored, and the shard is finished.
+async fn assert_only_c_is_dead_lettered(sink: FakeSink, reason: &str) {
     let f = Fixture::new(closed_shard(), sink);
     f.run("s0", &[]).await.unwrap();
     assert_eq!(f.sink.stored_codes(&ALL), ["A", "B", "D", "E"]);
     let letters = f.dead_letters().await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].line.as_ref().unwrap().line.stock_code, "C");
-    assert!(
-        letters[0].reason.contains("price has 7 decimals"),
-        "{letters:?}"
-    );
+    assert!(letters[0].reason.contains(reason), "{letters:?}");
     assert!(f.finished("s0"));
 }
 
@@ -565,17 +591,104 @@ async fn the_dedup_window_is_saved_with_the_checkpoint_and_survives_a_restart() 
     };
     run_until_checkpoint(1).await;
     // The resend arrives after the restart, with a new line.
-    f.stream
-        .shards
-        .lock()
-        .unwrap()
-        .get_mut(&ShardId("s0".into()))
-        .unwrap()
-        .records
-        .push(record(2, &["A", "C"]));
+    f.stream.push("s0", record(2, &["A", "C"]));
     run_until_checkpoint(2).await;
     let stored = f.sink.stored.lock().unwrap().clone();
     assert_eq!(stored.len(), 3);
+    assert!(stored.values().all(|n| *n == 1), "{stored:?}");
+}
+
+/// DynamoDB refuses a BatchWriteItem as invalid without naming the item: the worker finds the
+/// line by writing one at a time, dead-letters it with the refusal, and writes the rest.
+#[tokio::test]
+async fn a_call_refused_as_invalid_dead_letters_only_the_line_that_causes_it() {
+    let sink = FakeSink::default();
+    sink.invalid.lock().unwrap().insert("C".to_owned());
+    assert_only_c_is_dead_lettered(sink, "ValidationException").await;
+}
+
+/// When every line of a unit is refused as invalid, also on its own, the backend is the cause (a
+/// table with the wrong key schema): nothing is dead-lettered, the unit is retried, and once the
+/// backend is fixed every line is stored.
+#[tokio::test]
+async fn a_backend_that_refuses_every_line_as_invalid_is_retried_not_dead_lettered() {
+    let sink = FakeSink::default();
+    sink.invalid
+        .lock()
+        .unwrap()
+        .extend(["A", "B", "C", "D"].map(String::from));
+    let f = Arc::new(Fixture::new(closed_shard(), sink));
+    f.progress
+        .register(SinkKind::Warehouse, &ShardId("s0".into()));
+    let worker = tokio::spawn({
+        let f = f.clone();
+        async move { f.run("s0", &[]).await }
+    });
+    // Retried past max_attempts, the unit still waits and nothing is dead-lettered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!worker.is_finished());
+    assert!(f.sink.stored.lock().unwrap().is_empty());
+    assert!(f.dead_letters().await.is_empty());
+    let status = f.progress.snapshot();
+    assert!(
+        status.iter().any(|s| s
+            .failing
+            .as_deref()
+            .is_some_and(|e| e.contains("the backend's settings"))),
+        "{status:?}"
+    );
+    f.sink.invalid.lock().unwrap().clear();
+    worker.await.unwrap().unwrap();
+    assert_eq!(f.sink.stored_codes(&ALL), ["A", "B", "C", "D", "E"]);
+    assert!(f.dead_letters().await.is_empty());
+}
+
+/// A kill -9 between two saves of the window: the restarted worker reads back the lines written
+/// since the last save, so a resend of them that arrives after the restart is still dropped.
+#[tokio::test]
+async fn a_crash_between_window_saves_loses_nothing_of_the_window() {
+    let stream = FakeStream::with(vec![("s0", vec![record(1, &["A", "B"])], false)]);
+    let f = Arc::new(Fixture::new(stream, FakeSink::default()));
+    let parts = || {
+        let mut parts = Arc::try_unwrap(f.parts("s0", &[])).ok().unwrap();
+        // One save a run: the first is due at once, the next never comes.
+        parts.settings.dedup_save_interval = Duration::from_secs(3600);
+        Arc::new(parts)
+    };
+    let push = |r: Record| f.stream.push("s0", r);
+    async fn wait_for_checkpoint(f: &Fixture, seq: u64) {
+        while f.checkpoints.get(SinkKind::Warehouse, "s0") != Some(SequenceNumber::from(seq)) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (_stop_tx, stop) = watch::channel(false);
+    let first = parts();
+    let worker = tokio::spawn(async move { ShardLoop::new(first, stop).run().await });
+    wait_for_checkpoint(&f, 1).await;
+    while f
+        .dedup
+        .load(SinkKind::Warehouse, &ShardId("s0".into()))
+        .await
+        .unwrap()
+        .is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    push(record(2, &["C", "D"]));
+    wait_for_checkpoint(&f, 2).await;
+    // Killed: no stop, no last save. The saved window covers record 1 only.
+    worker.abort();
+    let _ = worker.await;
+    // The resend of C (and A) arrives after the restart, with a new line E.
+    push(record(3, &["C", "A", "E"]));
+    let (stop_tx, stop) = watch::channel(false);
+    let second = parts();
+    let worker = tokio::spawn(async move { ShardLoop::new(second, stop).run().await });
+    wait_for_checkpoint(&f, 3).await;
+    stop_tx.send_replace(true);
+    worker.await.unwrap().unwrap();
+    let stored = f.sink.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 5, "{stored:?}");
     assert!(stored.values().all(|n| *n == 1), "{stored:?}");
 }
 

@@ -97,7 +97,7 @@ impl DynamoOperationalStore {
                     .request_items(&self.table, requests)
                     .send()
                     .await
-                    .map_err(|e| StoreError::aws_call("BatchWriteItem", &self.resource(), &e))?;
+                    .map_err(|e| StoreError::aws_write("BatchWriteItem", &self.resource(), &e))?;
                 // Unprocessed items come back as items, not positions: match them by line id.
                 let unprocessed: std::collections::HashSet<String> = out
                     .unprocessed_items()
@@ -279,7 +279,9 @@ impl OperationalStore for DynamoOperationalStore {
     ///
     /// # Errors
     /// `Rejected` for a line whose item would exceed 400 KB (nothing of the call is written
-    /// then); `Unavailable` when throttling outlasts the retries; `Backend` otherwise.
+    /// then); `Invalid` when DynamoDB refuses a BatchWriteItem as invalid
+    /// (`ValidationException`: it names no item, so the sink finds the line by writing them one at
+    /// a time); `Unavailable` when throttling outlasts the retries; `Backend` otherwise.
     async fn upsert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
         let mut last: HashMap<&str, usize> = HashMap::new();
         for (i, l) in lines.iter().enumerate() {

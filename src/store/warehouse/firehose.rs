@@ -201,7 +201,7 @@ impl FirehoseWarehouse {
                     .set_records(Some(records))
                     .send()
                     .await
-                    .map_err(|e| StoreError::aws_call("PutRecordBatch", &self.resource(), &e))?;
+                    .map_err(|e| StoreError::aws_write("PutRecordBatch", &self.resource(), &e))?;
                 Ok(out
                     .request_responses()
                     .iter()
@@ -228,7 +228,7 @@ impl FirehoseWarehouse {
                 "delivery stream {}: {e}",
                 self.delivery_stream
             ))),
-            Err(e @ PartialFailure::Rejected { .. }) => Err(StoreError::Backend(format!(
+            Err(e @ PartialFailure::Rejected { .. }) => Err(StoreError::Invalid(format!(
                 "delivery stream {}: {e}",
                 self.delivery_stream
             ))),
@@ -243,7 +243,9 @@ impl Warehouse for FirehoseWarehouse {
     ///
     /// # Errors
     /// `Rejected` for a line that cannot become a row (checked before anything is sent);
-    /// `Unavailable` when throttling outlasts the retries; `Backend` otherwise.
+    /// `Invalid` when Firehose refuses the call, or an entry with a non-retriable code (an entry
+    /// packs many lines: the sink finds the line by writing them one at a time); `Unavailable`
+    /// when throttling outlasts the retries; `Backend` otherwise.
     async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
         for batch in pack(lines)? {
             self.put_batch(batch).await?;
