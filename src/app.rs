@@ -127,6 +127,7 @@ impl Backends {
                         &kinesis.line_index_table,
                         stream.clone(),
                         kinesis.line_index_retention,
+                        settings.server.request_timeout,
                     ));
                     (
                         stream,

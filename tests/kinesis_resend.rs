@@ -70,8 +70,9 @@ async fn lines_of_a_resent_request_reach_every_sink_once() {
     .await
     .unwrap();
     // The resent lines are either answered as duplicates (the first PutRecords landed and its
-    // claims were committed) or put again (the resend came while those claims were still
-    // pending): every line is accounted for, and the resends happened.
+    // lines were written to the index) or put again (the first append was dropped at the request
+    // timeout before writing them, and its invoice locks expired): every line is accounted for,
+    // and the resends happened.
     let accepted = summary["lines_accepted"].as_u64().unwrap();
     let duplicate = summary["lines_duplicate"].as_u64().unwrap();
     assert_eq!(accepted + duplicate, expected.rows, "{summary:#}");

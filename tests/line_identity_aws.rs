@@ -156,3 +156,70 @@ async fn on_aws_conflicts_are_refused_and_keys_answer_once() {
     .await
     .unwrap();
 }
+
+/// Two appends of one invoice at once on the DynamoDB index: the second finds the invoice locked
+/// and writes nothing (ingest would sort its lines again); once the first is done its lines are
+/// in the index, and appending them again is refused as taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invoice_is_appended_by_one_request_at_a_time() {
+    use shopstream::stream::kinesis::{DynamoLineIndex, KinesisStream};
+    use shopstream::stream::line_index::{LineClaim, LineIndex, LineKey};
+    use shopstream::stream::{PutRecord, Stream, StreamError};
+    use std::sync::Arc;
+
+    let _heavy = heavy_test();
+    let cfg = aws_common::on_kinesalite(aws_common::aws_config("invoice_lock"));
+    let clients = aws_common::init(&cfg).await;
+    // The first PutRecords is answered 3 s late: the first append holds its lock meanwhile.
+    let proxy = aws_common::fault_proxy(
+        &cfg.aws.kinesis_endpoint_url,
+        &["--delay-puts", "1", "--delay-seconds", "3"],
+    );
+    let mut slow = cfg.clone();
+    slow.aws.kinesis_endpoint_url = proxy.endpoint.clone();
+    let slow_clients = aws_common::clients(&slow).await;
+    let stream: Arc<dyn Stream> = Arc::new(KinesisStream::from_config(
+        &slow_clients,
+        &slow.aws,
+        &slow.stream.kinesis,
+    ));
+    let index = Arc::new(DynamoLineIndex::new(
+        clients.dynamodb.clone(),
+        &cfg.stream.kinesis.line_index_table,
+        stream,
+        Duration::from_secs(3600),
+        Duration::from_secs(30),
+    ));
+    let lines = aws_common::lines("990077", Some(17850), 1, 3);
+    let claims: Vec<LineClaim> = lines
+        .iter()
+        .map(|l| LineClaim::new("demo", &l.line).unwrap())
+        .collect();
+    let append = |what: &'static [u8]| {
+        let (index, claims) = (index.clone(), claims.clone());
+        async move {
+            index
+                .append(vec![PutRecord::new("990077", what)], vec![claims])
+                .await
+        }
+    };
+
+    let first = tokio::spawn(append(b"first"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let second = append(b"second").await;
+    assert!(
+        matches!(&second, Err(StreamError::LinesTaken(ids)) if ids.len() == 3),
+        "{second:?}"
+    );
+    first.await.unwrap().unwrap();
+
+    let keys: Vec<LineKey<'_>> = lines.iter().map(|l| LineKey::of(&l.line)).collect();
+    let stored = index.lookup(&keys).await.unwrap();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(stored.values().all(|s| !s.pending && s.store_id == "demo"));
+    let third = append(b"third").await;
+    assert!(
+        matches!(&third, Err(StreamError::LinesTaken(ids)) if ids.len() == 3),
+        "{third:?}"
+    );
+}

@@ -152,16 +152,29 @@ class Server:
             body = r.read().decode()
         return json.loads(body) if path.startswith("/v1") else body
 
-    def post_lines(self, lines: list[dict]) -> tuple[int, dict]:
-        req = urllib.request.Request(
-            self.base + "/v1/invoices", data=json.dumps(lines).encode(), method="POST",
-            headers={"Authorization": f"Bearer {STORE_KEY}",
-                     "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+    def post_lines(self, lines: list[dict], patience: float = 120.0) -> tuple[int, dict]:
+        """POSTs `lines` as a store does: a busy answer (429, 503) or a refused connection is
+        sent again after its Retry-After (the run overloads the server on purpose) until
+        `patience` seconds have passed; the last answer."""
+        deadline = time.time() + patience
+        while True:
+            req = urllib.request.Request(
+                self.base + "/v1/invoices", data=json.dumps(lines).encode(), method="POST",
+                headers={"Authorization": f"Bearer {STORE_KEY}",
+                         "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                status, body = e.code, json.loads(e.read() or b"{}")
+                wait = float(e.headers.get("Retry-After") or 1)
+                if status not in (429, 503) or time.time() + wait > deadline:
+                    return status, body
+            except (urllib.error.URLError, ConnectionError) as e:
+                wait = 1.0
+                if time.time() + wait > deadline:
+                    return 0, {"error": str(e)}
+            time.sleep(wait)
 
 
 def free_port() -> int:

@@ -4,8 +4,8 @@
 //! `docs/line-identity.md` for the rules.
 //!
 //! Two implementations: the embedded log claims ids in the same SQLite transaction as the append
-//! (`stream::embedded`), and on AWS a DynamoDB table takes conditional claims around PutRecords
-//! (`stream::kinesis::line_index`).
+//! (`stream::embedded`), and on AWS a DynamoDB table is written around PutRecords under a lock
+//! per invoice (`stream::kinesis::line_index`).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -59,8 +59,9 @@ impl<'a> LineKey<'a> {
 pub struct StoredLine {
     pub store_id: String,
     pub line: InvoiceLine,
-    /// Claimed by a request that has not yet seen its records durable (AWS only: the embedded
-    /// log claims and appends in one transaction).
+    /// Claimed by a request that has not yet seen its records durable: AWS tables written by
+    /// versions before 2026-12-06 only (the embedded log claims and appends in one transaction,
+    /// and the DynamoDB index now writes a line only once its record is durable).
     pub pending: bool,
 }
 
