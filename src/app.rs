@@ -18,6 +18,7 @@ use crate::config::{Backend, Settings};
 use crate::object_store::ObjectStore;
 use crate::store::{OperationalStore, Warehouse};
 use crate::stream::line_index::LineIndex;
+use crate::stream::shared_reads::{SharedReads, WINDOW_BYTES};
 use crate::stream::{AllShards, CheckpointStore, ShardOwnership, Stream};
 
 /// The backend of every stage.
@@ -324,7 +325,8 @@ pub async fn start_pipeline(
     progress: Arc<Progress>,
 ) -> anyhow::Result<Arc<Pipeline>> {
     let parts = PipelineParts {
-        stream: backends.stream.clone(),
+        // The workers of a shard share its reads (one read of each record for all three sinks).
+        stream: Arc::new(SharedReads::new(backends.stream.clone(), WINDOW_BYTES)),
         checkpoints: backends.checkpoints.clone(),
         sinks,
         dead_letters: backends.dead_letters(settings),

@@ -155,6 +155,16 @@ pub static STREAM_MILLIS_BEHIND_LATEST: LazyLock<IntGaugeVec> = LazyLock::new(||
     )
 });
 
+pub static STREAM_SHARED_READS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "stream_shared_reads_total",
+        "Reads of a shard by its sink workers, by where they were served from: window (the \
+         records another worker of the shard just read), stream (read for every worker of the \
+         shard), own (a worker outside the window, reading for itself).",
+        &["outcome"],
+    )
+});
+
 /// Unlabelled, so it reads 0 on every backend until a lease is lost (an alert can tell "none
 /// lost" from "not exported").
 pub static STREAM_APPENDS_ABANDONED: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -340,6 +350,7 @@ pub fn init() {
     LazyLock::force(&STREAM_APPEND_DURATION);
     LazyLock::force(&STREAM_APPEND_RECORDS);
     LazyLock::force(&STREAM_MILLIS_BEHIND_LATEST);
+    LazyLock::force(&STREAM_SHARED_READS);
     LazyLock::force(&STREAM_LEASES_LOST);
     LazyLock::force(&STREAM_APPENDS_ABANDONED);
     LazyLock::force(&STREAM_LEASES_HELD);

@@ -276,10 +276,13 @@ def dead_letters(moto_endpoint: str) -> list[str]:
 
 
 def dead_letter(moto_endpoint: str, key: str) -> dict:
-    """One dead letter, parsed (a plain GetObject; moto does not check signatures)."""
-    url = f"{moto_endpoint}/{BUCKET}/{urllib.parse.quote(key)}"
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
+    """One dead letter, parsed (GetObject with boto3: moto refuses an unsigned one)."""
+    import boto3  # as readback.py; only needed once there are dead letters to read
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=ENV["AWS_REGION"],
+                      aws_access_key_id=ENV["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"])
+    return json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
 
 
 def env() -> dict:

@@ -9,8 +9,11 @@
 pub mod embedded;
 pub mod kinesis;
 pub mod line_index;
+#[cfg(test)]
+pub(crate) mod memory;
 mod ownership;
 pub(crate) mod record;
+pub mod shared_reads;
 
 use async_trait::async_trait;
 use bytes::Bytes;

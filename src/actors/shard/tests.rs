@@ -19,10 +19,8 @@ use crate::actors::sink::{SinkFailure, SinkUnit, SinkWriter};
 use crate::config::RetryConfig;
 use crate::model::InvoiceLine;
 use crate::object_store::local::LocalObjectStore;
-use crate::stream::{
-    CheckpointError, CheckpointStore, Position, PutRecord, PutResult, ReadBatch, Record,
-    SequenceNumber, ShardId, ShardInfo, SinkKind, Stream, StreamError,
-};
+use crate::stream::memory::MemoryStream;
+use crate::stream::{CheckpointError, CheckpointStore, Record, SequenceNumber, ShardId, SinkKind};
 
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -57,96 +55,6 @@ fn record(seq: u64, stock_codes: &[&str]) -> Record {
         partition_key: "536365".into(),
         data: encoded.remove(0).0.data,
         arrived_at: chrono::Utc::now(),
-    }
-}
-
-#[derive(Default)]
-struct FakeShard {
-    records: Vec<Record>,
-    closed: bool,
-}
-
-#[derive(Default)]
-struct FakeStream {
-    shards: Mutex<BTreeMap<ShardId, FakeShard>>,
-}
-
-impl FakeStream {
-    fn with(shards: Vec<(&str, Vec<Record>, bool)>) -> Arc<FakeStream> {
-        let stream = FakeStream::default();
-        for (id, records, closed) in shards {
-            stream
-                .shards
-                .lock()
-                .unwrap()
-                .insert(ShardId(id.into()), FakeShard { records, closed });
-        }
-        Arc::new(stream)
-    }
-
-    /// Appends `record` to `shard`.
-    fn push(&self, shard: &str, record: Record) {
-        self.shards
-            .lock()
-            .unwrap()
-            .get_mut(&ShardId(shard.into()))
-            .unwrap()
-            .records
-            .push(record);
-    }
-}
-
-#[async_trait]
-impl Stream for FakeStream {
-    async fn put(&self, _records: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
-        Err(StreamError::Backend("the fake stream takes no puts".into()))
-    }
-
-    async fn list_shards(&self) -> Result<Vec<ShardInfo>, StreamError> {
-        Ok(Vec::new())
-    }
-
-    async fn read(
-        &self,
-        shard: &ShardId,
-        from: Position,
-        max_records: usize,
-    ) -> Result<ReadBatch, StreamError> {
-        let shards = self.shards.lock().unwrap();
-        let s = shards
-            .get(shard)
-            .ok_or_else(|| StreamError::UnknownShard(shard.clone()))?;
-        let after: Vec<&Record> = s
-            .records
-            .iter()
-            .filter(|r| match &from {
-                Position::TrimHorizon => true,
-                Position::After(seq) => r.sequence_number > *seq,
-                Position::At(seq) => r.sequence_number >= *seq,
-            })
-            .collect();
-        let records: Vec<Record> = after
-            .iter()
-            .take(max_records)
-            .map(|r| (*r).clone())
-            .collect();
-        Ok(ReadBatch {
-            shard_ended: s.closed && records.len() == after.len(),
-            records,
-            millis_behind_latest: None,
-        })
-    }
-
-    async fn release(&self, _shard: &ShardId, _upto: &SequenceNumber) -> Result<u64, StreamError> {
-        Ok(0)
-    }
-
-    async fn latest(&self, _shard: &ShardId) -> Result<Option<SequenceNumber>, StreamError> {
-        Ok(None)
-    }
-
-    async fn health(&self) -> Result<(), StreamError> {
-        Ok(())
     }
 }
 
@@ -323,7 +231,7 @@ impl SinkWriter for FakeSink {
 }
 
 struct Fixture {
-    stream: Arc<FakeStream>,
+    stream: Arc<MemoryStream>,
     checkpoints: Arc<FakeCheckpoints>,
     sink: Arc<FakeSink>,
     dead_letters: DeadLetters,
@@ -333,7 +241,7 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(stream: Arc<FakeStream>, sink: FakeSink) -> Fixture {
+    fn new(stream: Arc<MemoryStream>, sink: FakeSink) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(LocalObjectStore::new(dir.path().join("dead")).unwrap());
         let events = sink.events.clone();
@@ -398,8 +306,8 @@ impl Fixture {
 }
 
 /// One closed shard "s0" with three records of lines A..E.
-fn closed_shard() -> Arc<FakeStream> {
-    FakeStream::with(vec![(
+fn closed_shard() -> Arc<MemoryStream> {
+    MemoryStream::with(vec![(
         "s0",
         vec![
             record(1, &["A", "B"]),
@@ -516,7 +424,7 @@ async fn a_failing_checkpoint_write_ends_the_run_and_the_next_run_resumes_from_t
 
 #[tokio::test]
 async fn a_child_shard_is_read_only_after_its_parent_is_finished() {
-    let stream = FakeStream::with(vec![
+    let stream = MemoryStream::with(vec![
         ("parent", vec![record(1, &["A"]), record(2, &["B"])], true),
         ("child", vec![record(3, &["C"])], false),
     ]);
@@ -555,7 +463,7 @@ async fn a_child_shard_is_read_only_after_its_parent_is_finished() {
 #[tokio::test]
 async fn a_line_the_stream_holds_twice_is_written_once() {
     // Record 3 is a client's resend of record 1 (Kinesis took both).
-    let stream = FakeStream::with(vec![(
+    let stream = MemoryStream::with(vec![(
         "s0",
         vec![
             record(1, &["A", "B"]),
@@ -574,7 +482,7 @@ async fn a_line_the_stream_holds_twice_is_written_once() {
 
 #[tokio::test]
 async fn the_dedup_window_is_saved_with_the_checkpoint_and_survives_a_restart() {
-    let stream = FakeStream::with(vec![("s0", vec![record(1, &["A", "B"])], false)]);
+    let stream = MemoryStream::with(vec![("s0", vec![record(1, &["A", "B"])], false)]);
     let f = Arc::new(Fixture::new(stream, FakeSink::default()));
     let run_until_checkpoint = |seq: u64| {
         let f = f.clone();
@@ -647,7 +555,7 @@ async fn a_backend_that_refuses_every_line_as_invalid_is_retried_not_dead_letter
 /// since the last save, so a resend of them that arrives after the restart is still dropped.
 #[tokio::test]
 async fn a_crash_between_window_saves_loses_nothing_of_the_window() {
-    let stream = FakeStream::with(vec![("s0", vec![record(1, &["A", "B"])], false)]);
+    let stream = MemoryStream::with(vec![("s0", vec![record(1, &["A", "B"])], false)]);
     let f = Arc::new(Fixture::new(stream, FakeSink::default()));
     let parts = || {
         let mut parts = Arc::try_unwrap(f.parts("s0", &[])).ok().unwrap();
