@@ -866,7 +866,9 @@ def report_aws(args, work, total, summaries, resent, faults, watcher, back, lett
     rows = []
     for sink, name in AWS_SINKS:
         r = back["sinks"][name]
-        rows.append((f"{sink} ({name})", back["input"]["lines"], r["items"],
+        # The archive keeps the poison line too.
+        expected = back["input"]["lines"] + (1 if sink == "archive" else 0)
+        rows.append((f"{sink} ({name})", expected, r["items"],
                      r["distinct_line_ids"], r["duplicate_copies"], r["missing"], r["extra"],
                      dead.get(sink, 0), "n/a", round(watcher.max_lag.get(sink, 0)),
                      watcher.total("sink_retries_total", sink=sink),
