@@ -625,27 +625,14 @@ def run_embedded(args, binary: Path, work: Path, parts: list[Path], expected, ra
         log(f"fault 2: operational.sqlite released after {held:.0f} s")
         faults["2 sink outage (operational)"] = f"BEGIN EXCLUSIVE held {held:.0f} s"
 
-        for r in replays:
-            r.wait()
-        summaries = [replay_summary(work / f"replay{i}.json") for i in range(REPLAYS)]
-        log(f"replays done at t+{time.time() - t0:.0f} s")
+        summaries = wait_for_replays(replays, work, t0)
         faults["6 3x overload"] = (
             f"{sum(s['busy_answers'] for s in summaries)} busy answers honoured "
             f"(HTTP 429: {watcher.total('http_requests_total', status='429')}, "
             f"503: {watcher.total('http_requests_total', status='503')})")
 
-        # Resend: every file again. What was acknowledged before must come back as duplicates.
-        resend = [replay(binary, server.base, part, work / f"resend{i}.json")
-                  for i, part in enumerate(parts)]
-        for r in resend:
-            r.wait()
-        resent = [replay_summary(work / f"resend{i}.json") for i in range(REPLAYS)]
-        log("resend done; waiting for every sink to catch up")
-        wait_caught_up(server, stall=180)
-        watcher.sample()
-        watcher.stop.set()
-        code = server.terminate()
-        log(f"server stopped with SIGTERM: exit {code}")
+        resent = resend_all(binary, server, parts, work)
+        code = catch_up_and_stop(server, watcher, stall=180)
 
         archive_ids, archive_content = read_archive(data / "archive")
         op_ids, op_content = read_sqlite(data / "operational.sqlite", "invoice_lines")
@@ -774,12 +761,9 @@ def run_aws_local(args, repo: Path, binary: Path, work: Path, parts: list[Path],
         for offset, method, fault_args in aws_timeline(args.outage_seconds, side):
             time.sleep(max(0.0, t0 + offset - time.time()))
             getattr(chaos, method)(*fault_args)
-        summaries, resent = replays_then_resend(binary, server, parts, replays, work, t0)
-        wait_caught_up(server, stall=300)
-        watcher.sample()
-        watcher.stop.set()
-        code = server.terminate()
-        log(f"server stopped with SIGTERM: exit {code}")
+        summaries = wait_for_replays(replays, work, t0)
+        resent = resend_all(binary, server, parts, work)
+        code = catch_up_and_stop(server, watcher, stall=300)
         log("reading every sink back (scripts/ops/readback.py against moto_server)")
         # The poison invoice is in the archive whole, in the stores without its poison line.
         whole, stores = work / "poison-whole.csv", work / "poison-stores.csv"
@@ -804,21 +788,36 @@ def run_aws_local(args, repo: Path, binary: Path, work: Path, parts: list[Path],
                       code, time.time() - t0, chaos.poison_ok)
 
 
-def replays_then_resend(binary: Path, server: Server, parts: list[Path], replays, work: Path,
-                        t0: float):
-    """Waits for the replays, then replays every file once more (all of it must come back as
-    already stored); the summaries of both rounds."""
+def wait_for_replays(replays, work: Path, t0: float) -> list[dict]:
+    """Waits for the replays; their summaries."""
     for r in replays:
         r.wait()
     summaries = [replay_summary(work / f"replay{i}.json") for i in range(REPLAYS)]
     log(f"replays done at t+{time.time() - t0:.0f} s")
+    return summaries
+
+
+def resend_all(binary: Path, server: Server, parts: list[Path], work: Path) -> list[dict]:
+    """Replays every file once more: what was acknowledged before must come back as already
+    stored. The summaries."""
     resend = [replay(binary, server.base, part, work / f"resend{i}.json")
               for i, part in enumerate(parts)]
     for r in resend:
         r.wait()
     resent = [replay_summary(work / f"resend{i}.json") for i in range(REPLAYS)]
     log("resend done; waiting for every sink to catch up")
-    return summaries, resent
+    return resent
+
+
+def catch_up_and_stop(server: Server, watcher, stall: float) -> int:
+    """Waits until every sink caught up, takes the last metrics sample and stops the server with
+    SIGTERM; its exit status."""
+    wait_caught_up(server, stall=stall)
+    watcher.sample()
+    watcher.stop.set()
+    code = server.terminate()
+    log(f"server stopped with SIGTERM: exit {code}")
+    return code
 
 
 def op_count(stats: dict, op: str, what: str) -> int:

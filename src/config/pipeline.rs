@@ -84,8 +84,9 @@ pub struct SinksConfig {
     /// stream holds twice (a client resent a request whose Kinesis puts partly succeeded); 0
     /// turns the dedup off. 16 bytes each when saved, about 64 in memory.
     pub dedup_window_lines: usize,
-    /// Least time between two saves of a worker's dedup window (saved with a checkpoint, and when
-    /// the worker stops).
+    /// Least time between two saves of a worker's dedup window (saved once the checkpoint reaches
+    /// the unit it was copied after, and when the worker stops; a restart fills in the lines
+    /// written since the last save from the stream).
     #[serde(with = "humantime_serde")]
     pub dedup_save_interval: Duration,
     pub retry: RetryConfig,

@@ -32,7 +32,8 @@ pub struct ServerConfig {
     /// before the request takes an ingest permit, so a slow client holds none meanwhile.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
-    /// How long one request may take before it is answered 503.
+    /// How long one request may take before it is answered 503. On Kinesis an invoice lock of
+    /// the line-id table lasts this plus 2 s (an append is dropped at this time).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// On SIGTERM/SIGINT: time to finish requests, flush every sink and write checkpoints.

@@ -550,10 +550,15 @@ impl ShardLoop {
             && self.window_snapshot.is_none()
             && self.window_due()
         {
-            let encoded = SavedWindow::encode(last, &self.window);
-            self.window_snapshot = Some((last.clone(), Bytes::from(encoded)));
-            self.window.mark_saved();
+            self.copy_window(last);
         }
+    }
+
+    /// Keeps a copy of the window, as it is, covering the records up to `covers`.
+    fn copy_window(&mut self, covers: &SequenceNumber) {
+        let encoded = SavedWindow::encode(covers, &self.window);
+        self.window_snapshot = Some((covers.clone(), Bytes::from(encoded)));
+        self.window.mark_saved();
     }
 
     /// Saves the window copy whose records the checkpoint has reached. At rest (nothing read past
@@ -564,10 +569,8 @@ impl ShardLoop {
         }
         let at_rest = self.unit.is_empty() && self.written.is_none();
         if at_rest && self.window.is_dirty() && (force || self.window_due()) {
-            if let Some(checkpoint) = &self.checkpoint {
-                let encoded = SavedWindow::encode(checkpoint, &self.window);
-                self.window_snapshot = Some((checkpoint.clone(), Bytes::from(encoded)));
-                self.window.mark_saved();
+            if let Some(checkpoint) = self.checkpoint.clone() {
+                self.copy_window(&checkpoint);
             }
         }
         let reached = match (&self.window_snapshot, &self.checkpoint) {
