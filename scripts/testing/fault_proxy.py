@@ -801,8 +801,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.log(f"S3 {kind} {path}: refused (503 SlowDown)")
             return
         r = self.forward(body)
-        self.send(r)
+        # Counted before answering, so a client that reads the stats right after its call sees it.
         self.server.stats.s3(kind, len(body), len(r.body), r.status >= 400)
+        self.send(r)
 
     def counted(self, target, body):
         """Forwards unchanged, counting what the operation's answer or request says."""
