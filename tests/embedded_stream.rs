@@ -608,3 +608,105 @@ async fn a_record_put_again_with_its_dedup_key_lands_where_the_first_did() {
     stream.put(vec![record("536365", "a")]).await.unwrap();
     assert_eq!(read_all(&stream, &shard).await.len(), 4);
 }
+
+fn invoice_line(invoice: &str, quantity: i64, line_no: u64) -> shopstream::model::InvoiceLine {
+    shopstream::model::InvoiceLine::new(
+        invoice.into(),
+        "85123A".into(),
+        Some("WHITE HANGING HEART T-LIGHT HOLDER".into()),
+        quantity,
+        chrono::NaiveDate::from_ymd_opt(2010, 12, 1)
+            .unwrap()
+            .and_hms_opt(8, 26, 0)
+            .unwrap(),
+        rust_decimal::Decimal::new(255, 2),
+        Some(17850),
+        "United Kingdom".into(),
+        Some(line_no),
+        0,
+    )
+}
+
+/// Appends `lines` from `store` as ingest does: the records with each line's claim.
+async fn append_claimed(
+    stream: &EmbeddedStream,
+    store: &str,
+    lines: &[shopstream::model::InvoiceLine],
+) -> Result<(), StreamError> {
+    use shopstream::stream::line_index::{LineClaim, LineIndex};
+    let mut records = Vec::new();
+    let mut claims = Vec::new();
+    for (record, indexes) in shopstream::stream::record::encode_indexed(store, lines).unwrap() {
+        records.push(record);
+        claims.push(
+            indexes
+                .iter()
+                .map(|&i| LineClaim::new(store, lines[i].clone()))
+                .collect(),
+        );
+    }
+    LineIndex::append(stream, records, claims).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn a_claim_finds_its_line_in_its_record_and_a_claim_without_its_record_is_gone() {
+    use shopstream::stream::line_index::{LineIndex, LineKey};
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 2);
+    let (a, b) = (invoice_line("536365", 6, 1), invoice_line("536365", 4, 2));
+    append_claimed(&stream, "store-1", &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+
+    // Claims written now hold no copy of the line: it is read from the record.
+    let db = rusqlite::Connection::open(dir.path().join("data/stream.sqlite")).unwrap();
+    let copies: i64 = db
+        .query_row(
+            "SELECT count(*) FROM claimed_lines WHERE line != ''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(copies, 0);
+    let (c, d, e) = (
+        invoice_line("536366", 1, 1),
+        invoice_line("536367", 2, 1),
+        invoice_line("536368", 3, 1),
+    );
+    // A claim of an older version, with the line's JSON in it; and one whose record is gone
+    // (retention removed the record, the claim's own delete had not run yet).
+    db.execute(
+        "INSERT INTO claimed_lines (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
+         VALUES (?1, ?2, 'store-0', ?3, 0, 77, 0), (?4, ?5, 'store-0', '', 0, 78, 0)",
+        rusqlite::params![
+            c.invoice_no,
+            c.line_id.as_str(),
+            serde_json::to_string(&c).unwrap(),
+            d.invoice_no,
+            d.line_id.as_str(),
+        ],
+    )
+    .unwrap();
+
+    let keys: Vec<LineKey<'_>> = [&a, &b, &c, &d, &e].into_iter().map(LineKey::of).collect();
+    let found = stream.lookup(&keys).await.unwrap();
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert_eq!(found[&a.line_id].line, a);
+    assert_eq!(found[&a.line_id].store_id, "store-1");
+    assert_eq!(found[&b.line_id].line, b);
+    assert_eq!(found[&c.line_id].line, c);
+    assert_eq!(found[&c.line_id].store_id, "store-0");
+
+    // The claim without its record does not block the line: it is claimed anew. A standing
+    // claim does.
+    append_claimed(&stream, "store-2", std::slice::from_ref(&d))
+        .await
+        .unwrap();
+    let found = stream.lookup(&[LineKey::of(&d)]).await.unwrap();
+    assert_eq!(found[&d.line_id].store_id, "store-2");
+    assert_eq!(found[&d.line_id].line, d);
+    match append_claimed(&stream, "store-2", std::slice::from_ref(&a)).await {
+        Err(StreamError::LinesTaken(ids)) => assert_eq!(ids, vec![a.line_id.clone()]),
+        other => panic!("a claimed line was appended again: {other:?}"),
+    }
+}

@@ -193,7 +193,7 @@ async fn an_invoice_is_appended_by_one_request_at_a_time() {
     let lines = aws_common::lines("990077", Some(17850), 1, 3);
     let claims: Vec<LineClaim> = lines
         .iter()
-        .map(|l| LineClaim::new("demo", &l.line).unwrap())
+        .map(|l| LineClaim::new("demo", l.line.clone()))
         .collect();
     let append = |what: &'static [u8]| {
         let (index, claims) = (index.clone(), claims.clone());

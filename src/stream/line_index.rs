@@ -17,23 +17,29 @@ use crate::model::{InvoiceLine, LineId};
 /// A new line's claim on its id, appended with the record that carries the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineClaim {
-    pub line_id: LineId,
-    /// The line's invoice: with the id, the key under which the embedded log files the claim, so
-    /// the claims of one invoice sit together (as in every sink).
-    pub invoice_no: String,
     pub store_id: String,
-    /// The line as JSON (an [`InvoiceLine`]), so a later conflict can say what differs.
-    pub line: String,
+    /// The line, so a later conflict can say what differs. The embedded log does not copy it
+    /// into its claim (it reads the line back from the claim's record); DynamoDB keeps it in the
+    /// line's item.
+    pub line: InvoiceLine,
 }
 
 impl LineClaim {
-    pub fn new(store_id: &str, line: &InvoiceLine) -> Result<Self, serde_json::Error> {
-        Ok(LineClaim {
-            line_id: line.line_id.clone(),
-            invoice_no: line.invoice_no.clone(),
+    pub fn new(store_id: &str, line: InvoiceLine) -> Self {
+        LineClaim {
             store_id: store_id.to_owned(),
-            line: serde_json::to_string(line)?,
-        })
+            line,
+        }
+    }
+
+    pub fn line_id(&self) -> &LineId {
+        &self.line.line_id
+    }
+
+    /// The line's invoice: with the id, the key under which the embedded log files the claim, so
+    /// the claims of one invoice sit together (as in every sink).
+    pub fn invoice_no(&self) -> &str {
+        &self.line.invoice_no
     }
 }
 

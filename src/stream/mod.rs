@@ -12,7 +12,7 @@ pub mod line_index;
 #[cfg(test)]
 pub(crate) mod memory;
 mod ownership;
-pub(crate) mod record;
+pub mod record;
 pub mod shared_reads;
 
 use async_trait::async_trait;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use super::error::{ApiError, Rejection};
 use super::AppState;
-use crate::model::{LineId, LineOrigin, LinePosition, Parsed};
+use crate::model::{InvoiceLine, LineId, LineOrigin, LinePosition, Parsed};
 use crate::stream::line_index::{verdict, LineClaim, LineKey, Verdict};
 use crate::stream::record;
 
@@ -138,14 +138,16 @@ pub(crate) async fn append_new_lines(
             record::encode_indexed(store, &lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
         let mut records = Vec::with_capacity(encoded.len());
         let mut claims = Vec::with_capacity(encoded.len());
+        // Each line is in exactly one record: its claim takes it.
+        let mut lines: Vec<Option<InvoiceLine>> = lines.into_iter().map(Some).collect();
         for (record, indexes) in encoded {
             records.push(record);
             claims.push(
                 indexes
                     .iter()
-                    .map(|&i| LineClaim::new(store, &lines[i]))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| ApiError::BadInput(e.to_string()))?,
+                    .filter_map(|&i| lines[i].take())
+                    .map(|line| LineClaim::new(store, line))
+                    .collect::<Vec<_>>(),
             );
         }
         if state.append(records, claims).await? {

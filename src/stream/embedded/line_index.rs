@@ -6,13 +6,55 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use std::collections::HashMap;
 
+use super::schema::records_table;
 use super::EmbeddedStream;
 use crate::model::LineId;
 use crate::stream::line_index::{
     KeyState, LineClaim, LineIndex, LineKey, StoredAnswer, StoredLine,
     KEY_IN_FLIGHT_ABANDONED_AFTER,
 };
-use crate::stream::{PutRecord, PutResult, StreamError};
+use crate::stream::{record, PutRecord, PutResult, StreamError};
+
+/// A claim as `claimed_lines` holds it.
+struct Claimed {
+    store_id: String,
+    /// The line's JSON in files written before 2026-12-06; empty since (the record holds it).
+    line: String,
+    shard: u32,
+    seq: i64,
+}
+
+/// Where a record is: its shard and sequence number.
+type RecordPlace = (u32, i64);
+
+/// The payloads of the records that hold the lines of `claims` written without their content,
+/// each read once.
+fn claimed_records(
+    conn: &rusqlite::Connection,
+    claims: &[(LineId, Claimed)],
+) -> rusqlite::Result<Vec<(RecordPlace, Vec<u8>)>> {
+    let mut places: Vec<RecordPlace> = claims
+        .iter()
+        .filter(|(_, c)| c.line.is_empty())
+        .map(|(_, c)| (c.shard, c.seq))
+        .collect();
+    places.sort_unstable();
+    places.dedup();
+    let mut out = Vec::with_capacity(places.len());
+    for (shard, seq) in places {
+        let data: Option<Vec<u8>> = conn
+            .prepare_cached(&format!(
+                "SELECT data FROM {} WHERE seq = ?1",
+                records_table(shard)
+            ))?
+            .query_row([seq], |row| row.get(0))
+            .optional()?;
+        if let Some(data) = data {
+            out.push(((shard, seq), data));
+        }
+    }
+    Ok(out)
+}
 
 #[async_trait]
 impl LineIndex for EmbeddedStream {
@@ -24,30 +66,73 @@ impl LineIndex for EmbeddedStream {
             .iter()
             .map(|l| (l.invoice_no.to_owned(), l.line_id.clone()))
             .collect();
-        // One probe of the primary key per line: the lines of a request share few invoices, so
-        // the probes read a handful of neighbouring pages.
-        let rows = self
+        // One probe of the primary key per line, all in one read transaction (a statement on its
+        // own would take and drop the WAL read lock each time): the lines of a request share few
+        // invoices, so the probes read a handful of neighbouring pages.
+        let found = self
             .blocking(move |conn| {
-                let mut find = conn.prepare_cached(
-                    "SELECT store_id, line FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2",
+                let tx = rusqlite::Transaction::new_unchecked(
+                    conn,
+                    rusqlite::TransactionBehavior::Deferred,
                 )?;
                 let mut rows = Vec::new();
-                for (invoice_no, id) in keys {
-                    let found = find
-                        .query_row(params![invoice_no, id.as_str()], |row| {
-                            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                        })
-                        .optional()?;
-                    if let Some((store, line)) = found {
-                        rows.push((id, store, line));
+                {
+                    let mut find = tx.prepare_cached(
+                        "SELECT store_id, line, shard, seq FROM claimed_lines
+                         WHERE invoice_no = ?1 AND line_id = ?2",
+                    )?;
+                    for (invoice_no, id) in keys {
+                        let found = find
+                            .query_row(params![invoice_no, id.as_str()], |row| {
+                                Ok(Claimed {
+                                    store_id: row.get(0)?,
+                                    line: row.get(1)?,
+                                    shard: row.get(2)?,
+                                    seq: row.get(3)?,
+                                })
+                            })
+                            .optional()?;
+                        if let Some(claimed) = found {
+                            rows.push((id, claimed));
+                        }
                     }
                 }
-                Ok(rows)
+                let records = claimed_records(&tx, &rows)?;
+                tx.commit()?;
+                Ok((rows, records))
             })
             .await?;
+        let (rows, records) = found;
+        let mut decoded: HashMap<RecordPlace, Vec<crate::model::InvoiceLine>> = HashMap::new();
+        for (key, data) in records {
+            let batch = record::decode(&data).map_err(|e| {
+                StreamError::Backend(format!(
+                    "the record of a line claim (shard {}, seq {}) cannot be read: {e}",
+                    key.0, key.1
+                ))
+            })?;
+            decoded.insert(key, batch.lines);
+        }
         let mut out = HashMap::with_capacity(rows.len());
-        for (id, store, line) in rows {
-            out.insert(id, StoredLine::decode(store, &line, false)?);
+        for (id, claimed) in rows {
+            let stored = if claimed.line.is_empty() {
+                // The line is in the claim's record; a claim whose record retention removed a
+                // moment ago is as good as gone (the writer replaces it).
+                let Some(line) = decoded
+                    .get(&(claimed.shard, claimed.seq))
+                    .and_then(|lines| lines.iter().find(|l| l.line_id == id))
+                else {
+                    continue;
+                };
+                StoredLine {
+                    store_id: claimed.store_id,
+                    line: line.clone(),
+                    pending: false,
+                }
+            } else {
+                StoredLine::decode(claimed.store_id, &claimed.line, false)?
+            };
+            out.insert(id, stored);
         }
         Ok(out)
     }

@@ -6,7 +6,7 @@
 //! shard count never changes for a file (the embedded log cannot be resharded), so a fixed set
 //! of tables fits. `shards` holds each shard's last sequence number apart from the records, so
 //! numbering survives the removal of every record by retention. `record_keys` holds the dedup key
-//! of every record, `claimed_lines` the invoice, id, store and content of every line claimed by
+//! of every record, `claimed_lines` the invoice, id, store and record of every line claimed by
 //! ingest (written in the append's transaction; keyed by invoice then id, as in every sink, so a
 //! request's claims land on a few neighbouring pages instead of one random page per line) and `idempotency_keys` the `Idempotency-Key`s of recent requests
 //! with their answers (see `docs/line-identity.md`).

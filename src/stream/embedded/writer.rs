@@ -8,7 +8,7 @@ use super::schema::records_table;
 use crate::metrics::{STREAM_APPEND_DURATION, STREAM_APPEND_RECORDS};
 use crate::stream::line_index::LineClaim;
 use crate::stream::{PutRecord, PutResult, SequenceNumber, ShardId, StreamError};
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -287,25 +287,52 @@ fn write_group(
 }
 
 /// The ids among `claims` that `claimed_lines` holds already, or that the request claims twice.
+/// A claim whose record retention has just removed (their deletes are separate transactions) is
+/// as good as gone: it is dropped here, so the line is claimed anew.
 fn taken_ids(
     tx: &rusqlite::Transaction<'_>,
     claims: &[Vec<LineClaim>],
 ) -> rusqlite::Result<Vec<crate::model::LineId>> {
     let mut taken = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut find =
-        tx.prepare_cached("SELECT 1 FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2")?;
+    let mut find = tx.prepare_cached(
+        "SELECT shard, seq FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2",
+    )?;
     for claim in claims.iter().flatten() {
-        if !seen.insert((&claim.invoice_no, &claim.line_id))
-            || find.exists([claim.invoice_no.as_str(), claim.line_id.as_str()])?
-        {
-            taken.push(claim.line_id.clone());
+        let key = [claim.invoice_no(), claim.line_id().as_str()];
+        if !seen.insert((claim.invoice_no(), claim.line_id())) {
+            taken.push(claim.line_id().clone());
+            continue;
+        }
+        let Some((shard, seq)) = find
+            .query_row(key, |row| {
+                Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        let record_left = tx
+            .prepare_cached(&format!(
+                "SELECT 1 FROM {} WHERE seq = ?1",
+                records_table(shard)
+            ))
+            .and_then(|mut stmt| stmt.exists([seq]))
+            // A shard number this file does not have: treat the claim as standing.
+            .unwrap_or(true);
+        if record_left {
+            taken.push(claim.line_id().clone());
+        } else {
+            tx.prepare_cached("DELETE FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2")?
+                .execute(key)?;
         }
     }
     Ok(taken)
 }
 
-/// Records the claims of a record that landed at (`shard`, `seq`).
+/// Records the claims of a record that landed at (`shard`, `seq`). The line itself is not copied
+/// into its claim: the record holds it, and a look-up reads it from there (`line` stays empty; it
+/// held the line's JSON in files written before 2026-12-06).
 fn claim_ids(
     tx: &rusqlite::Transaction<'_>,
     claims: Option<&Vec<LineClaim>>,
@@ -319,10 +346,10 @@ fn claim_ids(
     )?;
     for claim in claims.into_iter().flatten() {
         insert.execute(params![
-            claim.invoice_no,
-            claim.line_id.as_str(),
+            claim.invoice_no(),
+            claim.line_id().as_str(),
             claim.store_id,
-            claim.line,
+            "",
             shard,
             seq,
             arrived_at_ms

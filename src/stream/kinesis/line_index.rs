@@ -216,20 +216,18 @@ impl DynamoLineIndex {
         let keys: Vec<LineKey<'_>> = claims
             .iter()
             .map(|c| LineKey {
-                invoice_no: &c.invoice_no,
-                line_id: &c.line_id,
+                invoice_no: c.invoice_no(),
+                line_id: c.line_id(),
             })
             .collect();
         let stored = self.lookup(&keys).await?;
         let mut taken = Vec::new();
         for c in claims {
-            let Some(entry) = stored.get(&c.line_id) else {
+            let Some(entry) = stored.get(c.line_id()) else {
                 continue;
             };
-            let line: crate::model::InvoiceLine = serde_json::from_str(&c.line)
-                .map_err(|e| StreamError::Backend(format!("a line claim cannot be read: {e}")))?;
-            if verdict(&c.store_id, &line, Some(entry)) != Verdict::New {
-                taken.push(c.line_id.clone());
+            if verdict(&c.store_id, &c.line, Some(entry)) != Verdict::New {
+                taken.push(c.line_id().clone());
             }
         }
         Ok(taken)
@@ -244,16 +242,19 @@ impl DynamoLineIndex {
         for (claims, at) in claims.iter().zip(landed) {
             for c in claims {
                 let item = HashMap::from([
-                    ("Id".to_owned(), s(line_key(&c.line_id))),
+                    ("Id".to_owned(), s(line_key(c.line_id()))),
                     ("Store".to_owned(), s(&c.store_id)),
-                    ("Line".to_owned(), s(&c.line)),
+                    (
+                        "Line".to_owned(),
+                        s(serde_json::to_string(&c.line).expect("a line serializes")),
+                    ),
                     ("State".to_owned(), s("committed")),
                     ("Token".to_owned(), s(token)),
                     ("LandedShard".to_owned(), s(&at.shard_id.0)),
                     ("LandedSeq".to_owned(), s(at.sequence_number.as_str())),
                     ("ExpiresAt".to_owned(), self.expires_at()),
                 ]);
-                items.insert(&c.line_id, item);
+                items.insert(c.line_id(), item);
             }
         }
         let requests: Vec<WriteRequest> = items
@@ -380,7 +381,7 @@ impl LineIndex for DynamoLineIndex {
     ) -> Result<Vec<PutResult>, StreamError> {
         let token = format!("{:032x}", rand::random::<u128>());
         let all: Vec<&LineClaim> = claims.iter().flatten().collect();
-        let mut invoices: Vec<String> = all.iter().map(|c| c.invoice_no.clone()).collect();
+        let mut invoices: Vec<String> = all.iter().map(|c| c.invoice_no().to_owned()).collect();
         invoices.sort();
         invoices.dedup();
         let (locked, outcome) = self.lock_all(invoices, &token).await;
@@ -390,8 +391,8 @@ impl LineIndex for DynamoLineIndex {
                 LockFailure::Error(e) => e,
                 LockFailure::Busy(busy) => StreamError::LinesTaken(
                     all.iter()
-                        .filter(|c| busy.contains(&c.invoice_no))
-                        .map(|c| c.line_id.clone())
+                        .filter(|c| busy.iter().any(|b| b == c.invoice_no()))
+                        .map(|c| c.line_id().clone())
                         .collect(),
                 ),
             });
