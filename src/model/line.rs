@@ -210,6 +210,7 @@ pub struct InvoiceLine {
     /// Units; negative on cancellations and some stock adjustments.
     pub quantity: i64,
     /// When the invoice was made, in the store's local time as sent (the dataset carries no zone).
+    #[serde(deserialize_with = "iso_datetime::deserialize")]
     pub invoice_date: NaiveDateTime,
     /// Price per unit in pounds sterling, exact. Zero or negative on adjustments.
     #[serde(with = "rust_decimal::serde::str")]
@@ -363,8 +364,111 @@ pub struct IngestedLine {
     pub ingested_at: DateTime<Utc>,
 }
 
+/// Reads `invoice_date` as chrono writes it, faster: every sink decodes every line of every record
+/// it reads, and chrono's general `FromStr` (format items, a parse state) was a fifth of that
+/// decoding in a profile. The common form, `YYYY-MM-DDTHH:MM:SS`, is read digit by digit; anything
+/// else (a fraction, a leap second, an invalid date) goes to chrono's own parser, so what is
+/// accepted and refused is exactly what chrono's `Deserialize` accepts and refuses.
+mod iso_datetime {
+    use chrono::{NaiveDate, NaiveDateTime};
+    use serde::de::{self, Deserializer, Visitor};
+    use std::fmt;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDateTime, D::Error> {
+        d.deserialize_str(IsoVisitor)
+    }
+
+    struct IsoVisitor;
+
+    impl Visitor<'_> for IsoVisitor {
+        type Value = NaiveDateTime;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a date and time like 2010-12-01T08:26:00")
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<NaiveDateTime, E> {
+            match fast(s.as_bytes()) {
+                Some(t) => Ok(t),
+                None => s.parse().map_err(E::custom),
+            }
+        }
+    }
+
+    /// `YYYY-MM-DDTHH:MM:SS` exactly, or `None`.
+    pub(super) fn fast(b: &[u8]) -> Option<NaiveDateTime> {
+        if b.len() != 19
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<u32> {
+            b[from..to].iter().try_fold(0u32, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 7)?, num(8, 10)?)?.and_hms_opt(
+            num(11, 13)?,
+            num(14, 16)?,
+            num(17, 19)?,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn invoice_dates_read_back_as_chrono_reads_them() {
+        use chrono::NaiveDate;
+        let day = NaiveDate::from_ymd_opt(2010, 12, 1).unwrap();
+        let read = |text: &str| -> Result<NaiveDateTime, String> {
+            #[derive(Deserialize)]
+            struct D(#[serde(deserialize_with = "super::iso_datetime::deserialize")] NaiveDateTime);
+            serde_json::from_str::<D>(&format!("{text:?}"))
+                .map(|d| d.0)
+                .map_err(|e| e.to_string())
+        };
+        for text in [
+            "2010-12-01T08:26:00",
+            "2010-12-01T08:26:00.250",
+            "2010-12-01T23:59:60",
+            "2011-02-29T08:26:00",
+            "2010-13-01T08:26:00",
+            "2010-12-01 08:26:00",
+            "2010-12-01T08:26",
+            "2010-12-0aT08:26:00",
+            "+2010-12-01T08:26:00",
+            "",
+        ] {
+            let chrono: Result<NaiveDateTime, String> = serde_json::from_str(&format!("{text:?}"))
+                .map_err(|e: serde_json::Error| e.to_string());
+            assert_eq!(read(text).is_ok(), chrono.is_ok(), "{text}");
+            if let Ok(t) = chrono {
+                assert_eq!(read(text).unwrap(), t, "{text}");
+            }
+        }
+        assert_eq!(
+            super::iso_datetime::fast(b"2010-12-01T08:26:07"),
+            day.and_hms_opt(8, 26, 7)
+        );
+        // Every line written reads back through the fast path.
+        let t = day.and_hms_opt(17, 5, 9).unwrap();
+        assert_eq!(
+            read(
+                &serde_json::to_value(t)
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            ),
+            Ok(t)
+        );
+    }
+
     use super::*;
 
     #[test]
