@@ -221,6 +221,17 @@ mod tests {
         crate::model::LineId::from_line_no("536365", u64::from(n))
     }
 
+    /// Saved windows hold these keys: the way a key is made from a line id must never change, or
+    /// a window saved by an older version would stop catching the copies it covers.
+    #[test]
+    fn a_line_key_is_the_first_half_of_the_blake3_of_its_id() {
+        let id = LineId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let hash = blake3::hash(b"0123456789abcdef0123456789abcdef");
+        assert_eq!(key(&id)[..], hash.as_bytes()[..16]);
+        let saved = LineWindow::from_bytes(4, &hash.as_bytes()[..16]).unwrap();
+        assert!(!saved.clone().insert(&id), "a restored key still catches its line");
+    }
+
     #[test]
     fn a_line_seen_within_the_window_is_a_duplicate() {
         let mut w = LineWindow::new(3);
