@@ -636,7 +636,10 @@ async fn append_claimed(
     use shopstream::stream::line_index::{LineClaim, LineIndex};
     let mut records = Vec::new();
     let mut claims = Vec::new();
-    for (record, indexes) in shopstream::stream::record::encode_indexed(store, lines).unwrap() {
+    let format = stream.record_format();
+    for (record, indexes) in
+        shopstream::stream::record::encode_indexed(format, store, lines).unwrap()
+    {
         records.push(record);
         claims.push(
             indexes

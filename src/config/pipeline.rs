@@ -198,7 +198,8 @@ pub struct ArchiveConfig {
     pub dir: PathBuf,
     /// Key prefix of archive objects (S3 and folder alike).
     pub prefix: String,
-    /// Flush an archive object when this many uncompressed bytes are buffered for a shard...
+    /// Flush an archive object when about this many uncompressed bytes (its NDJSON, estimated
+    /// from the lines' fields, whatever the stream's record format) are buffered for a shard...
     pub flush_bytes: usize,
     /// ...or when its oldest buffered line is this old.
     #[serde(with = "humantime_serde")]

@@ -156,6 +156,12 @@ pub const KEY_IN_FLIGHT_ABANDONED_AFTER: std::time::Duration = std::time::Durati
 /// The line-id index and the idempotency keys beside a stream.
 #[async_trait]
 pub trait LineIndex: Send + Sync + 'static {
+    /// How ingest writes the records this index appends: JSON unless the stream is read by
+    /// shopstream alone.
+    fn record_format(&self) -> super::record::RecordFormat {
+        super::record::RecordFormat::Json
+    }
+
     /// The entries of those of `lines` whose ids are taken.
     async fn lookup(
         &self,

@@ -1,10 +1,14 @@
 //! The stream record format, encoded and decoded here only.
 //!
-//! A record is one [`LineBatch`] as JSON: lines of one invoice from one request, with the store
-//! that sent them and when shopstream accepted them. Its partition key is the invoice number, so an
+//! A record is one [`LineBatch`]: lines of one invoice from one request, with the store that sent
+//! them and when shopstream accepted them. Its partition key is the invoice number, so an
 //! invoice's lines stay on one shard, in order; its dedup key is a hash of its line ids, so a
-//! retried request makes the same records and the embedded log can recognise them. Records written
-//! by any earlier version decode unchanged: the layout below is the wire format.
+//! retried request makes the same records and the embedded log can recognise them.
+//!
+//! Two encodings of the same layout ([`RecordFormat`]): JSON on Kinesis, where other consumers of
+//! the stream may read it, and a binary one on the embedded log, which only shopstream reads and
+//! where every sink decodes every record. [`decode`] reads both, told apart by the first byte, so
+//! records written by any earlier version (all JSON) decode unchanged.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -13,6 +17,30 @@ use std::collections::HashMap;
 
 use super::{PutRecord, MAX_RECORD_BYTES};
 use crate::model::{IngestedLine, InvoiceLine};
+
+/// How a record's payload is written. [`decode`] reads either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// A JSON object: what the Kinesis stream carries, readable by any consumer of the stream.
+    Json,
+    /// [`BINARY_V1`], then the batch in postcard's serde format (length-prefixed fields in
+    /// declaration order, varint integers; <https://postcard.jamesmunns.com/wire-format>): on the
+    /// embedded log. It decodes in about half the time of JSON, without scanning for escapes or
+    /// matching field names, and takes fewer bytes.
+    Binary,
+}
+
+/// The first byte of a [`RecordFormat::Binary`] record. A JSON record starts with `{`.
+pub const BINARY_V1: u8 = 0x01;
+
+/// A record that cannot be encoded or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("binary record: {0}")]
+    Binary(#[from] postcard::Error),
+}
 
 /// The payload of one stream record: lines of one invoice from one request, with their origin.
 ///
@@ -41,6 +69,29 @@ impl LineBatch {
     }
 }
 
+impl LineBatch {
+    /// About the bytes the batch's lines take as NDJSON with their store and acceptance time, as
+    /// the archive writes them: what `archive.flush_bytes` counts, the same whatever the record's
+    /// [`RecordFormat`] (a binary record is about half its JSON size).
+    pub fn ndjson_bytes(&self) -> usize {
+        self.lines
+            .iter()
+            .map(|l| {
+                NDJSON_FIXED_BYTES
+                    + l.invoice_no.len()
+                    + l.stock_code.len()
+                    + l.description.as_deref().map_or(0, str::len)
+                    + l.country.len()
+                    + self.store_id.len()
+            })
+            .sum()
+    }
+}
+
+/// What an NDJSON line of the archive takes beyond its free-text fields: field names, quotes,
+/// the line id, the dates, the amounts (a typical line's; see the test).
+const NDJSON_FIXED_BYTES: usize = 230;
+
 /// A [`LineBatch`] borrowed from lines already in memory: records are serialized from it without
 /// copying the lines. It serializes to exactly what `LineBatch` reads back.
 #[derive(Debug, Serialize)]
@@ -59,19 +110,21 @@ struct LineBatchRef<'a> {
 /// # Errors
 /// A line that cannot be serialized (not expected for a parsed line).
 pub fn encode_indexed(
+    format: RecordFormat,
     store_id: &str,
     lines: &[InvoiceLine],
-) -> Result<Vec<(PutRecord, Vec<usize>)>, serde_json::Error> {
-    encode_within(store_id, Utc::now(), lines, MAX_RECORD_BYTES)
+) -> Result<Vec<(PutRecord, Vec<usize>)>, RecordError> {
+    encode_within(format, store_id, Utc::now(), lines, MAX_RECORD_BYTES)
 }
 
 /// [`encode_indexed`] with the acceptance time and the record size limit given.
 fn encode_within(
+    format: RecordFormat,
     store_id: &str,
     ingested_at: DateTime<Utc>,
     lines: &[InvoiceLine],
     max_bytes: usize,
-) -> Result<Vec<(PutRecord, Vec<usize>)>, serde_json::Error> {
+) -> Result<Vec<(PutRecord, Vec<usize>)>, RecordError> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_invoice: HashMap<&str, Vec<(usize, &InvoiceLine)>> = HashMap::new();
     for (i, line) in lines.iter().enumerate() {
@@ -86,6 +139,7 @@ fn encode_within(
     let mut records = Vec::with_capacity(order.len());
     for invoice in order {
         let batch = Batch {
+            format,
             store_id,
             ingested_at,
             invoice,
@@ -98,6 +152,7 @@ fn encode_within(
 
 /// What every record of one invoice shares.
 struct Batch<'a> {
+    format: RecordFormat,
     store_id: &'a str,
     ingested_at: DateTime<Utc>,
     invoice: &'a str,
@@ -112,14 +167,17 @@ impl Batch<'_> {
         &self,
         indexed: &[(usize, &InvoiceLine)],
         out: &mut Vec<(PutRecord, Vec<usize>)>,
-    ) -> Result<(), serde_json::Error> {
+    ) -> Result<(), RecordError> {
         let lines: Vec<&InvoiceLine> = indexed.iter().map(|(_, l)| *l).collect();
         let batch = LineBatchRef {
             store_id: self.store_id,
             ingested_at: self.ingested_at,
             lines: &lines,
         };
-        let data = serde_json::to_vec(&batch)?;
+        let data = match self.format {
+            RecordFormat::Json => serde_json::to_vec(&batch)?,
+            RecordFormat::Binary => postcard::to_extend(&batch, vec![BINARY_V1])?,
+        };
         if data.len() + self.invoice.len() <= self.max_bytes || lines.len() == 1 {
             let record = PutRecord {
                 partition_key: self.invoice.to_owned(),
@@ -148,12 +206,21 @@ fn dedup_key(lines: &[&InvoiceLine]) -> [u8; 16] {
     key
 }
 
-/// Reads a record's payload back into its lines.
+/// Reads a record's payload, in either [`RecordFormat`], back into its lines.
 ///
 /// # Errors
 /// The payload is not a line batch (the shard reader sends such a record to dead letters).
-pub fn decode(data: &[u8]) -> Result<LineBatch, serde_json::Error> {
-    serde_json::from_slice(data)
+pub fn decode(data: &[u8]) -> Result<LineBatch, RecordError> {
+    match data.split_first() {
+        Some((&BINARY_V1, rest)) => {
+            let (batch, left) = postcard::take_from_bytes::<LineBatch>(rest)?;
+            if !left.is_empty() {
+                return Err(RecordError::Binary(postcard::Error::DeserializeBadEncoding));
+            }
+            Ok(batch)
+        }
+        _ => Ok(serde_json::from_slice(data)?),
+    }
 }
 
 #[cfg(test)]
@@ -213,11 +280,69 @@ mod tests {
         assert_eq!(serde_json::to_vec(&batch).unwrap(), data.to_vec());
     }
 
+    /// The binary form carries exactly what the JSON form does, in fewer bytes, and is told
+    /// apart by its first byte; a cut or padded binary record is an error, not a shorter batch.
+    #[test]
+    fn both_formats_decode_to_the_same_batch() {
+        let lines: Vec<_> = (0..3)
+            .map(|i| line("C536379", format!("WHITE \"HEART\" é {i}"), i))
+            .collect();
+        let at = Utc::now();
+        let json =
+            encode_within(RecordFormat::Json, "store-7", at, &lines, MAX_RECORD_BYTES).unwrap();
+        let binary = encode_within(
+            RecordFormat::Binary,
+            "store-7",
+            at,
+            &lines,
+            MAX_RECORD_BYTES,
+        )
+        .unwrap();
+        let (json, binary) = (&json[0].0.data, &binary[0].0.data);
+        assert_eq!(json[0], b'{');
+        assert_eq!(binary[0], BINARY_V1);
+        assert!(
+            binary.len() < json.len(),
+            "{} >= {}",
+            binary.len(),
+            json.len()
+        );
+        let batch = decode(binary).unwrap();
+        assert_eq!(batch, decode(json).unwrap());
+        assert_eq!(batch.lines, lines);
+        assert_eq!(batch.ingested_at, at);
+        assert!(decode(&binary[..binary.len() - 1]).is_err());
+        let mut padded = binary.to_vec();
+        padded.push(0);
+        assert!(decode(&padded).is_err());
+        assert!(decode(b"").is_err());
+    }
+
+    #[test]
+    fn the_ndjson_estimate_is_within_a_tenth_of_the_archive_lines() {
+        let lines: Vec<_> = (0..20)
+            .map(|i| line("536365", "WHITE HANGING HEART T-LIGHT HOLDER".into(), i))
+            .collect();
+        let batch = LineBatch {
+            store_id: "store-7".into(),
+            ingested_at: Utc::now(),
+            lines,
+        };
+        let estimate = batch.ndjson_bytes();
+        let actual: usize = batch
+            .clone()
+            .into_ingested()
+            .map(|l| serde_json::to_vec(&l).unwrap().len() + 1)
+            .sum();
+        let off = estimate.abs_diff(actual) as f64 / actual as f64;
+        assert!(off < 0.1, "estimate {estimate}, actual {actual}");
+    }
+
     #[test]
     fn a_retried_request_makes_the_same_records() {
         let lines: Vec<_> = (0..3).map(|i| line("536365", "x".into(), i)).collect();
-        let a = encode_indexed("demo", &lines).unwrap();
-        let b = encode_indexed("demo", &lines).unwrap();
+        let a = encode_indexed(RecordFormat::Json, "demo", &lines).unwrap();
+        let b = encode_indexed(RecordFormat::Binary, "demo", &lines).unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].0.dedup_key, b[0].0.dedup_key);
         assert_eq!(a[0].0.partition_key, "536365");
@@ -232,14 +357,16 @@ mod tests {
         fn encode_then_decode_gives_back_the_lines(
             specs in prop::collection::vec((0usize..4, 0usize..600), 1..40),
             max_bytes in 600usize..4000,
+            binary in any::<bool>(),
         ) {
+            let format = if binary { RecordFormat::Binary } else { RecordFormat::Json };
             let lines: Vec<InvoiceLine> = specs
                 .iter()
                 .enumerate()
                 .map(|(i, (inv, len))| line(&format!("5363{inv}"), "d".repeat(*len), i as u32))
                 .collect();
             let at = Utc::now();
-            let records = encode_within("store-9", at, &lines, max_bytes).unwrap();
+            let records = encode_within(format, "store-9", at, &lines, max_bytes).unwrap();
             let mut back: Vec<InvoiceLine> = Vec::new();
             for (r, indexes) in &records {
                 let carried: Vec<&InvoiceLine> = indexes.iter().map(|&i| &lines[i]).collect();

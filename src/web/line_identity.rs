@@ -134,8 +134,8 @@ pub(crate) async fn append_new_lines(
             return Ok(outcome);
         }
         let lines: Vec<_> = new.iter().map(|&i| parsed.lines[i].clone()).collect();
-        let encoded =
-            record::encode_indexed(store, &lines).map_err(|e| ApiError::BadInput(e.to_string()))?;
+        let encoded = record::encode_indexed(state.line_index.record_format(), store, &lines)
+            .map_err(|e| ApiError::BadInput(e.to_string()))?;
         let mut records = Vec::with_capacity(encoded.len());
         let mut claims = Vec::with_capacity(encoded.len());
         // Each line is in exactly one record: its claim takes it.

@@ -378,8 +378,8 @@ impl ShardLoop {
                         .with_label_values(&[self.kind().as_str()])
                         .inc_by(dropped as u64);
                 }
-                self.unit
-                    .push(record.sequence_number, record.data.len(), batch);
+                let bytes = batch.ndjson_bytes();
+                self.unit.push(record.sequence_number, bytes, batch);
             }
             Err(e) => {
                 let letter = DeadLetter {

@@ -229,7 +229,10 @@ mod tests {
         let hash = blake3::hash(b"0123456789abcdef0123456789abcdef");
         assert_eq!(key(&id)[..], hash.as_bytes()[..16]);
         let saved = LineWindow::from_bytes(4, &hash.as_bytes()[..16]).unwrap();
-        assert!(!saved.clone().insert(&id), "a restored key still catches its line");
+        assert!(
+            !saved.clone().insert(&id),
+            "a restored key still catches its line"
+        );
     }
 
     #[test]

@@ -48,7 +48,12 @@ fn line(stock_code: &str) -> InvoiceLine {
 /// One stream record holding lines with these stock codes.
 fn record(seq: u64, stock_codes: &[&str]) -> Record {
     let lines: Vec<InvoiceLine> = stock_codes.iter().map(|c| line(c)).collect();
-    let mut encoded = crate::stream::record::encode_indexed("store-1", &lines).unwrap();
+    let mut encoded = crate::stream::record::encode_indexed(
+        crate::stream::record::RecordFormat::Binary,
+        "store-1",
+        &lines,
+    )
+    .unwrap();
     assert_eq!(encoded.len(), 1);
     Record {
         sequence_number: SequenceNumber::from(seq),

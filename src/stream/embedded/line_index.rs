@@ -58,6 +58,12 @@ fn claimed_records(
 
 #[async_trait]
 impl LineIndex for EmbeddedStream {
+    /// Binary: nothing but shopstream reads the embedded log, and each of its sinks decodes
+    /// every record.
+    fn record_format(&self) -> record::RecordFormat {
+        record::RecordFormat::Binary
+    }
+
     async fn lookup(
         &self,
         lines: &[LineKey<'_>],
