@@ -713,3 +713,35 @@ async fn a_claim_finds_its_line_in_its_record_and_a_claim_without_its_record_is_
         other => panic!("a claimed line was appended again: {other:?}"),
     }
 }
+
+/// The writer checkpoints within its own commit only every 64 MB of WAL; the checkpointer thread
+/// copies appends back into the database file long before, so no append waits for a large
+/// checkpoint. Without it, 4 MB of appends would stay in the WAL and the file would not grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_reach_the_database_file_without_the_writer_checkpointing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 1);
+    let file = dir.path().join("data/stream.sqlite");
+    let before = std::fs::metadata(&file).unwrap().len();
+    let data = "x".repeat(100_000);
+    for i in 0..40 {
+        stream
+            .put(vec![record(&format!("k{i}"), &data)])
+            .await
+            .expect("put");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut size = before;
+    while Instant::now() < deadline {
+        size = std::fs::metadata(&file).unwrap().len();
+        if size >= before + 4_000_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        size >= before + 4_000_000,
+        "the database file is {size} bytes after 4 MB of appends (it was {before})"
+    );
+    assert_eq!(read_all(&stream, &shard_id(0)).await.len(), 40);
+}

@@ -83,6 +83,9 @@ struct Inner {
     readers: Arc<ReadPool>,
     writer_alive: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Dropping it stops the checkpointer thread ([`schema::run_checkpointer`]).
+    checkpointer_stop: Option<std::sync::mpsc::Sender<()>>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
@@ -96,6 +99,10 @@ impl Drop for Inner {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        self.checkpointer_stop = None;
+        if let Some(handle) = self.checkpointer.take() {
             let _ = handle.join();
         }
     }
@@ -168,6 +175,16 @@ impl EmbeddedStream {
             .map_err(|e| {
                 StreamError::Backend(format!("cannot start the stream writer thread: {e}"))
             })?;
+        let (checkpointer_stop, stop) = std::sync::mpsc::channel();
+        let checkpointer = std::thread::Builder::new()
+            .name("stream-checkpointer".into())
+            .spawn({
+                let path = path.to_path_buf();
+                move || schema::run_checkpointer(&path, &stop)
+            })
+            .map_err(|e| {
+                StreamError::Backend(format!("cannot start the stream checkpointer thread: {e}"))
+            })?;
         Ok(EmbeddedStream {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -181,6 +198,8 @@ impl EmbeddedStream {
                 readers: Arc::new(ReadPool::new(path.to_path_buf())),
                 writer_alive,
                 writer: Mutex::new(Some(handle)),
+                checkpointer_stop: Some(checkpointer_stop),
+                checkpointer: Some(checkpointer),
             }),
         })
     }

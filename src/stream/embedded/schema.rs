@@ -20,10 +20,15 @@ use std::time::Duration;
 /// before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// WAL pages (4 KiB) after which the writer folds the WAL back into the database. A larger WAL
-/// means fewer, larger checkpoints: at ~100 MB/s the default (1000 pages, 4 MB) would checkpoint
-/// 25 times a second, each with its own fsync of the database file.
+/// WAL pages (4 KiB) after which the writer folds the WAL back into the database itself. A
+/// larger WAL means fewer, larger checkpoints: at ~100 MB/s the default (1000 pages, 4 MB) would
+/// checkpoint 25 times a second, each with its own fsync of the database file. This is the
+/// backstop: the checkpointer thread ([`run_checkpointer`]) copies the WAL back long before, so
+/// the writer, and the appends waiting on its commit, do not stop for a 64 MB checkpoint.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+
+/// How often the checkpointer thread copies what the WAL holds back into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// After a checkpoint the WAL file is truncated to this size, so it does not keep its high-water
 /// size on disk forever.
@@ -56,6 +61,34 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
     Ok(conn)
+}
+
+/// Copies the WAL back into the database every [`CHECKPOINT_EVERY`] on a connection of its own,
+/// until `stop` is dropped. A passive checkpoint takes no lock that appends or reads wait for, and
+/// leaves for next time what it cannot copy now; once everything is copied the writer starts the
+/// WAL over. Without it the writer checkpointed within its commit every 64 MB of WAL, holding the
+/// appends of that commit for as long (the ack latency's tail). If the thread cannot work, the
+/// writer's own checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]) still bounds the WAL.
+pub(super) fn run_checkpointer(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
+    let conn = match connect(path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "Cannot open a connection for the stream's checkpoints; the writer checkpoints within its commits instead.");
+            return;
+        }
+    };
+    let mut warned = false;
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            Ok(()) => warned = false,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(file = %path.display(), error = %e, "A checkpoint of the stream's WAL failed; retrying.");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Creates the tables if missing, records the shard count of a new file and checks it on an
