@@ -421,6 +421,8 @@ mod iso_datetime {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn invoice_dates_read_back_as_chrono_reads_them() {
         use chrono::NaiveDate;
@@ -462,8 +464,6 @@ mod tests {
         assert_eq!(super::iso_datetime::fast(written.as_bytes()), Some(t));
         assert_eq!(read(written), Ok(t));
     }
-
-    use super::*;
 
     #[test]
     fn pounds_are_pounds_and_pence_with_thousands_separated() {

@@ -67,9 +67,7 @@ impl LineBatch {
             ingested_at,
         })
     }
-}
 
-impl LineBatch {
     /// About the bytes the batch's lines take as NDJSON with their store and acceptance time, as
     /// the archive writes them: what `archive.flush_bytes` counts, the same whatever the record's
     /// [`RecordFormat`] (a binary record is about half its JSON size).
@@ -298,6 +296,8 @@ mod tests {
             MAX_RECORD_BYTES,
         )
         .unwrap();
+        // The dedup key names the lines, not their bytes.
+        assert_eq!(json[0].0.dedup_key, binary[0].0.dedup_key);
         let (json, binary) = (&json[0].0.data, &binary[0].0.data);
         assert_eq!(json[0], b'{');
         assert_eq!(binary[0], BINARY_V1);
@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn a_retried_request_makes_the_same_records() {
         let lines: Vec<_> = (0..3).map(|i| line("536365", "x".into(), i)).collect();
-        let a = encode_indexed(RecordFormat::Json, "demo", &lines).unwrap();
+        let a = encode_indexed(RecordFormat::Binary, "demo", &lines).unwrap();
         let b = encode_indexed(RecordFormat::Binary, "demo", &lines).unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].0.dedup_key, b[0].0.dedup_key);

@@ -228,11 +228,8 @@ mod tests {
         let id = LineId::parse("0123456789abcdef0123456789abcdef").unwrap();
         let hash = blake3::hash(b"0123456789abcdef0123456789abcdef");
         assert_eq!(key(&id)[..], hash.as_bytes()[..16]);
-        let saved = LineWindow::from_bytes(4, &hash.as_bytes()[..16]).unwrap();
-        assert!(
-            !saved.clone().insert(&id),
-            "a restored key still catches its line"
-        );
+        let mut saved = LineWindow::from_bytes(4, &hash.as_bytes()[..16]).unwrap();
+        assert!(!saved.insert(&id), "a restored key still catches its line");
     }
 
     #[test]
