@@ -4,7 +4,7 @@
 mod assemble;
 mod error;
 mod fields;
-mod line;
+pub(crate) mod line;
 
 pub mod csv;
 pub mod datetime;

@@ -32,12 +32,12 @@ pub(crate) fn encode_lines(lines: &[IngestedLine]) -> Result<Vec<LineRow>, Store
     lines
         .iter()
         .map(|l| {
-            let ingested_at = match &instant {
-                Some((t, text)) if *t == l.ingested_at => text.clone(),
+            let ingested_at = match &mut instant {
+                Some((t, text)) if *t == l.ingested_at => text,
                 _ => {
-                    let text = instant_text(l.ingested_at);
-                    instant = Some((l.ingested_at, text.clone()));
-                    text
+                    &mut instant
+                        .insert((l.ingested_at, instant_text(l.ingested_at)))
+                        .1
                 }
             };
             LineRow::encode(l, ingested_at).map_err(|reason| StoreError::Rejected {
@@ -48,27 +48,42 @@ pub(crate) fn encode_lines(lines: &[IngestedLine]) -> Result<Vec<LineRow>, Store
         .collect()
 }
 
+/// The text columns of a [`LineRow`], in the order they sit in its buffer.
+#[derive(Debug, Clone, Copy)]
+enum Text {
+    LineId,
+    InvoiceNo,
+    StockCode,
+    /// Empty when the line has none ([`LineRow::description`] tells the two apart).
+    Description,
+    /// [`date_text`] of the invoice date.
+    InvoiceDate,
+    UnitPrice,
+    LineTotal,
+    Country,
+    StoreId,
+    /// RFC 3339 UTC, with as many fraction digits as needed to read back the same instant.
+    IngestedAt,
+}
+
+const TEXT_COLUMNS: usize = Text::IngestedAt as usize + 1;
+
 /// An invoice line as SQL values: money as exact text plus integer millionths, dates as sortable
 /// text. Both stores write these columns under the same names.
-#[derive(Debug, Clone)]
+///
+/// The ten text columns share one buffer, one allocation per row rather than one per column: the
+/// two stores encode every line they write, and a profile put a fifth of the sinks' allocations
+/// in building and dropping rows.
 pub(crate) struct LineRow {
-    pub(crate) line_id: String,
-    pub(crate) invoice_no: String,
-    pub(crate) stock_code: String,
-    pub(crate) description: Option<String>,
+    text: String,
+    /// Where each text column ends in `text` (each starts where the one before ends).
+    ends: [u32; TEXT_COLUMNS],
+    has_description: bool,
     pub(crate) quantity: i64,
-    /// [`date_text`] of the invoice date.
-    pub(crate) invoice_date: String,
-    pub(crate) unit_price: String,
     pub(crate) unit_price_micros: i64,
-    pub(crate) line_total: String,
     pub(crate) line_total_micros: i64,
     pub(crate) customer_id: Option<i64>,
-    pub(crate) country: String,
     pub(crate) is_cancellation: bool,
-    pub(crate) store_id: String,
-    /// RFC 3339 UTC, with as many fraction digits as needed to read back the same instant.
-    pub(crate) ingested_at: String,
 }
 
 impl LineRow {
@@ -77,7 +92,8 @@ impl LineRow {
     /// # Errors
     /// The reason, for the person reading the dead letter, when an amount is not a whole number of
     /// millionths that fits 64 bits, or the customer id does not fit SQLite's signed integers.
-    fn encode(l: &IngestedLine, ingested_at: String) -> Result<Self, String> {
+    fn encode(l: &IngestedLine, ingested_at: &str) -> Result<Self, String> {
+        use std::fmt::Write;
         let line = &l.line;
         let micros = |what: &str, m: Money| {
             money_to_micros(m).ok_or_else(|| {
@@ -98,23 +114,79 @@ impl LineRow {
                 i64::try_from(c).map_err(|_| format!("customer id {c} is larger than {}", i64::MAX))
             })
             .transpose()?;
+        let description = line.description.as_deref();
+        // The fixed-width columns (id 32, date 19, two amounts) and the free text.
+        let mut text = String::with_capacity(
+            96 + line.invoice_no.len()
+                + line.stock_code.len()
+                + description.map_or(0, str::len)
+                + line.country.len()
+                + l.store_id.len()
+                + ingested_at.len(),
+        );
+        let mut ends = [0u32; TEXT_COLUMNS];
+        let mut column = |text: &mut String, c: Text| ends[c as usize] = text.len() as u32;
+        text.push_str(line.line_id.as_str());
+        column(&mut text, Text::LineId);
+        text.push_str(&line.invoice_no);
+        column(&mut text, Text::InvoiceNo);
+        text.push_str(&line.stock_code);
+        column(&mut text, Text::StockCode);
+        text.push_str(description.unwrap_or_default());
+        column(&mut text, Text::Description);
+        push_date_text(&mut text, line.invoice_date);
+        column(&mut text, Text::InvoiceDate);
+        let _ = write!(text, "{}", line.unit_price);
+        column(&mut text, Text::UnitPrice);
+        let _ = write!(text, "{line_total}");
+        column(&mut text, Text::LineTotal);
+        text.push_str(&line.country);
+        column(&mut text, Text::Country);
+        text.push_str(&l.store_id);
+        column(&mut text, Text::StoreId);
+        text.push_str(ingested_at);
+        column(&mut text, Text::IngestedAt);
         Ok(Self {
-            line_id: line.line_id.as_str().to_owned(),
-            invoice_no: line.invoice_no.clone(),
-            stock_code: line.stock_code.clone(),
-            description: line.description.clone(),
+            text,
+            ends,
+            has_description: description.is_some(),
             quantity: line.quantity,
-            invoice_date: date_text(line.invoice_date),
-            unit_price: line.unit_price.to_string(),
             unit_price_micros: micros("unit price", line.unit_price)?,
-            line_total: line_total.to_string(),
             line_total_micros: micros("line total", line_total)?,
             customer_id,
-            country: line.country.clone(),
             is_cancellation: line.is_cancellation(),
-            store_id: l.store_id.clone(),
-            ingested_at,
         })
+    }
+
+    fn text(&self, c: Text) -> &str {
+        let i = c as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    pub(crate) fn line_id(&self) -> &str {
+        self.text(Text::LineId)
+    }
+
+    pub(crate) fn invoice_no(&self) -> &str {
+        self.text(Text::InvoiceNo)
+    }
+
+    pub(crate) fn stock_code(&self) -> &str {
+        self.text(Text::StockCode)
+    }
+
+    pub(crate) fn description(&self) -> Option<&str> {
+        self.has_description.then(|| self.text(Text::Description))
+    }
+
+    /// [`date_text`] of the invoice date.
+    pub(crate) fn invoice_date(&self) -> &str {
+        self.text(Text::InvoiceDate)
+    }
+
+    pub(crate) fn country(&self) -> &str {
+        self.text(Text::Country)
     }
 }
 
@@ -167,22 +239,23 @@ impl LineRow {
         params: &LineParams,
     ) -> rusqlite::Result<usize> {
         use rusqlite::ToSql;
+        let description = self.description();
         let values: [&dyn ToSql; 15] = [
-            &self.line_id,
-            &self.invoice_no,
-            &self.stock_code,
-            &self.description,
+            &self.text(Text::LineId),
+            &self.text(Text::InvoiceNo),
+            &self.text(Text::StockCode),
+            &description,
             &self.quantity,
-            &self.invoice_date,
-            &self.unit_price,
+            &self.text(Text::InvoiceDate),
+            &self.text(Text::UnitPrice),
             &self.unit_price_micros,
-            &self.line_total,
+            &self.text(Text::LineTotal),
             &self.line_total_micros,
             &self.customer_id,
-            &self.country,
+            &self.text(Text::Country),
             &self.is_cancellation,
-            &self.store_id,
-            &self.ingested_at,
+            &self.text(Text::StoreId),
+            &self.text(Text::IngestedAt),
         ];
         for (at, value) in params.0.iter().zip(values) {
             if let Some(i) = *at {
@@ -196,6 +269,14 @@ impl LineRow {
 /// `YYYY-MM-DD HH:MM:SS`, plus a fraction only when there is one: sorts as the dates do, and the
 /// first ten characters are the day.
 pub(crate) fn date_text(d: NaiveDateTime) -> String {
+    let mut text = String::with_capacity(19);
+    push_date_text(&mut text, d);
+    text
+}
+
+/// Appends [`date_text`] of `d` to `out`.
+fn push_date_text(out: &mut String, d: NaiveDateTime) {
+    use std::fmt::Write;
     if d.nanosecond() == 0 && (0..=9999).contains(&d.year()) {
         // The common case, digit by digit: `format!` with padding was a third of encoding a row.
         let mut text = *b"0000-00-00 00:00:00";
@@ -213,11 +294,11 @@ pub(crate) fn date_text(d: NaiveDateTime) -> String {
                 v /= 10;
             }
         }
-        String::from_utf8(text.to_vec()).expect("digits and separators are ASCII")
+        out.push_str(std::str::from_utf8(&text).expect("digits and separators are ASCII"));
     } else if d.nanosecond() == 0 {
-        d.format("%Y-%m-%d %H:%M:%S").to_string()
+        let _ = write!(out, "{}", d.format("%Y-%m-%d %H:%M:%S"));
     } else {
-        d.format("%Y-%m-%d %H:%M:%S%.f").to_string()
+        let _ = write!(out, "{}", d.format("%Y-%m-%d %H:%M:%S%.f"));
     }
 }
 
@@ -242,6 +323,40 @@ pub(crate) fn parse_instant_text(s: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
     use chrono::NaiveDate;
+
+    fn ingested(description: Option<&str>) -> IngestedLine {
+        let mut l =
+            crate::model::line::sample_ingested(description.map(str::to_owned), -6, "2.55", None);
+        l.ingested_at = DateTime::parse_from_rfc3339("2026-12-06T10:00:00.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        l
+    }
+
+    #[test]
+    fn a_row_holds_each_column_of_its_line() {
+        let lines = [
+            ingested(Some("WHITE HANGING HEART T-LIGHT HOLDER")),
+            ingested(None),
+            ingested(Some("")),
+        ];
+        let rows = encode_lines(&lines).unwrap();
+        for (row, l) in rows.iter().zip(&lines) {
+            assert_eq!(row.line_id(), l.line.line_id.as_str());
+            assert_eq!(row.invoice_no(), "536365");
+            assert_eq!(row.stock_code(), "85123A");
+            assert_eq!(row.description(), l.line.description.as_deref());
+            assert_eq!(row.invoice_date(), "2010-12-01 08:26:00");
+            assert_eq!(row.text(Text::UnitPrice), "2.55");
+            assert_eq!(row.text(Text::LineTotal), "-15.30");
+            assert_eq!(row.line_total_micros, -15_300_000);
+            assert_eq!(row.country(), "United Kingdom");
+            assert_eq!(row.text(Text::StoreId), "demo");
+            assert_eq!(row.text(Text::IngestedAt), "2026-12-06T10:00:00.500Z");
+            assert!(!row.is_cancellation);
+            assert_eq!(row.customer_id, Some(17850));
+        }
+    }
 
     #[test]
     fn date_text_matches_its_format_and_reads_back() {

@@ -445,7 +445,15 @@ impl ShardLoop {
         self.snapshot_window(&last);
         let before = self.written.as_ref().map_or(0, |w| w.1);
         self.written = Some((last, before + lines.len() as u64));
-        self.unit = Unit::default();
+        // The next unit starts with room for as many lines as this one had: growing a vector of
+        // tens of thousands of lines by doubling copied each line several times (a profile put
+        // 1.3% of all samples in those copies). Dropped first, so the two are never both held.
+        let room = lines.len();
+        drop(lines);
+        self.unit = Unit {
+            lines: Vec::with_capacity(room),
+            ..Unit::default()
+        };
         Ok(())
     }
 

@@ -474,28 +474,9 @@ impl OperationalStore for DynamoOperationalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::NaiveDate;
 
     fn line(description: String) -> IngestedLine {
-        IngestedLine {
-            line: InvoiceLine::new(
-                "536365".into(),
-                "85123A".into(),
-                Some(description),
-                6,
-                NaiveDate::from_ymd_opt(2010, 12, 1)
-                    .unwrap()
-                    .and_hms_opt(8, 26, 0)
-                    .unwrap(),
-                "2.55".parse().unwrap(),
-                Some(17850),
-                "United Kingdom".into(),
-                None,
-                0,
-            ),
-            store_id: "demo".into(),
-            ingested_at: Utc::now(),
-        }
+        crate::model::line::sample_ingested(Some(description), 6, "2.55", None)
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn upsert_blocking(conn: &mut Connection, path: &Path, rows: &[LineRow]) -> Resu
         let params = LineParams::of(&stmt).map_err(fail)?;
         for row in rows {
             row.execute(&mut stmt, &params)
-                .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
+                .map_err(|e| StoreError::sqlite_line(path, row.line_id(), &e))?;
         }
     }
     tx.commit().map_err(fail)

@@ -320,29 +320,9 @@ impl Warehouse for FirehoseWarehouse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::InvoiceLine;
-    use chrono::{NaiveDate, Utc};
 
     fn line(i: u64, description: String) -> IngestedLine {
-        IngestedLine {
-            line: InvoiceLine::new(
-                "536365".into(),
-                "85123A".into(),
-                Some(description),
-                3,
-                NaiveDate::from_ymd_opt(2010, 12, 1)
-                    .unwrap()
-                    .and_hms_opt(8, 26, 0)
-                    .unwrap(),
-                "0.1".parse().unwrap(),
-                Some(17850),
-                "United Kingdom".into(),
-                Some(i),
-                0,
-            ),
-            store_id: "demo".into(),
-            ingested_at: Utc::now(),
-        }
+        crate::model::line::sample_ingested(Some(description), 3, "0.1", Some(i))
     }
 
     #[test]

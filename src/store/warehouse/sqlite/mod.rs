@@ -162,25 +162,25 @@ fn insert_rows(tx: &Connection, rows: &[LineRow], source: &str) -> Result<u64, S
         for row in rows {
             let changed = row
                 .execute(&mut stmt, &params)
-                .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
+                .map_err(|e| StoreError::sqlite_line(path, row.line_id(), &e))?;
             if changed == 0 {
                 again
-                    .execute(rusqlite::params![row.invoice_no, row.line_id, source])
-                    .map_err(|e| StoreError::sqlite_line(path, &row.line_id, &e))?;
+                    .execute(rusqlite::params![row.invoice_no(), row.line_id(), source])
+                    .map_err(|e| StoreError::sqlite_line(path, row.line_id(), &e))?;
                 continue;
             }
             added += 1;
             changes.line(
                 1,
-                &row.invoice_date[..10],
-                &row.country,
-                &row.stock_code,
-                row.description.as_deref(),
+                &row.invoice_date()[..10],
+                row.country(),
+                row.stock_code(),
+                row.description(),
                 row.is_cancellation,
                 row.quantity,
                 row.line_total_micros,
             );
-            invoices.entry(&row.invoice_no).or_insert(row.customer_id);
+            invoices.entry(row.invoice_no()).or_insert(row.customer_id);
         }
     }
     changes.apply(tx, path)?;
