@@ -396,8 +396,9 @@ impl OccurrenceCounter {
 pub struct IngestedLine {
     #[serde(flatten)]
     pub line: InvoiceLine,
-    /// The store that sent it (from its API key), or `import` for the batch path.
-    pub store_id: String,
+    /// The store that sent it (from its API key), or `import` for the batch path. Shared by the
+    /// lines of a record (a sink decodes a record's store once, not once per line).
+    pub store_id: std::sync::Arc<str>,
     /// When shopstream accepted it.
     pub ingested_at: DateTime<Utc>,
 }

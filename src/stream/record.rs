@@ -48,7 +48,7 @@ pub enum RecordError {
 /// one shard and costs far fewer Kinesis PUT payload units than a record per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineBatch {
-    pub store_id: String,
+    pub store_id: std::sync::Arc<str>,
     pub ingested_at: DateTime<Utc>,
     pub lines: Vec<InvoiceLine>,
 }
@@ -269,7 +269,7 @@ mod tests {
     fn records_of_earlier_versions_still_decode() {
         let data = br#"{"store_id":"demo","ingested_at":"2026-01-02T03:04:05Z","lines":[{"line_id":"0123456789abcdef0123456789abcdef","invoice_no":"536365","stock_code":"85123A","description":"WHITE HANGING HEART T-LIGHT HOLDER","quantity":6,"invoice_date":"2010-12-01T08:26:00","unit_price":"2.55","customer_id":17850,"country":"United Kingdom"}]}"#;
         let batch = decode(data).unwrap();
-        assert_eq!(batch.store_id, "demo");
+        assert_eq!(&*batch.store_id, "demo");
         assert_eq!(batch.lines.len(), 1);
         assert_eq!(
             batch.lines[0].line_id.as_str(),
@@ -371,7 +371,7 @@ mod tests {
             for (r, indexes) in &records {
                 let carried: Vec<&InvoiceLine> = indexes.iter().map(|&i| &lines[i]).collect();
                 let batch = decode(&r.data).unwrap();
-                prop_assert_eq!(&batch.store_id, "store-9");
+                prop_assert_eq!(&*batch.store_id, "store-9");
                 prop_assert_eq!(batch.ingested_at, at);
                 prop_assert!(batch.lines.iter().all(|l| l.invoice_no == r.partition_key));
                 prop_assert!(

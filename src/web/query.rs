@@ -34,7 +34,7 @@ async fn invoice(
         .ok_or_else(not_found)?;
     if let ReadAccess::OwnStore(store) = access {
         // A store sees the lines it sent; an invoice it sent none of does not exist for it.
-        invoice.lines.retain(|l| l.store_id == store);
+        invoice.lines.retain(|l| *l.store_id == *store);
         if invoice.lines.is_empty() {
             return Err(not_found());
         }

@@ -273,12 +273,13 @@ impl Job {
             })?;
         let mut counts = LoadCounts::default();
         let mut batch = Vec::with_capacity(BATCH_LINES);
+        let store_id: std::sync::Arc<str> = IMPORT_STORE_ID.into();
         for row in lines.by_ref() {
             match row {
                 Ok(line) => {
                     batch.push(IngestedLine {
                         line,
-                        store_id: IMPORT_STORE_ID.to_owned(),
+                        store_id: store_id.clone(),
                         ingested_at: self.ingested_at,
                     });
                     if batch.len() == BATCH_LINES {

@@ -266,7 +266,7 @@ fn from_item(item: &Item) -> Result<IngestedLine, StoreError> {
         .with_timezone(&Utc);
     Ok(IngestedLine {
         line,
-        store_id: get_s(item, "StoreId")?.to_owned(),
+        store_id: get_s(item, "StoreId")?.into(),
         ingested_at,
     })
 }
@@ -484,7 +484,7 @@ mod tests {
         let l = line("WHITE HANGING HEART".into());
         let back = from_item(&to_item(&l)).unwrap();
         assert_eq!(back.line, l.line);
-        assert_eq!(back.store_id, "demo");
+        assert_eq!(&*back.store_id, "demo");
         assert_eq!(to_item(&l)["LineTotal"].as_s().unwrap(), "15.30");
     }
 
