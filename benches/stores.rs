@@ -51,14 +51,14 @@ fn synthetic_lines(n: usize) -> Vec<IngestedLine> {
             let quantity = rng.gen_range(1..=24) * if cancel { -1 } else { 1 };
             lines.push(IngestedLine {
                 line: InvoiceLine::new(
-                    invoice_no.clone(),
-                    format!("{}{}", 20_000 + product, ['A', 'B', 'C'][l % 3]),
-                    Some(format!("PRODUCT NUMBER {product} IN A RED BOX")),
+                    invoice_no.as_str().into(),
+                    format!("{}{}", 20_000 + product, ['A', 'B', 'C'][l % 3]).into(),
+                    Some(format!("PRODUCT NUMBER {product} IN A RED BOX").into()),
                     quantity,
                     when,
                     Decimal::new(rng.gen_range(10..5_000), 2),
                     customer,
-                    country.clone(),
+                    country.as_str().into(),
                     Some(l as u64),
                     0,
                 ),

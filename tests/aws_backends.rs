@@ -163,7 +163,7 @@ mod dynamodb {
         let c = init(&cfg).await;
         let store = DynamoOperationalStore::from_config(&c, &cfg.aws, &cfg.operational.dynamodb);
         let mut big = lines("540010", Some(1), 1, 2);
-        big[1].line.description = Some("x".repeat(410 * 1024));
+        big[1].line.description = Some("x".repeat(410 * 1024).into());
         match store.upsert(&big).await {
             Err(StoreError::Rejected { line_id, reason }) => {
                 assert_eq!(line_id, big[1].line.line_id.to_string());

@@ -682,10 +682,10 @@ async fn a_claim_finds_its_line_in_its_record_and_a_claim_without_its_record_is_
         "INSERT INTO claimed_lines (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
          VALUES (?1, ?2, 'store-0', ?3, 0, 77, 0), (?4, ?5, 'store-0', '', 0, 78, 0)",
         rusqlite::params![
-            c.invoice_no,
+            c.invoice_no.as_str(),
             c.line_id.as_str(),
             serde_json::to_string(&c).unwrap(),
-            d.invoice_no,
+            d.invoice_no.as_str(),
             d.line_id.as_str(),
         ],
     )

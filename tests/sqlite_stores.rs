@@ -40,7 +40,7 @@ fn line(
         line: InvoiceLine::new(
             invoice.into(),
             stock.into(),
-            Some(format!("PRODUCT {stock}")),
+            Some(format!("PRODUCT {stock}").into()),
             quantity,
             when,
             money(price),

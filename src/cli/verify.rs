@@ -146,7 +146,7 @@ fn read_input(path: &Path) -> anyhow::Result<Holdings> {
         // The position keeps rows apart whose parsed ids coincide (identical rows of a file sent
         // without line numbers are distinct lines once replay numbers them).
         held.entry(line.invoice_date.date()).or_default().insert(
-            (line.invoice_no.clone(), format!("{}#{i}", line.line_id)),
+            (line.invoice_no.to_string(), format!("{}#{i}", line.line_id)),
             line.line_total(),
         );
     }
@@ -196,7 +196,7 @@ async fn reconcile(
         if let Some(l) = letter.line {
             dead.entry((letter.sink, l.line.invoice_date.date()))
                 .or_default()
-                .insert((l.line.invoice_no, l.line.line_id.to_string()));
+                .insert((l.line.invoice_no.into(), l.line.line_id.to_string()));
         }
     }
 
@@ -316,7 +316,7 @@ fn group(lines: Vec<crate::store::StoredLine>) -> Holdings {
 
 fn add(held: &mut Holdings, l: &IngestedLine) {
     held.entry(l.line.invoice_date.date()).or_default().insert(
-        (l.line.invoice_no.clone(), l.line.line_id.to_string()),
+        (l.line.invoice_no.to_string(), l.line.line_id.to_string()),
         l.line.line_total(),
     );
 }

@@ -5,6 +5,7 @@
 
 use super::datetime::{self, DateValue};
 use super::{LineError, LinePosition, Money, MAX_PRICE_SCALE};
+use compact_str::CompactString;
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::borrow::Cow;
@@ -151,14 +152,14 @@ pub(crate) struct RawLine<'a> {
 /// A line whose fields are all valid, waiting for its date order (and then its id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Draft {
-    pub invoice_no: String,
-    pub stock_code: String,
-    pub description: Option<String>,
+    pub invoice_no: CompactString,
+    pub stock_code: CompactString,
+    pub description: Option<CompactString>,
     pub quantity: i64,
     pub date: DateValue,
     pub unit_price: Money,
     pub customer_id: Option<u64>,
-    pub country: String,
+    pub country: CompactString,
     pub line_no: Option<u64>,
 }
 
@@ -298,12 +299,12 @@ fn not_a(kind: &str, expected: &str) -> String {
     format!("is {kind} (expected {expected})")
 }
 
-fn text_of(given: &Given<'_>, max_bytes: usize, expected: &str) -> Check<String> {
+fn text_of(given: &Given<'_>, max_bytes: usize, expected: &str) -> Check<CompactString> {
     match given {
         Given::Text(t) | Given::Number(t) if t.contains('\0') => Err(format!(
             "contains a NUL character (\\0, U+0000); remove it (expected {expected})"
         )),
-        Given::Text(t) | Given::Number(t) if t.len() <= max_bytes => Ok((*t).to_owned()),
+        Given::Text(t) | Given::Number(t) if t.len() <= max_bytes => Ok((*t).into()),
         Given::Text(_) | Given::Number(_) => Err(format!(
             "is longer than {max_bytes} bytes (expected {expected})"
         )),
@@ -313,7 +314,7 @@ fn text_of(given: &Given<'_>, max_bytes: usize, expected: &str) -> Check<String>
 
 /// `536365`, `C536379`, `A563185`: letters, then digits, 1 to 20 characters. A JSON number is
 /// taken as the digits it writes (`536365.0` from a float column is `536365`).
-fn invoice_no_of(given: &Given<'_>) -> Check<String> {
+fn invoice_no_of(given: &Given<'_>) -> Check<CompactString> {
     const EXPECTED: &str =
         "an invoice number such as 536365 or C536379: letters, then digits, at most 20 characters";
     match given {
@@ -323,13 +324,15 @@ fn invoice_no_of(given: &Given<'_>) -> Check<String> {
                 && !digits.is_empty()
                 && digits.bytes().all(|b| b.is_ascii_digit());
             if ok {
-                Ok((*t).to_owned())
+                Ok((*t).into())
             } else {
                 Err(format!("is not {EXPECTED}"))
             }
         }
         Given::Number(n) => match whole_number(n) {
-            Some(v) if v >= 0 && v.to_string().len() <= MAX_INVOICE_NO_CHARS => Ok(v.to_string()),
+            Some(v) if v >= 0 && v.to_string().len() <= MAX_INVOICE_NO_CHARS => {
+                Ok(v.to_string().into())
+            }
             _ => Err(format!("is not {EXPECTED}")),
         },
         Given::Other(kind) => Err(not_a(kind, EXPECTED)),

@@ -1,6 +1,7 @@
 //! The invoice line: the one typed message every stage of shopstream carries.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use compact_str::CompactString;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -234,17 +235,22 @@ impl LineContent<'_> {
 }
 
 /// One validated line of an invoice, as the UCI Online Retail dataset defines it.
+///
+/// Its text is held in `CompactString`s, which keep up to 24 bytes inline: invoice numbers, stock
+/// codes and country names always fit, so decoding a line (every sink decodes every line it
+/// reads) or cloning one allocates only for a long description. They read and write as plain
+/// strings (serde, JSON, the stores).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceLine {
     /// Stable identity; see [`LineId`].
     pub line_id: LineId,
     /// `536365`; `C536379` for a cancellation, `A563185` for a bad-debt adjustment.
-    pub invoice_no: String,
+    pub invoice_no: CompactString,
     /// Product code: usually five digits and a letter (`85123A`), or a service code (`POST`, `M`,
     /// `DOT`, `BANK CHARGES`).
-    pub stock_code: String,
+    pub stock_code: CompactString,
     /// Product name; missing on some lines of the real data.
-    pub description: Option<String>,
+    pub description: Option<CompactString>,
     /// Units; negative on cancellations and some stock adjustments.
     pub quantity: i64,
     /// When the invoice was made, in the store's local time as sent (the dataset carries no zone).
@@ -256,7 +262,7 @@ pub struct InvoiceLine {
     /// Customer number; missing on about a quarter of the real lines.
     pub customer_id: Option<u64>,
     /// The customer's country.
-    pub country: String,
+    pub country: CompactString,
 }
 
 impl InvoiceLine {
@@ -264,14 +270,14 @@ impl InvoiceLine {
     /// otherwise from its content and `occurrence` (see [`LineId::from_content`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        invoice_no: String,
-        stock_code: String,
-        description: Option<String>,
+        invoice_no: CompactString,
+        stock_code: CompactString,
+        description: Option<CompactString>,
         quantity: i64,
         invoice_date: NaiveDateTime,
         unit_price: Money,
         customer_id: Option<u64>,
-        country: String,
+        country: CompactString,
         line_no: Option<u64>,
         occurrence: u32,
     ) -> Self {
@@ -322,8 +328,8 @@ impl InvoiceLine {
         };
         note(
             "StockCode",
-            self.stock_code.clone(),
-            other.stock_code.clone(),
+            self.stock_code.to_string(),
+            other.stock_code.to_string(),
         );
         note(
             "Description",
@@ -350,7 +356,11 @@ impl InvoiceLine {
             show(&self.customer_id),
             show(&other.customer_id),
         );
-        note("Country", self.country.clone(), other.country.clone());
+        note(
+            "Country",
+            self.country.to_string(),
+            other.country.to_string(),
+        );
         out
     }
 
@@ -416,7 +426,7 @@ pub(crate) fn sample_ingested(
         line: InvoiceLine::new(
             "536365".into(),
             "85123A".into(),
-            description,
+            description.map(Into::into),
             quantity,
             chrono::NaiveDate::from_ymd_opt(2010, 12, 1)
                 .and_then(|d| d.and_hms_opt(8, 26, 0))

@@ -76,14 +76,14 @@ impl GeneratedRow {
     /// identical rows before it (see [`crate::model::OccurrenceCounter`]).
     pub fn into_invoice_line(self, occurrence: u32) -> InvoiceLine {
         InvoiceLine::new(
-            self.invoice_no,
-            self.stock_code,
-            self.description,
+            self.invoice_no.into(),
+            self.stock_code.into(),
+            self.description.map(Into::into),
             self.quantity,
             self.invoice_date,
             self.unit_price,
             self.customer_id,
-            self.country,
+            self.country.into(),
             None,
             occurrence,
         )

@@ -232,7 +232,7 @@ mod tests {
         InvoiceLine::new(
             invoice.into(),
             "85123A".into(),
-            Some(description),
+            Some(description.into()),
             6,
             NaiveDate::from_ymd_opt(2010, 12, 1)
                 .unwrap()

@@ -411,8 +411,8 @@ pub fn lines(
         .map(|i| shopstream::model::IngestedLine {
             line: shopstream::model::InvoiceLine::new(
                 invoice_no.into(),
-                format!("SKU{i}"),
-                Some(format!("item {i}")),
+                format!("SKU{i}").into(),
+                Some(format!("item {i}").into()),
                 (i % 7) as i64 + 1,
                 NaiveDate::from_ymd_opt(2011, 3, day)
                     .unwrap()

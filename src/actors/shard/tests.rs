@@ -199,11 +199,12 @@ impl SinkWriter for FakeSink {
         if take_one(&self.transient_failures) {
             return Err(SinkFailure::retriable("database is locked"));
         }
-        if unit
-            .lines
-            .iter()
-            .any(|l| self.invalid.lock().unwrap().contains(&l.line.stock_code))
-        {
+        if unit.lines.iter().any(|l| {
+            self.invalid
+                .lock()
+                .unwrap()
+                .contains(l.line.stock_code.as_str())
+        }) {
             return Err(SinkFailure::whole_call(
                 "BatchWriteItem failed: ValidationException: One or more parameter values were invalid",
             ));
@@ -212,7 +213,7 @@ impl SinkWriter for FakeSink {
             if self.panics_on.as_deref() == Some(l.line.stock_code.as_str()) {
                 panic!("attempt to multiply with overflow");
             }
-            if self.refused.contains(&l.line.stock_code) {
+            if self.refused.contains(l.line.stock_code.as_str()) {
                 return Err(SinkFailure::permanent(format!(
                     "line {} cannot be stored: price has 7 decimals",
                     l.line.line_id

@@ -252,14 +252,17 @@ fn invoice_date(item: &Item) -> Result<NaiveDateTime, StoreError> {
 fn from_item(item: &Item) -> Result<IngestedLine, StoreError> {
     let line = InvoiceLine {
         line_id: LineId::parse(get_s(item, "LineId")?).ok_or_else(|| bad_item("LineId", item))?,
-        invoice_no: get_s(item, "InvoiceNo")?.to_owned(),
-        stock_code: get_s(item, "StockCode")?.to_owned(),
-        description: item.get("Description").and_then(|v| v.as_s().ok()).cloned(),
+        invoice_no: get_s(item, "InvoiceNo")?.into(),
+        stock_code: get_s(item, "StockCode")?.into(),
+        description: item
+            .get("Description")
+            .and_then(|v| v.as_s().ok())
+            .map(|s| s.as_str().into()),
         quantity: get_n(item, "Quantity")?.ok_or_else(|| bad_item("Quantity", item))?,
         invoice_date: invoice_date(item)?,
         unit_price: parse(item, "UnitPrice")?,
         customer_id: get_n(item, "CustomerID")?,
-        country: get_s(item, "Country")?.to_owned(),
+        country: get_s(item, "Country")?.into(),
     };
     let ingested_at: DateTime<Utc> = DateTime::parse_from_rfc3339(get_s(item, "IngestedAt")?)
         .map_err(|_| bad_item("IngestedAt", item))?
@@ -329,7 +332,7 @@ impl OperationalStore for DynamoOperationalStore {
             invoice_no: invoice_no.to_owned(),
             invoice_date: first.line.invoice_date,
             customer_id: first.line.customer_id,
-            country: first.line.country.clone(),
+            country: first.line.country.to_string(),
             is_cancellation: first.line.is_cancellation(),
             total: invoice_total(&lines)?,
             lines,
@@ -437,7 +440,7 @@ impl OperationalStore for DynamoOperationalStore {
                     day: l.line.invoice_date.date(),
                     total: l.line.line_total(),
                     line_id: l.line.line_id.to_string(),
-                    invoice_no: l.line.invoice_no,
+                    invoice_no: l.line.invoice_no.into(),
                 });
             }
         }

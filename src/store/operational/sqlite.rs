@@ -146,14 +146,14 @@ fn line_from_row(row: &Row<'_>) -> rusqlite::Result<IngestedLine> {
         line: InvoiceLine {
             line_id: LineId::parse(&line_id)
                 .ok_or_else(|| corrupt(0, "line id", line_id.clone()))?,
-            invoice_no: row.get(1)?,
-            stock_code: row.get(2)?,
-            description: row.get(3)?,
+            invoice_no: row.get::<_, String>(1)?.into(),
+            stock_code: row.get::<_, String>(2)?.into(),
+            description: row.get::<_, Option<String>>(3)?.map(Into::into),
             quantity: row.get(4)?,
             invoice_date: parse_date_text(&date).ok_or_else(|| corrupt(5, "date", date.clone()))?,
             unit_price: Money::from_str(&price).map_err(|_| corrupt(6, "price", price.clone()))?,
             customer_id: customer.map(|c| c as u64),
-            country: row.get(8)?,
+            country: row.get::<_, String>(8)?.into(),
         },
         store_id: row.get(9)?,
         ingested_at: parse_instant_text(&ingested)
@@ -175,10 +175,10 @@ fn invoice_blocking(conn: &Connection, invoice_no: &str) -> Result<Option<Invoic
     };
     let first = &first.line;
     Ok(Some(Invoice {
-        invoice_no: first.invoice_no.clone(),
+        invoice_no: first.invoice_no.to_string(),
         invoice_date: first.invoice_date,
         customer_id: first.customer_id,
-        country: first.country.clone(),
+        country: first.country.to_string(),
         is_cancellation: first.is_cancellation(),
         total: invoice_total(&lines)?,
         lines,
