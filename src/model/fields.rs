@@ -329,10 +329,8 @@ fn invoice_no_of(given: &Given<'_>) -> Check<CompactString> {
                 Err(format!("is not {EXPECTED}"))
             }
         }
-        Given::Number(n) => match whole_number(n) {
-            Some(v) if v >= 0 && v.to_string().len() <= MAX_INVOICE_NO_CHARS => {
-                Ok(v.to_string().into())
-            }
+        Given::Number(n) => match whole_number(n).filter(|v| *v >= 0).map(|v| v.to_string()) {
+            Some(digits) if digits.len() <= MAX_INVOICE_NO_CHARS => Ok(digits.into()),
             _ => Err(format!("is not {EXPECTED}")),
         },
         Given::Other(kind) => Err(not_a(kind, EXPECTED)),
