@@ -661,33 +661,31 @@ async fn a_claim_finds_its_line_in_its_record_and_a_claim_without_its_record_is_
         .await
         .unwrap();
 
-    // Claims written now hold no copy of the line: it is read from the record.
+    // Claims hold no copy of the line, only its id: the line is read from the record. The two
+    // lines of one invoice in one record share one claim row.
     let db = rusqlite::Connection::open(dir.path().join("data/stream.sqlite")).unwrap();
-    let copies: i64 = db
+    let (rows, ids): (i64, i64) = db
         .query_row(
-            "SELECT count(*) FROM claimed_lines WHERE line != ''",
+            "SELECT count(*), sum(length(line_ids)) / 32 FROM invoice_claims",
             [],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(copies, 0);
+    assert_eq!((rows, ids), (1, 2));
     let (c, d, e) = (
         invoice_line("536366", 1, 1),
         invoice_line("536367", 2, 1),
         invoice_line("536368", 3, 1),
     );
-    // A claim of an older version, with the line's JSON in it; and one whose record is gone
-    // (retention removed the record, the claim's own delete had not run yet).
+    append_claimed(&stream, "store-0", std::slice::from_ref(&c))
+        .await
+        .unwrap();
+    // A claim whose record is gone (retention removed the record, the claim's own delete had
+    // not run yet).
     db.execute(
-        "INSERT INTO claimed_lines (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
-         VALUES (?1, ?2, 'store-0', ?3, 0, 77, 0), (?4, ?5, 'store-0', '', 0, 78, 0)",
-        rusqlite::params![
-            c.invoice_no.as_str(),
-            c.line_id.as_str(),
-            serde_json::to_string(&c).unwrap(),
-            d.invoice_no.as_str(),
-            d.line_id.as_str(),
-        ],
+        "INSERT INTO invoice_claims (invoice_no, shard, seq, store_id, line_ids, arrived_at_ms)
+         VALUES (?1, 0, 78, 'store-0', CAST(?2 AS BLOB), 0)",
+        rusqlite::params![d.invoice_no.as_str(), d.line_id.as_str()],
     )
     .unwrap();
 
@@ -710,6 +708,45 @@ async fn a_claim_finds_its_line_in_its_record_and_a_claim_without_its_record_is_
     assert_eq!(found[&d.line_id].line, d);
     match append_claimed(&stream, "store-2", std::slice::from_ref(&a)).await {
         Err(StreamError::LinesTaken(ids)) => assert_eq!(ids, vec![a.line_id.clone()]),
+        other => panic!("a claimed line was appended again: {other:?}"),
+    }
+}
+
+/// Retention removes the claims of the records it removes, and no others: a line whose record
+/// is gone may be sent again, one whose record stays is still a repeat.
+#[tokio::test]
+async fn retention_removes_the_claims_of_the_records_it_removes() {
+    use shopstream::stream::line_index::{LineIndex, LineKey};
+    let dir = tempfile::tempdir().unwrap();
+    let stream = EmbeddedStream::open(&dir.path().join("stream.sqlite"), 1, Duration::ZERO, 16)
+        .expect("open");
+    let old = [invoice_line("536365", 6, 1), invoice_line("536365", 8, 2)];
+    let young = invoice_line("536366", 1, 1);
+    append_claimed(&stream, "store-1", &old).await.unwrap();
+    append_claimed(&stream, "store-1", std::slice::from_ref(&young))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let shard = shard_id(0);
+    assert!(stream.release(&shard, &sn(1)).await.unwrap() > 0);
+
+    let keys: Vec<LineKey<'_>> = old.iter().chain([&young]).map(LineKey::of).collect();
+    let found = stream.lookup(&keys).await.unwrap();
+    assert_eq!(
+        found.keys().collect::<Vec<_>>(),
+        [&young.line_id],
+        "only the claim of the record left stands"
+    );
+    let db = rusqlite::Connection::open(dir.path().join("stream.sqlite")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM invoice_claims", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+    append_claimed(&stream, "store-2", &old)
+        .await
+        .expect("the lines of a removed record are claimed anew");
+    match append_claimed(&stream, "store-2", std::slice::from_ref(&young)).await {
+        Err(StreamError::LinesTaken(ids)) => assert_eq!(ids, vec![young.line_id.clone()]),
         other => panic!("a claimed line was appended again: {other:?}"),
     }
 }

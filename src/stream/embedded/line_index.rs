@@ -1,4 +1,4 @@
-//! The embedded log's [`LineIndex`]: the `claimed_lines` and `idempotency_keys` tables of
+//! The embedded log's [`LineIndex`]: the `invoice_claims` and `idempotency_keys` tables of
 //! `stream.sqlite`. Line ids are claimed by the writer in the append's own transaction, so a
 //! crash never leaves a claimed id without its record, nor a record without its claims.
 
@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use std::collections::HashMap;
 
+use super::claims;
 use super::schema::records_table;
 use super::EmbeddedStream;
 use crate::model::LineId;
@@ -15,11 +16,9 @@ use crate::stream::line_index::{
 };
 use crate::stream::{record, PutRecord, PutResult, StreamError};
 
-/// A claim as `claimed_lines` holds it.
+/// A line's claim: the store that sent the line, and the record that holds it.
 struct Claimed {
     store_id: String,
-    /// The line's JSON in files written before 2026-12-06; empty since (the record holds it).
-    line: String,
     shard: u32,
     seq: i64,
 }
@@ -27,17 +26,12 @@ struct Claimed {
 /// Where a record is: its shard and sequence number.
 type RecordPlace = (u32, i64);
 
-/// The payloads of the records that hold the lines of `claims` written without their content,
-/// each read once.
+/// The payloads of the records that hold the lines of `claims`, each read once.
 fn claimed_records(
     conn: &rusqlite::Connection,
     claims: &[(LineId, Claimed)],
 ) -> rusqlite::Result<Vec<(RecordPlace, Vec<u8>)>> {
-    let mut places: Vec<RecordPlace> = claims
-        .iter()
-        .filter(|(_, c)| c.line.is_empty())
-        .map(|(_, c)| (c.shard, c.seq))
-        .collect();
+    let mut places: Vec<RecordPlace> = claims.iter().map(|(_, c)| (c.shard, c.seq)).collect();
     places.sort_unstable();
     places.dedup();
     let mut out = Vec::with_capacity(places.len());
@@ -68,13 +62,16 @@ impl LineIndex for EmbeddedStream {
         &self,
         lines: &[LineKey<'_>],
     ) -> Result<HashMap<LineId, StoredLine>, StreamError> {
-        let keys: Vec<(String, LineId)> = lines
-            .iter()
-            .map(|l| (l.invoice_no.to_owned(), l.line_id.clone()))
-            .collect();
-        // One probe of the primary key per line, all in one read transaction (a statement on its
-        // own would take and drop the WAL read lock each time): the lines of a request share few
-        // invoices, so the probes read a handful of neighbouring pages.
+        // The ids asked for, by invoice: one look-up per invoice finds the rows that claim them.
+        let mut invoices: HashMap<String, Vec<LineId>> = HashMap::new();
+        for l in lines {
+            invoices
+                .entry(l.invoice_no.to_owned())
+                .or_default()
+                .push(l.line_id.clone());
+        }
+        // All look-ups in one read transaction (a statement on its own would take and drop the
+        // WAL read lock each time).
         let found = self
             .blocking(move |conn| {
                 let tx = rusqlite::Transaction::new_unchecked(
@@ -84,22 +81,25 @@ impl LineIndex for EmbeddedStream {
                 let mut rows = Vec::new();
                 {
                     let mut find = tx.prepare_cached(
-                        "SELECT store_id, line, shard, seq FROM claimed_lines
-                         WHERE invoice_no = ?1 AND line_id = ?2",
+                        "SELECT store_id, shard, seq, line_ids FROM invoice_claims
+                         WHERE invoice_no = ?1",
                     )?;
-                    for (invoice_no, id) in keys {
-                        let found = find
-                            .query_row(params![invoice_no, id.as_str()], |row| {
-                                Ok(Claimed {
-                                    store_id: row.get(0)?,
-                                    line: row.get(1)?,
-                                    shard: row.get(2)?,
-                                    seq: row.get(3)?,
-                                })
-                            })
-                            .optional()?;
-                        if let Some(claimed) = found {
-                            rows.push((id, claimed));
+                    for (invoice_no, ids) in invoices {
+                        let mut found = find.query([invoice_no])?;
+                        while let Some(row) = found.next()? {
+                            let stored = row.get_ref(3)?.as_blob()?;
+                            for id in &ids {
+                                if claims::holds(stored, id) {
+                                    rows.push((
+                                        id.clone(),
+                                        Claimed {
+                                            store_id: row.get(0)?,
+                                            shard: row.get(1)?,
+                                            seq: row.get(2)?,
+                                        },
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
@@ -121,22 +121,18 @@ impl LineIndex for EmbeddedStream {
         }
         let mut out = HashMap::with_capacity(rows.len());
         for (id, claimed) in rows {
-            let stored = if claimed.line.is_empty() {
-                // The line is in the claim's record; a claim whose record retention removed a
-                // moment ago is as good as gone (the writer replaces it).
-                let Some(line) = decoded
-                    .get(&(claimed.shard, claimed.seq))
-                    .and_then(|lines| lines.iter().find(|l| l.line_id == id))
-                else {
-                    continue;
-                };
-                StoredLine {
-                    store_id: claimed.store_id,
-                    line: line.clone(),
-                    pending: false,
-                }
-            } else {
-                StoredLine::decode(claimed.store_id, &claimed.line, false)?
+            // The line is in the claim's record; a claim whose record retention removed a moment
+            // ago is as good as gone (the writer replaces it).
+            let Some(line) = decoded
+                .get(&(claimed.shard, claimed.seq))
+                .and_then(|lines| lines.iter().find(|l| l.line_id == id))
+            else {
+                continue;
+            };
+            let stored = StoredLine {
+                store_id: claimed.store_id,
+                line: line.clone(),
+                pending: false,
             };
             out.insert(id, stored);
         }

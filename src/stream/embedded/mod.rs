@@ -7,6 +7,7 @@
 //!   the same file, so a copy of `stream.sqlite` holds the log and every sink's progress together.
 
 mod checkpoints;
+mod claims;
 mod line_index;
 mod reader;
 mod schema;

@@ -178,7 +178,7 @@ pub(super) fn release_records(
     // retention (docs/line-identity.md).
     for (table, key) in [
         ("record_keys", "key"),
-        ("claimed_lines", "invoice_no, line_id"),
+        ("invoice_claims", "invoice_no, shard, seq"),
     ] {
         delete_in_chunks(
             conn,

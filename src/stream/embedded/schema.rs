@@ -6,9 +6,9 @@
 //! shard count never changes for a file (the embedded log cannot be resharded), so a fixed set
 //! of tables fits. `shards` holds each shard's last sequence number apart from the records, so
 //! numbering survives the removal of every record by retention. `record_keys` holds the dedup key
-//! of every record, `claimed_lines` the invoice, id, store and record of every line claimed by
-//! ingest (written in the append's transaction; keyed by invoice then id, as in every sink, so a
-//! request's claims land on a few neighbouring pages instead of one random page per line) and `idempotency_keys` the `Idempotency-Key`s of recent requests
+//! of every record, `invoice_claims` the line ids claimed by ingest, a row per invoice and record
+//! (written in the append's transaction; see `claims`), and `idempotency_keys` the
+//! `Idempotency-Key`s of recent requests
 //! with their answers (see `docs/line-identity.md`).
 
 use super::super::StreamError;
@@ -120,17 +120,16 @@ pub(super) fn prepare(
              seq           INTEGER NOT NULL,
              arrived_at_ms INTEGER NOT NULL
          ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS claimed_lines (
+         CREATE TABLE IF NOT EXISTS invoice_claims (
              invoice_no    TEXT    NOT NULL,
-             line_id       TEXT    NOT NULL,
-             store_id      TEXT    NOT NULL,
-             line          TEXT    NOT NULL,
              shard         INTEGER NOT NULL,
              seq           INTEGER NOT NULL,
+             store_id      TEXT    NOT NULL,
+             line_ids      BLOB    NOT NULL,
              arrived_at_ms INTEGER NOT NULL,
-             PRIMARY KEY (invoice_no, line_id)
+             PRIMARY KEY (invoice_no, shard, seq)
          ) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS claimed_lines_by_arrival ON claimed_lines (arrived_at_ms);
+         CREATE INDEX IF NOT EXISTS invoice_claims_by_arrival ON invoice_claims (arrived_at_ms);
          CREATE INDEX IF NOT EXISTS record_keys_by_shard_seq ON record_keys (shard, seq);
          CREATE TABLE IF NOT EXISTS idempotency_keys (
              store_id      TEXT    NOT NULL,
@@ -144,7 +143,7 @@ pub(super) fn prepare(
          CREATE INDEX IF NOT EXISTS idempotency_keys_by_start ON idempotency_keys (started_at_ms);",
     )
     .map_err(backend)?;
-    migrate_line_ids(&tx).map_err(backend)?;
+    super::claims::migrate(&tx).map_err(backend)?;
     let recorded: Option<String> = tx
         .query_row(
             "SELECT value FROM stream_meta WHERE key = 'shards'",
@@ -213,40 +212,38 @@ pub(super) fn prepare(
     Ok(last)
 }
 
-/// Moves the claims of a file written before they were keyed by invoice (table `line_ids`, keyed
-/// by id alone) into `claimed_lines`, in the transaction that prepares the file. The invoice is
-/// read from each claim's stored line.
-fn migrate_line_ids(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    let old: bool = tx.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'line_ids'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !old {
-        return Ok(());
-    }
-    let moved = tx.execute(
-        "INSERT OR IGNORE INTO claimed_lines
-             (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
-         SELECT json_extract(line, '$.invoice_no'), line_id, store_id, line, shard, seq, arrived_at_ms
-         FROM line_ids",
-        [],
-    )?;
-    tx.execute_batch("DROP TABLE line_ids;")?;
-    tracing::info!(
-        moved,
-        "Moved the stream's line claims to the table keyed by invoice (claimed_lines)."
-    );
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A stream file from before the claims were keyed by invoice keeps its claims.
+    /// The `invoice_claims` rows of `invoice_no`: (shard, seq, store, ids' digits).
+    fn claims_of(conn: &Connection, invoice_no: &str) -> Vec<(i64, i64, String, String)> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT shard, seq, store_id, CAST(line_ids AS TEXT) FROM invoice_claims
+                 WHERE invoice_no = ?1 ORDER BY shard, seq",
+            )
+            .unwrap();
+        stmt.query_map([invoice_no], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn has_table(conn: &Connection, name: &str) -> bool {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .unwrap()
+    }
+
+    /// A stream file from before the claims were keyed by invoice (`line_ids`) keeps its claims.
     #[test]
-    fn the_claims_of_an_older_file_move_to_claimed_lines() {
+    fn the_claims_of_a_file_keyed_by_id_move_to_invoice_claims() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stream.sqlite");
         let mut conn = connect(&path).unwrap();
@@ -261,26 +258,61 @@ mod tests {
         )
         .unwrap();
         prepare(&mut conn, &path, 2).unwrap();
-        let (invoice, store, seq): (String, String, i64) = conn
-            .query_row(
-                "SELECT invoice_no, store_id, seq FROM claimed_lines WHERE line_id = '0123456789abcdef0123456789abcdef'",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .unwrap();
         assert_eq!(
-            (invoice.as_str(), store.as_str(), seq),
-            ("536365", "store-1", 7)
+            claims_of(&conn, "536365"),
+            [(
+                0,
+                7,
+                "store-1".into(),
+                "0123456789abcdef0123456789abcdef".into()
+            )]
         );
-        let old: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'line_ids'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(old, 0, "the old table is dropped");
+        assert!(!has_table(&conn, "line_ids"), "the old table is dropped");
         // Opening again is a no-op.
         prepare(&mut conn, &path, 2).unwrap();
+        assert_eq!(claims_of(&conn, "536365").len(), 1);
+    }
+
+    /// A stream file with a claim row per line (`claimed_lines`) keeps its claims, a row per
+    /// invoice and record.
+    #[test]
+    fn the_claims_of_a_file_with_a_row_per_line_move_to_a_row_per_invoice_and_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.sqlite");
+        let mut conn = connect(&path).unwrap();
+        let id = |d: char| d.to_string().repeat(32);
+        conn.execute_batch(&format!(
+            r#"CREATE TABLE claimed_lines (
+                   invoice_no TEXT NOT NULL, line_id TEXT NOT NULL, store_id TEXT NOT NULL,
+                   line TEXT NOT NULL, shard INTEGER NOT NULL, seq INTEGER NOT NULL,
+                   arrived_at_ms INTEGER NOT NULL, PRIMARY KEY (invoice_no, line_id)
+               ) WITHOUT ROWID;
+               INSERT INTO claimed_lines VALUES
+                   ('536365', '{a}', 'store-1', '', 0, 7, 1000),
+                   ('536365', '{b}', 'store-1', '', 0, 7, 1000),
+                   ('536365', '{c}', 'store-2', '', 1, 3, 1001),
+                   ('536366', '{d}', 'store-1', '{{"legacy":"json"}}', 0, 7, 1000);"#,
+            a = id('a'),
+            b = id('b'),
+            c = id('c'),
+            d = id('d'),
+        ))
+        .unwrap();
+        prepare(&mut conn, &path, 2).unwrap();
+        assert_eq!(
+            claims_of(&conn, "536365"),
+            [
+                (0, 7, "store-1".into(), id('a') + &id('b')),
+                (1, 3, "store-2".into(), id('c')),
+            ]
+        );
+        assert_eq!(
+            claims_of(&conn, "536366"),
+            [(0, 7, "store-1".into(), id('d'))]
+        );
+        assert!(
+            !has_table(&conn, "claimed_lines"),
+            "the old table is dropped"
+        );
     }
 }

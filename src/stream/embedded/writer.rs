@@ -4,11 +4,14 @@
 //! is waiting, writes it in one transaction and commits once, so one fsync makes a whole group
 //! durable; the fsync rate of the disk, not the number of callers, bounds the appends per second.
 
+use super::claims;
 use super::schema::records_table;
 use crate::metrics::{STREAM_APPEND_DURATION, STREAM_APPEND_RECORDS};
+use crate::model::LineId;
 use crate::stream::line_index::LineClaim;
 use crate::stream::{PutRecord, PutResult, SequenceNumber, ShardId, StreamError};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub(super) struct AppendRequest {
     pub records: Vec<PutRecord>,
     pub shards: Vec<u32>,
-    /// Per record, the line ids it claims in `claimed_lines` (empty for a plain `put`); a request one
+    /// Per record, the line ids it claims in `invoice_claims` (empty for a plain `put`); a request one
     /// of whose ids is already taken writes nothing and is answered `LinesTaken`.
     pub claims: Vec<Vec<LineClaim>>,
     pub reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
@@ -286,53 +289,81 @@ fn write_group(
     Ok((written, landed))
 }
 
-/// The ids among `claims` that `claimed_lines` holds already, or that the request claims twice.
-/// A claim whose record retention has just removed (their deletes are separate transactions) is
-/// as good as gone: it is dropped here, so the line is claimed anew.
+/// The ids among `claims` that `invoice_claims` holds already, or that the request claims twice,
+/// in the order of `claims`. One look-up per invoice of the request, not per line. A claim whose
+/// record retention has just removed (their deletes are separate transactions) is as good as
+/// gone: its row is dropped here, so the line is claimed anew.
 fn taken_ids(
     tx: &rusqlite::Transaction<'_>,
     claims: &[Vec<LineClaim>],
 ) -> rusqlite::Result<Vec<crate::model::LineId>> {
-    let mut taken = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut find = tx.prepare_cached(
-        "SELECT shard, seq FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2",
-    )?;
-    for claim in claims.iter().flatten() {
-        let key = [claim.invoice_no(), claim.line_id().as_str()];
+    type Set<T> = HashSet<T, foldhash::fast::RandomState>;
+    // The request's ids by invoice, each once; and those it claims twice.
+    let mut invoices: Vec<(&str, Vec<&LineId>)> = Vec::new();
+    let mut invoice_at: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut seen: Set<(&str, &LineId)> = Set::default();
+    let mut twice: Set<usize> = Set::default();
+    for (n, claim) in claims.iter().flatten().enumerate() {
         if !seen.insert((claim.invoice_no(), claim.line_id())) {
-            taken.push(claim.line_id().clone());
+            twice.insert(n);
             continue;
         }
-        let Some((shard, seq)) = find
-            .query_row(key, |row| {
-                Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?))
-            })
-            .optional()?
-        else {
-            continue;
-        };
-        let record_left = tx
-            .prepare_cached(&format!(
-                "SELECT 1 FROM {} WHERE seq = ?1",
-                records_table(shard)
-            ))
-            .and_then(|mut stmt| stmt.exists([seq]))
-            // A shard number this file does not have: treat the claim as standing.
-            .unwrap_or(true);
-        if record_left {
-            taken.push(claim.line_id().clone());
-        } else {
-            tx.prepare_cached("DELETE FROM claimed_lines WHERE invoice_no = ?1 AND line_id = ?2")?
-                .execute(key)?;
+        let at = *invoice_at.entry(claim.invoice_no()).or_insert_with(|| {
+            invoices.push((claim.invoice_no(), Vec::new()));
+            invoices.len() - 1
+        });
+        invoices[at].1.push(claim.line_id());
+    }
+    let mut standing: Set<(&str, &LineId)> = Set::default();
+    let mut find =
+        tx.prepare_cached("SELECT shard, seq, line_ids FROM invoice_claims WHERE invoice_no = ?1")?;
+    for (invoice_no, ids) in &invoices {
+        // The rows of this invoice that hold any of the ids: (shard, seq, the ids).
+        let mut holding: Vec<(u32, i64, Vec<&LineId>)> = Vec::new();
+        let mut rows = find.query([invoice_no])?;
+        while let Some(row) = rows.next()? {
+            let stored = row.get_ref(2)?.as_blob()?;
+            let held: Vec<&LineId> = ids
+                .iter()
+                .copied()
+                .filter(|id| claims::holds(stored, id))
+                .collect();
+            if !held.is_empty() {
+                holding.push((row.get(0)?, row.get(1)?, held));
+            }
+        }
+        for (shard, seq, held) in holding {
+            let record_left = tx
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {} WHERE seq = ?1",
+                    records_table(shard)
+                ))
+                .and_then(|mut stmt| stmt.exists([seq]))
+                // A shard number this file does not have: treat the claim as standing.
+                .unwrap_or(true);
+            if record_left {
+                standing.extend(held.into_iter().map(|id| (*invoice_no, id)));
+            } else {
+                tx.prepare_cached(
+                    "DELETE FROM invoice_claims WHERE invoice_no = ?1 AND shard = ?2 AND seq = ?3",
+                )?
+                .execute(params![invoice_no, shard, seq])?;
+            }
         }
     }
-    Ok(taken)
+    Ok(claims
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(n, claim)| {
+            twice.contains(n) || standing.contains(&(claim.invoice_no(), claim.line_id()))
+        })
+        .map(|(_, claim)| claim.line_id().clone())
+        .collect())
 }
 
-/// Records the claims of a record that landed at (`shard`, `seq`). The line itself is not copied
-/// into its claim: the record holds it, and a look-up reads it from there (`line` stays empty; it
-/// held the line's JSON in files written before 2026-12-06).
+/// Records the claims of a record that landed at (`shard`, `seq`): a row per invoice. The lines
+/// themselves are not copied: the record holds them, and a look-up reads them from there.
 fn claim_ids(
     tx: &rusqlite::Transaction<'_>,
     claims: Option<&Vec<LineClaim>>,
@@ -340,22 +371,10 @@ fn claim_ids(
     seq: i64,
     arrived_at_ms: i64,
 ) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO claimed_lines (invoice_no, line_id, store_id, line, shard, seq, arrived_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    for claim in claims.into_iter().flatten() {
-        insert.execute(params![
-            claim.invoice_no(),
-            claim.line_id().as_str(),
-            claim.store_id,
-            "",
-            shard,
-            seq,
-            arrived_at_ms
-        ])?;
+    match claims {
+        Some(claims) => claims::insert(tx, claims, shard, seq, arrived_at_ms),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 struct AliveGuard(Arc<AtomicBool>);

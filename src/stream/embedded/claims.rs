@@ -1,0 +1,246 @@
+//! The line claims of `stream.sqlite`: table `invoice_claims`, one row per invoice and record.
+//!
+//! A row holds the ids of the lines of one invoice that one record carries, as their hex digits
+//! one after another (`line_ids`, 32 bytes an id), with the store that sent them and the record's
+//! place. The lines themselves stay in the record. An invoice's lines nearly always arrive
+//! together, about twenty to an invoice in the dataset, so a request claims its lines with a row
+//! per invoice, not per line, and asks whether they are taken with one look-up per invoice: the
+//! writer, which every append waits for, does a twentieth of the B-tree work it did with a row
+//! per line (table `claimed_lines`, before 2026-12-07).
+
+use crate::model::LineId;
+use crate::stream::line_index::LineClaim;
+use rusqlite::{params, Transaction};
+
+/// Bytes of one id in `line_ids`: its hex digits.
+const ID_BYTES: usize = 32;
+
+/// The claims of one invoice in one record, as their row holds them.
+pub(super) struct InvoiceIds<'a> {
+    pub invoice_no: &'a str,
+    pub store_id: &'a str,
+    /// The ids' hex digits, one after another.
+    pub line_ids: Vec<u8>,
+}
+
+impl InvoiceIds<'_> {
+    fn push(&mut self, id: &LineId) {
+        self.line_ids.extend_from_slice(id.as_str().as_bytes());
+    }
+}
+
+/// The claims of one record grouped by invoice, in the order each invoice first appears.
+pub(super) fn by_invoice<'a>(
+    claims: impl IntoIterator<Item = &'a LineClaim>,
+) -> Vec<InvoiceIds<'a>> {
+    let mut groups: Vec<InvoiceIds<'a>> = Vec::new();
+    for claim in claims {
+        // A request's lines come invoice by invoice, so the group is nearly always the last one.
+        let group = match groups
+            .iter()
+            .rposition(|g| g.invoice_no == claim.invoice_no())
+        {
+            Some(at) => &mut groups[at],
+            None => {
+                groups.push(InvoiceIds {
+                    invoice_no: claim.invoice_no(),
+                    store_id: &claim.store_id,
+                    line_ids: Vec::with_capacity(ID_BYTES * 8),
+                });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        group.push(claim.line_id());
+    }
+    groups
+}
+
+/// Whether a `line_ids` value holds `id`.
+pub(super) fn holds(line_ids: &[u8], id: &LineId) -> bool {
+    ids_in(line_ids).any(|stored| stored == id.as_str().as_bytes())
+}
+
+/// The ids of a `line_ids` value, as their hex digits.
+fn ids_in(line_ids: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line_ids.chunks_exact(ID_BYTES)
+}
+
+/// Files the claims of the record at (`shard`, `seq`): a row per invoice.
+pub(super) fn insert(
+    tx: &Transaction<'_>,
+    claims: &[LineClaim],
+    shard: u32,
+    seq: i64,
+    arrived_at_ms: i64,
+) -> rusqlite::Result<()> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    // REPLACE: a record appended again by its dedup key lands on the first one's place, whose
+    // claims are gone by then (else the lines would have been taken); a row left of them is
+    // the same ids.
+    let mut insert = tx.prepare_cached(
+        "INSERT OR REPLACE INTO invoice_claims (invoice_no, shard, seq, store_id, line_ids, arrived_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for group in by_invoice(claims) {
+        insert.execute(params![
+            group.invoice_no,
+            shard,
+            seq,
+            group.store_id,
+            group.line_ids,
+            arrived_at_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// Moves the claims of a file written by an older version into `invoice_claims`, in the
+/// transaction that prepares the file, and drops the old table: `claimed_lines` (a row per
+/// line, keyed by invoice and id; 2026-12-05 to 2026-12-06) or `line_ids` (a row per line,
+/// keyed by id alone, the invoice read from the line's JSON; before 2026-12-05).
+///
+/// The JSON copy of a line that claims of before 2026-12-06 carried is not kept: the claim's
+/// record holds the line, and a claim whose record retention removed is as good as gone (the
+/// writer lets the line be claimed anew), as it is for every claim since.
+pub(super) fn migrate(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    for (table, invoice) in [
+        ("line_ids", "json_extract(line, '$.invoice_no')"),
+        ("claimed_lines", "invoice_no"),
+    ] {
+        let exists: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            continue;
+        }
+        let (lines, rows) = move_claims(tx, table, invoice)?;
+        tx.execute_batch(&format!("DROP TABLE {table};"))?;
+        tracing::info!(
+            table,
+            lines,
+            rows,
+            "Moved the stream's line claims to one row per invoice and record (invoice_claims)."
+        );
+    }
+    Ok(())
+}
+
+/// Copies the claims of `table` into `invoice_claims`, grouped by invoice and record; returns the
+/// lines and rows written. A claim whose invoice cannot be read is left out (it cannot be looked
+/// up by invoice, as a claim must be).
+fn move_claims(
+    tx: &Transaction<'_>,
+    table: &str,
+    invoice: &str,
+) -> rusqlite::Result<(usize, usize)> {
+    let mut read = tx.prepare(&format!(
+        "SELECT {invoice}, line_id, store_id, shard, seq, arrived_at_ms FROM {table}
+         WHERE {invoice} IS NOT NULL ORDER BY 1, 4, 5"
+    ))?;
+    let mut write = tx.prepare(
+        "INSERT OR REPLACE INTO invoice_claims (invoice_no, shard, seq, store_id, line_ids, arrived_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    struct Row {
+        invoice_no: String,
+        shard: i64,
+        seq: i64,
+        store_id: String,
+        line_ids: Vec<u8>,
+        arrived_at_ms: i64,
+    }
+    let flush = |row: &Row, write: &mut rusqlite::Statement<'_>| {
+        write.execute(params![
+            row.invoice_no,
+            row.shard,
+            row.seq,
+            row.store_id,
+            row.line_ids,
+            row.arrived_at_ms
+        ])
+    };
+    let (mut lines, mut rows) = (0, 0);
+    let mut current: Option<Row> = None;
+    let mut found = read.query([])?;
+    while let Some(found) = found.next()? {
+        let invoice_no: String = found.get(0)?;
+        let line_id: String = found.get(1)?;
+        let (shard, seq): (i64, i64) = (found.get(3)?, found.get(4)?);
+        if line_id.len() != ID_BYTES {
+            continue;
+        }
+        let same = current
+            .as_ref()
+            .is_some_and(|c| c.invoice_no == invoice_no && c.shard == shard && c.seq == seq);
+        if !same {
+            if let Some(done) = current.take() {
+                flush(&done, &mut write)?;
+                rows += 1;
+            }
+            current = Some(Row {
+                invoice_no,
+                shard,
+                seq,
+                store_id: found.get(2)?,
+                line_ids: Vec::new(),
+                arrived_at_ms: found.get(5)?,
+            });
+        }
+        let row = current.as_mut().expect("set above");
+        row.line_ids.extend_from_slice(line_id.as_bytes());
+        lines += 1;
+    }
+    if let Some(done) = current {
+        flush(&done, &mut write)?;
+        rows += 1;
+    }
+    Ok((lines, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::line::sample_ingested;
+
+    fn claim(invoice_no: &str, n: u64) -> LineClaim {
+        let mut line = sample_ingested(None, 6, "2.55", Some(n)).line;
+        line.invoice_no = invoice_no.into();
+        line.line_id = LineId::from_line_no(invoice_no, n);
+        LineClaim::new("store-1", line)
+    }
+
+    /// The claims of a record make a row per invoice, holding each of its ids once, in order.
+    #[test]
+    fn a_record_claims_its_lines_with_a_row_per_invoice() {
+        let claims = [
+            claim("536365", 1),
+            claim("536365", 2),
+            claim("536366", 1),
+            claim("536365", 3),
+        ];
+        let groups = by_invoice(&claims);
+        let invoices: Vec<&str> = groups.iter().map(|g| g.invoice_no).collect();
+        assert_eq!(invoices, ["536365", "536366"]);
+        let ids: Vec<LineId> = ids_in(&groups[0].line_ids)
+            .map(|d| LineId::parse(std::str::from_utf8(d).unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            [1, 2, 3]
+                .map(|n| LineId::from_line_no("536365", n))
+                .to_vec()
+        );
+        assert!(holds(
+            &groups[1].line_ids,
+            &LineId::from_line_no("536366", 1)
+        ));
+        assert!(!holds(
+            &groups[1].line_ids,
+            &LineId::from_line_no("536366", 2)
+        ));
+    }
+}
