@@ -17,7 +17,8 @@ use crate::model::{InvoiceLine, LineId};
 /// A new line's claim on its id, appended with the record that carries the line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineClaim {
-    pub store_id: String,
+    /// The store that sent the line: one shared string for the lines of a request.
+    pub store_id: std::sync::Arc<str>,
     /// The line, so a later conflict can say what differs. The embedded log does not copy it
     /// into its claim (it reads the line back from the claim's record); DynamoDB keeps it in the
     /// line's item.
@@ -25,9 +26,9 @@ pub struct LineClaim {
 }
 
 impl LineClaim {
-    pub fn new(store_id: &str, line: InvoiceLine) -> Self {
+    pub fn new(store_id: impl Into<std::sync::Arc<str>>, line: InvoiceLine) -> Self {
         LineClaim {
-            store_id: store_id.to_owned(),
+            store_id: store_id.into(),
             line,
         }
     }

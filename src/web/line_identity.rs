@@ -140,13 +140,14 @@ pub(crate) async fn append_new_lines(
         let mut claims = Vec::with_capacity(encoded.len());
         // Each line is in exactly one record: its claim takes it.
         let mut lines: Vec<Option<InvoiceLine>> = lines.into_iter().map(Some).collect();
+        let store_id: std::sync::Arc<str> = store.into();
         for (record, indexes) in encoded {
             records.push(record);
             claims.push(
                 indexes
                     .iter()
                     .filter_map(|&i| lines[i].take())
-                    .map(|line| LineClaim::new(store, line))
+                    .map(|line| LineClaim::new(store_id.clone(), line))
                     .collect::<Vec<_>>(),
             );
         }

@@ -243,7 +243,7 @@ impl DynamoLineIndex {
             for c in claims {
                 let item = HashMap::from([
                     ("Id".to_owned(), s(line_key(c.line_id()))),
-                    ("Store".to_owned(), s(&c.store_id)),
+                    ("Store".to_owned(), s(&*c.store_id)),
                     (
                         "Line".to_owned(),
                         s(serde_json::to_string(&c.line).expect("a line serializes")),
