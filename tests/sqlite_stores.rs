@@ -619,3 +619,63 @@ async fn files_keyed_by_line_id_alone_open_and_keep_each_line_once() {
         assert_eq!(found, 1, "{file} has the index {index}");
     }
 }
+
+/// A customer's invoices are found by a row per (customer, date, invoice), not an index entry per
+/// line. A file from before, whose only way to a customer's lines was that index, opens with its
+/// customers found the same way, and the index gone.
+#[tokio::test]
+async fn customers_of_a_file_with_an_index_per_line_are_found_after_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/operational.sqlite");
+    let uk = "United Kingdom";
+    let mut lines = invoice_lines("536365", 3);
+    lines.push(line("536366", 0, "A", 1, "2", date(2, 9), Some(7), uk));
+    lines.push(line("536367", 0, "A", 1, "2", date(2, 9), None, uk));
+    {
+        let ops = SqliteOperationalStore::open(&path).unwrap();
+        ops.upsert(&lines).await.unwrap();
+    }
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let rows = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT count(*) FROM customer_invoices", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        rows(&db),
+        2,
+        "one row per customer and invoice, none without a customer"
+    );
+    // The file as the version before wrote it.
+    db.execute_batch(
+        "DELETE FROM customer_invoices;
+         CREATE INDEX invoice_lines_by_customer ON invoice_lines (customer_id, invoice_date)
+             WHERE customer_id IS NOT NULL;",
+    )
+    .unwrap();
+
+    let ops = SqliteOperationalStore::open(&path).unwrap();
+    assert_eq!(rows(&db), 2);
+    let index: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'invoice_lines_by_customer'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 0, "the index per line is dropped");
+    let found = ops.customer_invoices(17850, None, None).await.unwrap();
+    assert_eq!(
+        found
+            .iter()
+            .map(|s| (s.invoice_no.as_str(), s.line_count))
+            .collect::<Vec<_>>(),
+        [("536365", 3)]
+    );
+    let found = ops.customer_invoices(7, None, None).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].invoice_no, "536366");
+    // Opening again changes nothing.
+    drop(ops);
+    SqliteOperationalStore::open(&path).unwrap();
+    assert_eq!(rows(&db), 2);
+}

@@ -47,10 +47,28 @@ CREATE TABLE IF NOT EXISTS invoice_lines (
     ingested_at        TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS invoice_lines_key ON invoice_lines (invoice_no, line_id);
--- A quarter of the lines have no customer; leaving them out keeps this index smaller.
-CREATE INDEX IF NOT EXISTS invoice_lines_by_customer ON invoice_lines (customer_id, invoice_date)
-    WHERE customer_id IS NOT NULL;
+-- A customer's invoices, by date: a row per (customer, date, invoice) of the lines, not one per
+-- line, so the write of a line adds no index entry of its own (an invoice has some twenty
+-- lines). A quarter of the lines have no customer and are not here.
+CREATE TABLE IF NOT EXISTS customer_invoices (
+    customer_id   INTEGER NOT NULL,
+    invoice_date  TEXT    NOT NULL,
+    invoice_no    TEXT    NOT NULL,
+    PRIMARY KEY (customer_id, invoice_date, invoice_no)
+) WITHOUT ROWID;
+-- Files written before 2026-12-07 found a customer's lines by an index of every line: its
+-- entries move to customer_invoices, and it goes. Idempotent, and a no-op once done.
+BEGIN IMMEDIATE;
+INSERT OR IGNORE INTO customer_invoices (customer_id, invoice_date, invoice_no)
+    SELECT customer_id, invoice_date, invoice_no FROM invoice_lines
+    WHERE customer_id IS NOT NULL
+        AND EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'invoice_lines_by_customer');
+DROP INDEX IF EXISTS invoice_lines_by_customer;
+COMMIT;
 ";
+
+const ADD_CUSTOMER_INVOICE: &str = "
+INSERT OR IGNORE INTO customer_invoices (customer_id, invoice_date, invoice_no) VALUES (?1, ?2, ?3)";
 
 const INSERT_FIRST: &str = "
 INSERT INTO invoice_lines (line_id, invoice_no, stock_code, description, quantity, invoice_date,
@@ -73,7 +91,10 @@ FROM invoice_lines WHERE invoice_no = ?1 ORDER BY invoice_date, rowid";
 const CUSTOMER_LINES: &str = "
 SELECT invoice_no, invoice_date, country, line_total_micros, is_cancellation
 FROM invoice_lines
-WHERE customer_id = ?1 AND invoice_date >= ?2 AND invoice_date < ?3";
+WHERE invoice_no IN (
+        SELECT invoice_no FROM customer_invoices
+        WHERE customer_id = ?1 AND invoice_date >= ?2 AND invoice_date < ?3)
+    AND customer_id = ?1 AND invoice_date >= ?2 AND invoice_date < ?3";
 
 /// Invoice lines in a SQLite file; see the crate's `docs/architecture.md` for the file layout.
 ///
@@ -123,6 +144,22 @@ fn upsert_blocking(conn: &mut Connection, path: &Path, rows: &[LineRow]) -> Resu
         for row in rows {
             row.execute(&mut stmt, &params)
                 .map_err(|e| StoreError::sqlite_line(path, row.line_id(), &e))?;
+        }
+    }
+    {
+        // Each (customer, date, invoice) once: the lines of an invoice come together.
+        let mut add = tx.prepare_cached(ADD_CUSTOMER_INVOICE).map_err(fail)?;
+        let mut last: Option<(i64, &str, &str)> = None;
+        for row in rows {
+            let Some(customer) = row.customer_id else {
+                continue;
+            };
+            let key = (customer, row.invoice_date(), row.invoice_no());
+            if last != Some(key) {
+                add.execute(rusqlite::params![key.0, key.1, key.2])
+                    .map_err(fail)?;
+                last = Some(key);
+            }
         }
     }
     tx.commit().map_err(fail)
