@@ -61,14 +61,20 @@ impl Archiver {
 
 /// Gzip NDJSON of the lines: one JSON object per line, as the sinks store them.
 pub fn encode_ndjson_gz(lines: &[crate::model::IngestedLine]) -> std::io::Result<Vec<u8>> {
+    // The lines go to the compressor some 64 KiB at a time, not one by one: each write into
+    // the deflate stream has a cost of its own, as large as that of a line's bytes.
+    const CHUNK: usize = 64 * 1024;
     let mut gz = GzEncoder::new(Vec::with_capacity(lines.len() * 80), Compression::fast());
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::with_capacity(CHUNK + 1024);
     for line in lines {
-        buf.clear();
         serde_json::to_writer(&mut buf, line)?;
         buf.push(b'\n');
-        gz.write_all(&buf)?;
+        if buf.len() >= CHUNK {
+            gz.write_all(&buf)?;
+            buf.clear();
+        }
     }
+    gz.write_all(&buf)?;
     gz.finish()
 }
 
@@ -112,5 +118,38 @@ impl SinkWriter for Archiver {
 
     async fn health(&self) -> Result<(), String> {
         self.store.health().await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::line::sample_ingested;
+    use crate::model::IngestedLine;
+    use std::io::Read;
+
+    /// An object holds every line once, in order, one JSON object a line, whether the lines fill
+    /// less than one of the chunks handed to the compressor or several.
+    #[test]
+    fn an_object_decompresses_to_its_lines_one_per_row() {
+        for count in [0usize, 1, 3, 2_000] {
+            let lines: Vec<IngestedLine> = (0..count)
+                .map(|i| sample_ingested(Some(format!("ITEM {i}")), 6, "2.55", Some(i as u64)))
+                .collect();
+            let body = encode_ndjson_gz(&lines).unwrap();
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            assert!(
+                count < 2_000 || text.len() > 2 * 64 * 1024,
+                "several chunks"
+            );
+            let rows: Vec<IngestedLine> = text
+                .lines()
+                .map(|row| serde_json::from_str(row).unwrap())
+                .collect();
+            assert_eq!(rows, lines, "{count} lines");
+        }
     }
 }

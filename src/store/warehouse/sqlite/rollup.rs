@@ -117,7 +117,9 @@ impl Sums {
 /// Changes of the rollups that one call makes, by key.
 #[derive(Debug, Default)]
 pub(super) struct Changes {
-    pub daily: HashMap<(String, String), Sums>,
+    /// By day, then country: two maps so that a line is looked up by its borrowed text, and
+    /// only a key the call has not met yet is copied.
+    pub daily: HashMap<String, HashMap<String, Sums>>,
     /// By stock code: the latest description given in the call, and the sums.
     pub products: HashMap<String, (Option<String>, Sums)>,
 }
@@ -136,19 +138,20 @@ impl Changes {
         quantity: i64,
         micros: i64,
     ) {
-        let daily = match self.daily.get_mut(&(day.to_owned(), country.to_owned())) {
+        let countries = match self.daily.get_mut(day) {
+            Some(c) => c,
+            None => self.daily.entry(day.to_owned()).or_default(),
+        };
+        let daily = match countries.get_mut(country) {
             Some(s) => s,
-            None => self
-                .daily
-                .entry((day.to_owned(), country.to_owned()))
-                .or_default(),
+            None => countries.entry(country.to_owned()).or_default(),
         };
         daily.line(sign, is_cancellation, quantity, micros);
         let product = match self.products.get_mut(stock_code) {
             Some(p) => p,
             None => self.products.entry(stock_code.to_owned()).or_default(),
         };
-        if description.is_some() {
+        if description.is_some() && product.0.as_deref() != description {
             product.0 = description.map(str::to_owned);
         }
         product.1.line(sign, is_cancellation, quantity, micros);
@@ -178,7 +181,11 @@ impl Changes {
         let mut remove = tx
             .prepare_cached("DELETE FROM sales_daily_sums WHERE day = ?1 AND country = ?2")
             .map_err(fail)?;
-        for ((day, country), change) in &self.daily {
+        let daily = self
+            .daily
+            .iter()
+            .flat_map(|(day, countries)| countries.iter().map(move |(c, s)| (day, c, s)));
+        for (day, country, change) in daily {
             let stored = read
                 .query_row(params![day, country], |r| {
                     Ok(Sums {
