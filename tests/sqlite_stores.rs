@@ -327,6 +327,11 @@ async fn a_locked_file_gives_the_retriable_error() {
         "{e}"
     );
     assert!(e.to_string().contains("operational.sqlite"), "{e}");
+    // A server restarted while another process holds the store locked still starts: opening
+    // the file takes no write lock (its writes wait, as above).
+    let reopened = SqliteOperationalStore::open_with(&ops_path, &options)
+        .expect("a locked operational store opens");
+    drop(reopened);
     let e = wh.insert(&lines).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Unavailable(_)) && e.is_retriable(),
