@@ -332,6 +332,9 @@ async fn a_locked_file_gives_the_retriable_error() {
     let reopened = SqliteOperationalStore::open_with(&ops_path, &options)
         .expect("a locked operational store opens");
     drop(reopened);
+    let reopened =
+        SqliteWarehouse::open_with(&wh_path, &options).expect("a locked warehouse opens");
+    drop(reopened);
     let e = wh.insert(&lines).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Unavailable(_)) && e.is_retriable(),

@@ -18,15 +18,8 @@ use crate::store::sum;
 use crate::store::warehouse::{CustomerRevenue, DayRange, ProductRevenue, SalesSummary};
 use crate::store::StoreError;
 
-/// The rollup tables, and the move of an older file's rollups into them.
-///
-/// Files written before sums were 128-bit keep `sales_daily` and `sales_products`, with `i64`
-/// sums under a `CHECK`. Opening one copies their rows (each fits an `i64`) into the tables below
-/// and drops them, in one transaction; in a new file the old tables are created empty and dropped
-/// at once. A `sales` table written without rollups (by a version before them, or by hand with
-/// [`SALES_DDL`](crate::store::warehouse::SALES_DDL) alone) is summed into them once, when
-/// `sales_daily_sums` is still empty; `sales_daily_sums` is filled last, so it says whether that
-/// happened.
+/// The rollup tables. Creating them takes no write lock on a file that has them, so a warehouse
+/// another process holds locked still opens.
 pub(super) const DDL: &str = "
 CREATE TABLE IF NOT EXISTS sales_daily_sums (
     day                 TEXT NOT NULL,
@@ -47,6 +40,23 @@ CREATE TABLE IF NOT EXISTS sales_invoices (
     invoice_no          TEXT PRIMARY KEY,
     customer_id         INTEGER
 ) WITHOUT ROWID;
+";
+
+/// Whether [`MIGRATE`] has work to do: old rollup tables to move, or sales without rollups.
+const NEEDS_MIGRATION: &str = "
+SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name IN ('sales_daily', 'sales_products'))
+    OR (NOT EXISTS (SELECT 1 FROM sales_daily_sums) AND EXISTS (SELECT 1 FROM sales))";
+
+/// The move of an older file's rollups into the tables of [`DDL`], run only where
+/// [`NEEDS_MIGRATION`] says so.
+///
+/// Files written before sums were 128-bit keep `sales_daily` and `sales_products`, with `i64`
+/// sums under a `CHECK`. Opening one copies their rows (each fits an `i64`) into the new tables
+/// and drops them, in one transaction. A `sales` table written without rollups (by a version
+/// before them, or by hand with [`SALES_DDL`](crate::store::warehouse::SALES_DDL) alone) is summed
+/// into them once, when `sales_daily_sums` is still empty; `sales_daily_sums` is filled last, so it
+/// says whether that happened.
+const MIGRATE: &str = "
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS sales_daily (
     day TEXT, country TEXT, lines INTEGER, cancellation_lines INTEGER, revenue_micros INTEGER);
@@ -73,6 +83,22 @@ INSERT INTO sales_daily_sums
     FROM sales WHERE NOT EXISTS (SELECT 1 FROM sales_daily_sums) GROUP BY 1, 2;
 COMMIT;
 ";
+
+/// Runs [`MIGRATE`] on `conn` when the file needs it (see [`NEEDS_MIGRATION`]).
+///
+/// # Errors
+/// The SQLite error.
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let needed: bool = conn.query_row(NEEDS_MIGRATION, [], |row| row.get(0))?;
+    if needed {
+        conn.execute_batch(MIGRATE)?;
+        tracing::info!(
+            path = conn.path().unwrap_or("warehouse"),
+            "Moved or rebuilt the warehouse's rollups."
+        );
+    }
+    Ok(())
+}
 
 /// Products in [`SalesSummary::top_products`].
 const TOP_PRODUCTS: usize = 10;
