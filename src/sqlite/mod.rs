@@ -22,7 +22,7 @@ pub(crate) mod pool;
 
 pub(crate) use error::{is_line_specific, is_overflow, is_transient};
 pub use pool::SqliteOptions;
-pub(crate) use pool::{open_connection, BlockingWriter, Database, OpenError, TaskFailed};
+pub(crate) use pool::{BlockingWriter, Database, Migration, OpenError, TaskFailed};
 
 #[cfg(test)]
 mod tests {

@@ -153,20 +153,45 @@ impl Drop for PooledReader {
     }
 }
 
+/// A change an older file needs when it is opened: `run` (SQL, in a transaction of its own) only
+/// where `needed` (a query of one boolean) says so. Opening a file that needs none takes no write
+/// lock, so a file another process holds locked still opens; its writes wait, as every write to
+/// a locked file does.
+pub(crate) struct Migration {
+    pub needed: &'static str,
+    pub run: &'static str,
+    /// What it did, for the log.
+    pub done: &'static str,
+}
+
 impl Database {
-    /// Opens the file (see [`open_connection`]), runs `schema` (idempotent DDL) on the writer, and
-    /// opens the readers.
+    /// Opens the file (see [`open_connection`]), runs `schema` (idempotent DDL: `CREATE ... IF NOT
+    /// EXISTS`, which takes no write lock once done) and each of `migrations` that is needed on
+    /// the writer, and opens the readers.
     ///
     /// # Errors
     /// [`OpenError`] when the file cannot be opened or the schema cannot be created.
-    pub fn open(path: &Path, options: &SqliteOptions, schema: &str) -> Result<Self, OpenError> {
+    pub fn open(
+        path: &Path,
+        options: &SqliteOptions,
+        schema: &str,
+        migrations: &[Migration],
+    ) -> Result<Self, OpenError> {
         let writer = open_connection(path, options.busy_timeout)?;
-        writer
-            .execute_batch(schema)
-            .map_err(|source| OpenError::Sqlite {
-                path: path.to_owned(),
-                source,
-            })?;
+        let sqlite = |source| OpenError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        writer.execute_batch(schema).map_err(sqlite)?;
+        for migration in migrations {
+            let needed: bool = writer
+                .query_row(migration.needed, [], |row| row.get(0))
+                .map_err(sqlite)?;
+            if needed {
+                writer.execute_batch(migration.run).map_err(sqlite)?;
+                tracing::info!(path = %path.display(), "{}", migration.done);
+            }
+        }
         let readers = (0..options.readers.max(1))
             .map(|_| {
                 let conn = open_connection(path, options.busy_timeout)?;

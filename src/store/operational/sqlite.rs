@@ -12,7 +12,7 @@ use rusqlite::{Connection, Row};
 
 use super::{invoice_total, Invoice, InvoiceSummary, OperationalStore};
 use crate::model::{IngestedLine, InvoiceLine, LineId, Money};
-use crate::sqlite::{open_connection, Database, SqliteOptions};
+use crate::sqlite::{Database, Migration, SqliteOptions};
 use crate::store::row::{
     date_text, encode_lines, parse_date_text, parse_instant_text, LineParams, LineRow,
 };
@@ -59,16 +59,18 @@ CREATE TABLE IF NOT EXISTS customer_invoices (
 ";
 
 /// Files written before 2026-12-07 found a customer's lines by an index of every line: its
-/// entries move to `customer_invoices`, and it goes, in one transaction. Run only on a file that
-/// has the index: opening a file takes no write lock otherwise, so a store another process holds
-/// locked still opens (and its writes wait, as every write to a locked store does).
-const MOVE_CUSTOMER_INDEX: &str = "
+/// entries move to `customer_invoices`, and it goes, in one transaction.
+const MOVE_CUSTOMER_INDEX: Migration = Migration {
+    needed: "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'invoice_lines_by_customer'",
+    run: "
 BEGIN IMMEDIATE;
 INSERT OR IGNORE INTO customer_invoices (customer_id, invoice_date, invoice_no)
     SELECT customer_id, invoice_date, invoice_no FROM invoice_lines WHERE customer_id IS NOT NULL;
 DROP INDEX invoice_lines_by_customer;
 COMMIT;
-";
+",
+    done: "Moved the customers' index of every line to a row per invoice (customer_invoices).",
+};
 
 const ADD_CUSTOMER_INVOICE: &str = "
 INSERT OR IGNORE INTO customer_invoices (customer_id, invoice_date, invoice_no) VALUES (?1, ?2, ?3)";
@@ -123,8 +125,7 @@ impl SqliteOperationalStore {
     /// # Errors
     /// As [`open`](Self::open).
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
-        let db = Database::open(path, options, SCHEMA)?;
-        move_customer_index(path, options)?;
+        let db = Database::open(path, options, SCHEMA, &[MOVE_CUSTOMER_INDEX])?;
         Ok(Self { db })
     }
 
@@ -136,28 +137,6 @@ impl SqliteOperationalStore {
     pub fn path(&self) -> &Path {
         self.db.path()
     }
-}
-
-/// Runs [`MOVE_CUSTOMER_INDEX`] when the file still has the index it replaces, on a connection of
-/// its own.
-fn move_customer_index(path: &Path, options: &SqliteOptions) -> Result<(), StoreError> {
-    let fail = |e: rusqlite::Error| StoreError::sqlite(path, &e);
-    let conn = open_connection(path, options.busy_timeout)?;
-    let old: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'invoice_lines_by_customer'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(fail)?;
-    if old {
-        conn.execute_batch(MOVE_CUSTOMER_INDEX).map_err(fail)?;
-        tracing::info!(
-            path = %path.display(),
-            "Moved the customers' index of every line to a row per invoice (customer_invoices)."
-        );
-    }
-    Ok(())
 }
 
 /// Writes `rows` in one transaction: all or none.

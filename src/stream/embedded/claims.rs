@@ -65,7 +65,15 @@ fn ids_in(line_ids: &[u8]) -> impl Iterator<Item = &[u8]> {
     line_ids.chunks_exact(ID_BYTES)
 }
 
-/// Files the claims of the record at (`shard`, `seq`): a row per invoice.
+/// A claim row. REPLACE: a record appended again by its dedup key lands on the first one's place,
+/// whose claims are gone by then (else the lines would have been taken); a row left of them holds
+/// the same ids.
+const INSERT_ROW: &str = "
+INSERT OR REPLACE INTO invoice_claims (invoice_no, shard, seq, store_id, line_ids, arrived_at_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Files the claims of the record at (`shard`, `seq`): a row per invoice. The lines themselves
+/// are not copied: the record holds them, and a look-up reads them from there.
 pub(super) fn insert(
     tx: &Transaction<'_>,
     claims: &[LineClaim],
@@ -76,13 +84,7 @@ pub(super) fn insert(
     if claims.is_empty() {
         return Ok(());
     }
-    // REPLACE: a record appended again by its dedup key lands on the first one's place, whose
-    // claims are gone by then (else the lines would have been taken); a row left of them is
-    // the same ids.
-    let mut insert = tx.prepare_cached(
-        "INSERT OR REPLACE INTO invoice_claims (invoice_no, shard, seq, store_id, line_ids, arrived_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
+    let mut insert = tx.prepare_cached(INSERT_ROW)?;
     for group in by_invoice(claims) {
         insert.execute(params![
             group.invoice_no,
@@ -141,10 +143,7 @@ fn move_claims(
         "SELECT {invoice}, line_id, store_id, shard, seq, arrived_at_ms FROM {table}
          WHERE {invoice} IS NOT NULL ORDER BY 1, 4, 5"
     ))?;
-    let mut write = tx.prepare(
-        "INSERT OR REPLACE INTO invoice_claims (invoice_no, shard, seq, store_id, line_ids, arrived_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
+    let mut write = tx.prepare(INSERT_ROW)?;
     struct Row {
         invoice_no: String,
         shard: i64,

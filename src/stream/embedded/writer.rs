@@ -229,8 +229,9 @@ fn write_group(
             continue;
         }
         let mut places = Vec::with_capacity(request.records.len());
-        for (record, &shard) in request.records.iter().zip(&request.shards) {
+        for (i, (record, &shard)) in request.records.iter().zip(&request.shards).enumerate() {
             let index = shard as usize;
+            let record_claims = request.claims.get(i).map_or(&[][..], Vec::as_slice);
             if let Some(key) = &record.dedup_key {
                 let mut claim = tx.prepare_cached(
                     "INSERT OR IGNORE INTO record_keys (key, shard, seq, arrived_at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -247,13 +248,7 @@ fn write_group(
                     let (first_shard, seq): (u32, i64) =
                         find.query_row([&key[..]], |row| Ok((row.get(0)?, row.get(1)?)))?;
                     places.push((first_shard, seq as u64));
-                    claim_ids(
-                        &tx,
-                        request.claims.get(places.len() - 1),
-                        first_shard,
-                        seq,
-                        arrived_at_ms,
-                    )?;
+                    claims::insert(&tx, record_claims, first_shard, seq, arrived_at_ms)?;
                     continue;
                 }
             }
@@ -266,13 +261,7 @@ fn write_group(
                 arrived_at_ms
             ])?;
             places.push((shard, last[index]));
-            claim_ids(
-                &tx,
-                request.claims.get(places.len() - 1),
-                shard,
-                last[index] as i64,
-                arrived_at_ms,
-            )?;
+            claims::insert(&tx, record_claims, shard, last[index] as i64, arrived_at_ms)?;
             written += 1;
         }
         landed.push(Ok(places));
@@ -360,21 +349,6 @@ fn taken_ids(
         })
         .map(|(_, claim)| claim.line_id().clone())
         .collect())
-}
-
-/// Records the claims of a record that landed at (`shard`, `seq`): a row per invoice. The lines
-/// themselves are not copied: the record holds them, and a look-up reads them from there.
-fn claim_ids(
-    tx: &rusqlite::Transaction<'_>,
-    claims: Option<&Vec<LineClaim>>,
-    shard: u32,
-    seq: i64,
-    arrived_at_ms: i64,
-) -> rusqlite::Result<()> {
-    match claims {
-        Some(claims) => claims::insert(tx, claims, shard, seq, arrived_at_ms),
-        None => Ok(()),
-    }
 }
 
 struct AliveGuard(Arc<AtomicBool>);

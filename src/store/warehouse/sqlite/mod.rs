@@ -25,7 +25,7 @@ use super::{
     SalesSummary, Warehouse, SALES_DDL,
 };
 use crate::model::IngestedLine;
-use crate::sqlite::{open_connection, Database, SqliteOptions};
+use crate::sqlite::{Database, SqliteOptions};
 use crate::store::row::{encode_lines, LineParams, LineRow};
 use crate::store::StoreError;
 
@@ -74,10 +74,7 @@ impl SqliteWarehouse {
     /// As [`open`](Self::open).
     pub fn open_with(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         let schema = format!("{SALES_DDL}{}{}", ledger::OTHER_SOURCES_DDL, rollup::DDL);
-        let db = Database::open(path, options, &schema)?;
-        // On a connection of its own, as the schema's: the writer's sits behind an async lock.
-        let conn = open_connection(path, options.busy_timeout)?;
-        rollup::migrate(&conn).map_err(|e| StoreError::sqlite(path, &e))?;
+        let db = Database::open(path, options, &schema, &[rollup::MIGRATION])?;
         Ok(Self { db })
     }
 

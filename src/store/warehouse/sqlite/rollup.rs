@@ -14,6 +14,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::model::Money;
+use crate::sqlite::Migration;
 use crate::store::sum;
 use crate::store::warehouse::{CustomerRevenue, DayRange, ProductRevenue, SalesSummary};
 use crate::store::StoreError;
@@ -42,13 +43,8 @@ CREATE TABLE IF NOT EXISTS sales_invoices (
 ) WITHOUT ROWID;
 ";
 
-/// Whether [`MIGRATE`] has work to do: old rollup tables to move, or sales without rollups.
-const NEEDS_MIGRATION: &str = "
-SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name IN ('sales_daily', 'sales_products'))
-    OR (NOT EXISTS (SELECT 1 FROM sales_daily_sums) AND EXISTS (SELECT 1 FROM sales))";
-
-/// The move of an older file's rollups into the tables of [`DDL`], run only where
-/// [`NEEDS_MIGRATION`] says so.
+/// The move of an older file's rollups into the tables of [`DDL`], needed where old rollup
+/// tables are there or `sales` has lines but no rollups.
 ///
 /// Files written before sums were 128-bit keep `sales_daily` and `sales_products`, with `i64`
 /// sums under a `CHECK`. Opening one copies their rows (each fits an `i64`) into the new tables
@@ -56,7 +52,11 @@ SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name IN ('sales_daily', 'sales_
 /// before them, or by hand with [`SALES_DDL`](crate::store::warehouse::SALES_DDL) alone) is summed
 /// into them once, when `sales_daily_sums` is still empty; `sales_daily_sums` is filled last, so it
 /// says whether that happened.
-const MIGRATE: &str = "
+pub(super) const MIGRATION: Migration = Migration {
+    needed: "
+SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name IN ('sales_daily', 'sales_products'))
+    OR (NOT EXISTS (SELECT 1 FROM sales_daily_sums) AND EXISTS (SELECT 1 FROM sales))",
+    run: "
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS sales_daily (
     day TEXT, country TEXT, lines INTEGER, cancellation_lines INTEGER, revenue_micros INTEGER);
@@ -82,23 +82,9 @@ INSERT INTO sales_daily_sums
         CAST(SUM(line_total_micros) AS TEXT)
     FROM sales WHERE NOT EXISTS (SELECT 1 FROM sales_daily_sums) GROUP BY 1, 2;
 COMMIT;
-";
-
-/// Runs [`MIGRATE`] on `conn` when the file needs it (see [`NEEDS_MIGRATION`]).
-///
-/// # Errors
-/// The SQLite error.
-pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let needed: bool = conn.query_row(NEEDS_MIGRATION, [], |row| row.get(0))?;
-    if needed {
-        conn.execute_batch(MIGRATE)?;
-        tracing::info!(
-            path = conn.path().unwrap_or("warehouse"),
-            "Moved or rebuilt the warehouse's rollups."
-        );
-    }
-    Ok(())
-}
+",
+    done: "Moved or rebuilt the warehouse's rollups.",
+};
 
 /// Products in [`SalesSummary::top_products`].
 const TOP_PRODUCTS: usize = 10;
