@@ -342,6 +342,7 @@ pub async fn start_pipeline(
             dedup_save_interval: settings.sinks.dedup_save_interval,
         },
         shard_refresh: settings.sinks.shard_refresh,
+        nice: settings.sinks.nice,
     };
     Pipeline::start(parts)
         .await

@@ -138,6 +138,70 @@ fn real_fixture_reaches_every_sink_exactly_once_and_answers_lookups() {
     );
 }
 
+/// The nice value of each of the server's threads, by thread name (`/proc/PID/task/*`).
+#[cfg(target_os = "linux")]
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // the thread ended while we looked
+        };
+        // After the name in parentheses: state is field 3, nice field 19 (man 5 proc).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        threads.push((name.trim().to_owned(), fields[16].parse().unwrap()));
+    }
+    threads.sort();
+    threads
+}
+
+/// The sinks' threads (each sink's arbiter and the blocking threads where its writes run) take
+/// `sinks.nice` steps below ingest's CPU priority; the HTTP workers and the stream's writer keep
+/// the process's, so an acknowledgement never waits behind a sink's batch.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_sinks_threads_run_below_ingests_cpu_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), 0, "[sinks]\nnice = 7\n");
+    let file = fixture("online-retail-sample-182.csv");
+    let summary = replay(&server.base, &file, &["--stores", "3", "--batch", "20"]);
+    assert_eq!(
+        summary["lines_accepted"],
+        expected_from_csv(&file).rows,
+        "{summary:#}"
+    );
+    server.wait_caught_up(Duration::from_secs(60));
+
+    let threads = thread_nices(server.pid());
+    let nices = |prefix: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    assert_eq!(nices("stream-writer"), [0], "{threads:?}");
+    // actix's threads: the HTTP workers at the process's priority, one arbiter per sink below it.
+    let actix = nices("actix-rt|system");
+    assert_eq!(actix.iter().filter(|&&n| n == 7).count(), 3, "{threads:?}");
+    assert!(actix.iter().all(|&n| n == 0 || n == 7), "{threads:?}");
+    assert!(actix.contains(&0), "{threads:?}");
+    let blocking = nices("sink-blocking");
+    assert!(
+        !blocking.is_empty(),
+        "the sinks wrote on no blocking thread: {threads:?}"
+    );
+    assert!(blocking.iter().all(|&n| n == 7), "{threads:?}");
+}
+
 #[test]
 fn latin1_fixture_reaches_every_sink_exactly_once() {
     replay_and_check(&fixture("online-retail-sample-873-iso.csv"), &[]);

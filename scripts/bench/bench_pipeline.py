@@ -9,6 +9,8 @@
   (f) server CPU per line (user + system, from /proc/PID/stat): in (a), and in (b)+(c) end to end
       (ingest, stream, all three sinks). CPU time holds on a shared, noisy machine where wall
       time does not, so before/after comparisons should quote (f).
+  (g) where (f) goes: server CPU per line by thread (name and nice value, from /proc/PID/task),
+      while (b) runs and from its end until every sink has caught up
 
 Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3] [--bin PATH] [--quick]
 It builds the release binary (or takes --bin, e.g. an older build to compare with), generates the
@@ -81,6 +83,22 @@ class Server:
         # After the command name: state is field 3, utime 14 and stime 15 (1-based, man proc).
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def thread_cpu_seconds(self):
+        """User + system CPU time so far, summed by thread name and nice value."""
+        by_thread = {}
+        for tid in os.listdir(f"/proc/{self.proc.pid}/task"):
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{self.proc.pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended meanwhile
+            # After the name: utime field 14, stime 15, nice 19 (1-based, man proc).
+            key = f"{name} (nice {fields[16]})"
+            by_thread[key] = by_thread.get(key, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return by_thread
+
     def peak_rss_mb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -137,6 +155,7 @@ def main():
     load = ["--stores", str(args.stores), "--batch", str(args.batch)]
 
     ceiling, durable, visible, rss, cpu_dry, cpu_all = [], [], [], [], [], []
+    threads = []
     for run in range(args.runs):
         srv = Server(f"run{run}")
         c0 = srv.cpu_seconds()
@@ -145,10 +164,16 @@ def main():
         c1 = srv.cpu_seconds()
         cpu_dry.append((c1 - c0) / args.lines * 1e6)
         t0 = time.monotonic()
+        th0 = srv.thread_cpu_seconds()
         b = replay(srv.url, data, *load)
         assert b["lines_accepted"] == args.lines, b
         durable.append(b["lines_per_second"])
+        th1 = srv.thread_cpu_seconds()
         srv.wait_caught_up()
+        th2 = srv.thread_cpu_seconds()
+        threads.append({k: ((th1.get(k, 0) - th0.get(k, 0)) / args.lines * 1e6,
+                            (th2.get(k, 0) - th1.get(k, 0)) / args.lines * 1e6)
+                        for k in set(th0) | set(th1) | set(th2)})
         visible.append(time.monotonic() - t0)
         cpu_all.append((srv.cpu_seconds() - c1) / args.lines * 1e6)
         rss.append(srv.peak_rss_mb())
@@ -159,12 +184,23 @@ def main():
               f"{cpu_all[-1]:.1f} us/line end to end", file=sys.stderr)
 
     med = statistics.median
+
+    def print_threads():
+        """(g), from the first run."""
+        print("(g) server CPU per line by thread    during (b)   after (b), until caught up")
+        for k, (during, after) in sorted(threads[0].items(), key=lambda kv: -sum(kv[1])):
+            if during + after >= 0.01:
+                print(f"    {k:34} {during:8.2f} us {after:10.2f} us")
+        print(f"    {'all threads':34} {sum(d for d, _ in threads[0].values()):8.2f} us "
+              f"{sum(a for _, a in threads[0].values()):10.2f} us")
+
     if args.quick:
         print(f"dataset: {args.lines:,} lines; {args.runs} runs; {os.cpu_count()} cores; quick")
         print(f"ceiling {med(ceiling):,.0f} lines/s, durable {med(durable):,.0f} lines/s "
               f"(ratio {med(durable) / med(ceiling):.2f}), all sinks {med(visible):.2f} s, "
               f"RSS {med(rss):.0f} MB, CPU/line dry-run {med(cpu_dry):.1f} us, "
               f"end to end {med(cpu_all):.1f} us")
+        print_threads()
         return
 
     half = statistics.median(durable) / 2
@@ -196,6 +232,7 @@ def main():
     print(f"    peak RSS under 3x overload        {overload_rss:>12.0f} MB  ({accepted:,} lines acknowledged, {busy:,} busy answers honoured)")
     print(f"(f) server CPU per line, dry-run      {med(cpu_dry):>12.1f} us        (runs: {', '.join(f'{x:.1f}' for x in cpu_dry)})")
     print(f"    server CPU per line, end to end   {med(cpu_all):>12.1f} us        (runs: {', '.join(f'{x:.1f}' for x in cpu_all)})")
+    print_threads()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 //!   over its backend trait (the object store, and the stores of [`crate::store`]).
 //! - [`pipeline`]: starts the actors for every shard, keeps retention and metrics going, and stops
 //!   everything in order on shutdown.
+//! - [`priority`]: the sinks' threads run below ingest's CPU priority.
 //! - [`dead_letter`], [`progress`]: the pieces they share; their retry delay is
 //!   [`crate::retry::Backoff`].
 
@@ -13,6 +14,7 @@ pub mod archive;
 pub mod dead_letter;
 pub mod operational;
 pub mod pipeline;
+pub mod priority;
 pub mod progress;
 pub mod shard;
 pub mod sink;

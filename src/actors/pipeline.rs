@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use super::dead_letter::DeadLetters;
+use super::priority;
 use super::progress::Progress;
 use super::shard::dedup::DedupWindows;
 use super::shard::{ShardSink, ShardSinkParts, ShardSinkSettings, Shutdown};
@@ -28,12 +29,14 @@ pub struct PipelineParts {
     pub shard_refresh: Duration,
     /// Which shards this instance reads (all of them, or those whose lease it holds).
     pub ownership: Arc<dyn ShardOwnership>,
+    /// How many nice steps the sinks' threads run below ingest (see [`super::priority`]).
+    pub nice: i32,
 }
 
 pub struct Pipeline {
     parts: PipelineParts,
     /// One arbiter (thread) per sink, so that decoding and batching of one sink never waits for
-    /// another's.
+    /// another's; at `PipelineParts::nice` below ingest's priority.
     arbiters: BTreeMap<SinkKind, Arbiter>,
     actors: Mutex<BTreeMap<(SinkKind, ShardId), Addr<ShardSink>>>,
     /// The shard list as last read: leases are renewed from it while ListShards fails, so a
@@ -54,7 +57,7 @@ impl Pipeline {
         let arbiters = parts
             .sinks
             .iter()
-            .map(|s| (s.kind(), Arbiter::new()))
+            .map(|s| (s.kind(), priority::arbiter_with_nice(parts.nice)))
             .collect();
         let pipeline = Arc::new(Pipeline {
             parts,

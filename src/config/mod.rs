@@ -449,4 +449,20 @@ mod tests {
         let s = load_toml("[stream]\nretention = \"1h\"\n[sinks]\nmax_lag = \"30m\"").unwrap();
         assert_eq!(s.sinks.max_lag, std::time::Duration::from_secs(1800));
     }
+
+    #[test]
+    fn the_sinks_nice_value_is_a_linux_nice_step() {
+        assert_eq!(load_toml("").unwrap().sinks.nice, 10);
+        assert_eq!(load_toml("[sinks]\nnice = 0").unwrap().sinks.nice, 0);
+        assert_eq!(load_toml("[sinks]\nnice = 19").unwrap().sinks.nice, 19);
+        for bad in ["20", "-1"] {
+            let e = load_toml(&format!("[sinks]\nnice = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("sinks.nice") && e.contains("0") && e.contains("19"),
+                "{e}"
+            );
+        }
+    }
 }

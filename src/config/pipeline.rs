@@ -89,6 +89,10 @@ pub struct SinksConfig {
     /// written since the last save from the stream).
     #[serde(with = "humantime_serde")]
     pub dedup_save_interval: Duration,
+    /// How many steps of CPU priority (Linux nice) the sinks' threads run below ingest, 0 to 19:
+    /// acknowledgements first, the sinks on what the cores have left (see
+    /// [`crate::actors::priority`]).
+    pub nice: i32,
     pub retry: RetryConfig,
 }
 
@@ -113,6 +117,12 @@ impl SinksConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.read_batch_records == Some(0) {
             return Err(bad("sinks.read_batch_records", "must be greater than 0"));
+        }
+        if !(0..=19).contains(&self.nice) {
+            return Err(bad(
+                "sinks.nice",
+                "must be from 0 (the sinks at ingest's CPU priority) to 19 (the lowest)",
+            ));
         }
         if self.backlog_high_water_records == 0 {
             return Err(bad(
