@@ -232,7 +232,15 @@ fn write_group(
         for (i, (record, &shard)) in request.records.iter().zip(&request.shards).enumerate() {
             let index = shard as usize;
             let record_claims = request.claims.get(i).map_or(&[][..], Vec::as_slice);
-            if let Some(key) = &record.dedup_key {
+            // A record that claims its lines is recognised by its claims (`taken_ids` above, in
+            // this transaction, refuses a request any of whose ids is taken), so its content key
+            // would add a random B-tree insert and nothing else. Records without claims (appends
+            // through `Stream::put_records`) are recognised by their key.
+            if let Some(key) = record
+                .dedup_key
+                .as_ref()
+                .filter(|_| record_claims.is_empty())
+            {
                 let mut claim = tx.prepare_cached(
                     "INSERT OR IGNORE INTO record_keys (key, shard, seq, arrived_at_ms) VALUES (?1, ?2, ?3, ?4)",
                 )?;
