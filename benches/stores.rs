@@ -92,6 +92,8 @@ fn main() {
 
     let mut ops_rates = Vec::new();
     let mut wh_rates = Vec::new();
+    // The stores take lines borrowed one by one, as a sink's unit holds them.
+    let lines: Vec<&_> = lines.iter().collect();
     let mut kept = None;
     for _ in 0..RUNS {
         let dir = tempfile::tempdir().unwrap();

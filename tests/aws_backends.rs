@@ -9,6 +9,11 @@ use bytes::Bytes;
 use shopstream::object_store::s3::S3ObjectStore;
 use shopstream::object_store::{ObjectStore, ObjectStoreError};
 
+/// The lines as the stores take them: borrowed one by one.
+fn refs(lines: &[shopstream::model::IngestedLine]) -> Vec<&shopstream::model::IngestedLine> {
+    lines.iter().collect()
+}
+
 async fn create_bucket(c: &shopstream::aws::AwsClients, bucket: &str) {
     c.s3.create_bucket().bucket(bucket).send().await.unwrap();
 }
@@ -80,6 +85,7 @@ async fn s3_put_get_list_delete_and_multipart() {
 
 mod dynamodb {
     use super::aws_common::{aws_config, init, lines};
+    use super::refs;
     use shopstream::model::Money;
     use shopstream::store::operational::dynamodb::DynamoOperationalStore;
     use shopstream::store::{OperationalStore, StoreError};
@@ -94,13 +100,13 @@ mod dynamodb {
         // 60 lines (three BatchWriteItem requests), then the same 60 again with duplicates of
         // line ids inside one call: the last version of a duplicate wins.
         let first = lines("536365", Some(17850), 1, 60);
-        store.upsert(&first).await.unwrap();
+        store.upsert(&refs(&first)).await.unwrap();
         let mut again = first.clone();
         let mut changed = first[3].clone();
         changed.line.description = Some("the last version".into());
         again.extend(first[..30].iter().cloned());
         again.push(changed);
-        store.upsert(&again).await.unwrap();
+        store.upsert(&refs(&again)).await.unwrap();
 
         let expected: Money = first.iter().map(|l| l.line.line_total()).sum();
         assert_eq!(store.totals().await.unwrap(), (60, expected));
@@ -126,7 +132,7 @@ mod dynamodb {
         let other = lines("540003", Some(99999), 3, 4);
         let anonymous = lines("540004", None, 3, 2);
         for set in [&a, &b, &other, &anonymous] {
-            store.upsert(set).await.unwrap();
+            store.upsert(&refs(set)).await.unwrap();
         }
         let list = store.customer_invoices(12345, None, None).await.unwrap();
         assert_eq!(
@@ -164,7 +170,7 @@ mod dynamodb {
         let store = DynamoOperationalStore::from_config(&c, &cfg.aws, &cfg.operational.dynamodb);
         let mut big = lines("540010", Some(1), 1, 2);
         big[1].line.description = Some("x".repeat(410 * 1024).into());
-        match store.upsert(&big).await {
+        match store.upsert(&refs(&big)).await {
             Err(StoreError::Rejected { line_id, reason }) => {
                 assert_eq!(line_id, big[1].line.line_id.to_string());
                 assert!(reason.contains("400"), "{reason}");
@@ -231,6 +237,7 @@ mod cli {
 
 mod firehose {
     use super::aws_common::{aws_config, init, lines};
+    use super::refs;
     use shopstream::object_store::s3::S3ObjectStore;
     use shopstream::object_store::ObjectStore;
     use shopstream::store::warehouse::firehose::FirehoseWarehouse;
@@ -247,8 +254,8 @@ mod firehose {
 
         let mut sent = lines("550001", Some(1), 1, 700);
         sent.extend(lines("550002", None, 2, 300));
-        warehouse.insert(&sent[..600]).await.unwrap();
-        warehouse.insert(&sent[600..]).await.unwrap();
+        warehouse.insert(&refs(&sent[..600])).await.unwrap();
+        warehouse.insert(&refs(&sent[600..])).await.unwrap();
 
         // The delivery stream of `aws init` writes into the bucket under `firehose_prefix`.
         let bucket = S3ObjectStore::from_config(&c, &cfg.archive.s3);

@@ -320,7 +320,10 @@ async fn lines_that_came_by_the_stream_are_not_stored_twice() {
             ingested_at: chrono::Utc::now(),
         })
         .collect();
-    s.warehouse.insert(&streamed).await.unwrap();
+    s.warehouse
+        .insert(&streamed.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
     let summary = s.run(&[&file]).await;
     assert_eq!(
         (summary.rows_loaded, summary.rows_new),

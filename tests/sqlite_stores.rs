@@ -13,6 +13,11 @@ use shopstream::store::warehouse::sqlite::{SqliteWarehouse, SOURCE_IMPORT};
 use shopstream::store::warehouse::{BulkFile, FileLoadStart};
 use shopstream::store::{OperationalStore, StoreError, Warehouse};
 
+/// The lines as the stores take them: borrowed one by one.
+fn refs(lines: &[IngestedLine]) -> Vec<&IngestedLine> {
+    lines.iter().collect()
+}
+
 fn date(day: u32, hour: u32) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2010, 12, day)
         .unwrap()
@@ -86,8 +91,8 @@ async fn upserts_are_idempotent_and_both_stores_keep_the_first_version() {
     let (ops, wh) = stores(&dir);
     let lines = invoice_lines("536365", 3);
     for _ in 0..2 {
-        ops.upsert(&lines).await.unwrap();
-        wh.insert(&lines).await.unwrap();
+        ops.upsert(&refs(&lines)).await.unwrap();
+        wh.insert(&refs(&lines)).await.unwrap();
     }
     assert_eq!(ops.totals().await.unwrap(), (3, money("7.50")));
     let summary = wh.summary().await.unwrap().unwrap();
@@ -100,8 +105,8 @@ async fn upserts_are_idempotent_and_both_stores_keep_the_first_version() {
     // The same line id with a corrected quantity: the warehouse keeps the row it has.
     let mut corrected = lines[1].clone();
     corrected.line.quantity = 10;
-    ops.upsert(&[corrected.clone()]).await.unwrap();
-    wh.insert(&[corrected.clone()]).await.unwrap();
+    ops.upsert(&refs(&[corrected.clone()])).await.unwrap();
+    wh.insert(&refs(&[corrected.clone()])).await.unwrap();
     // A line id is written once, first version kept (docs/line-identity.md): the operational
     // store keeps the row it has too.
     assert_eq!(ops.totals().await.unwrap(), (3, money("7.50")));
@@ -133,8 +138,8 @@ async fn money_is_exact_with_zero_negative_and_cancellations() {
             "France",
         ),
     ];
-    ops.upsert(&lines).await.unwrap();
-    wh.insert(&lines).await.unwrap();
+    ops.upsert(&refs(&lines)).await.unwrap();
+    wh.insert(&refs(&lines)).await.unwrap();
     let expected: Money = lines.iter().map(|l| l.line.line_total()).sum();
     assert_eq!(
         expected,
@@ -193,14 +198,14 @@ async fn amounts_that_cannot_be_summed_exactly_reject_the_line_and_write_nothing
         "Spain",
     ));
     let bad = lines[2].line.line_id.to_string();
-    match ops.upsert(&lines).await {
+    match ops.upsert(&refs(&lines)).await {
         Err(StoreError::Rejected { line_id, reason }) => {
             assert_eq!(line_id, bad);
             assert!(reason.contains("millionths"), "{reason}");
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
-    match wh.insert(&lines).await {
+    match wh.insert(&refs(&lines)).await {
         Err(e @ StoreError::Rejected { .. }) => assert!(!e.is_retriable()),
         other => panic!("expected Rejected, got {other:?}"),
     }
@@ -221,7 +226,7 @@ async fn looks_up_invoices_and_customers_within_date_bounds() {
         line("536368", 0, "A", 1, "1", date(2, 9), Some(8), "Norway"),
         line("536369", 0, "A", 1, "1", date(2, 9), None, uk),
     ];
-    ops.upsert(&lines).await.unwrap();
+    ops.upsert(&refs(&lines)).await.unwrap();
 
     assert_eq!(ops.invoice("999999").await.unwrap(), None);
     let inv = ops.invoice("536365").await.unwrap().unwrap();
@@ -269,6 +274,7 @@ async fn concurrent_writers_lose_nothing_and_reads_run_during_writes() {
         writers.push(tokio::spawn(async move {
             for b in 0..25 {
                 let lines = invoice_lines(&format!("{}", 600_000 + w * 100 + b), 40);
+                let lines = refs(&lines);
                 let (o, h) = tokio::join!(ops.upsert(&lines), wh.insert(&lines));
                 o.unwrap();
                 h.unwrap();
@@ -321,7 +327,7 @@ async fn a_locked_file_gives_the_retriable_error() {
     let wh_lock = rusqlite::Connection::open(&wh_path).unwrap();
     wh_lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
 
-    let e = ops.upsert(&lines).await.unwrap_err();
+    let e = ops.upsert(&refs(&lines)).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Unavailable(_)) && e.is_retriable(),
         "{e}"
@@ -335,7 +341,7 @@ async fn a_locked_file_gives_the_retriable_error() {
     let reopened =
         SqliteWarehouse::open_with(&wh_path, &options).expect("a locked warehouse opens");
     drop(reopened);
-    let e = wh.insert(&lines).await.unwrap_err();
+    let e = wh.insert(&refs(&lines)).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Unavailable(_)) && e.is_retriable(),
         "{e}"
@@ -344,8 +350,8 @@ async fn a_locked_file_gives_the_retriable_error() {
     // Once the lock goes, the retry succeeds.
     ops_lock.execute_batch("COMMIT").unwrap();
     wh_lock.execute_batch("COMMIT").unwrap();
-    ops.upsert(&lines).await.unwrap();
-    wh.insert(&lines).await.unwrap();
+    ops.upsert(&refs(&lines)).await.unwrap();
+    wh.insert(&refs(&lines)).await.unwrap();
     assert_eq!(ops.totals().await.unwrap().0, 2);
 }
 
@@ -356,8 +362,8 @@ async fn data_survives_close_and_reopen_and_rollups_are_rebuilt() {
     lines.push(line("536366", 0, "X", 1, "2.550", date(5, 9), None, "EIRE"));
     let before = {
         let (ops, wh) = stores(&dir);
-        ops.upsert(&lines).await.unwrap();
-        wh.insert(&lines).await.unwrap();
+        ops.upsert(&refs(&lines)).await.unwrap();
+        wh.insert(&refs(&lines)).await.unwrap();
         wh.summary().await.unwrap().unwrap()
     };
     let (ops, wh) = stores(&dir);
@@ -432,8 +438,8 @@ async fn sums_of_extreme_lines_pass_64_bits_exactly() {
         "France",
     ));
     for chunk in lines.chunks(7) {
-        ops.upsert(chunk).await.unwrap();
-        wh.insert(chunk).await.unwrap();
+        ops.upsert(&refs(chunk)).await.unwrap();
+        wh.insert(&refs(chunk)).await.unwrap();
     }
     // 39 net lines of 10^12 pounds plus 3 millionths: past i64::MAX millionths fourfold.
     let expected = money("39000000000000.000003");
@@ -482,7 +488,7 @@ async fn sums_of_extreme_lines_pass_64_bits_exactly() {
 async fn rollups_of_64_bit_files_move_into_128_bit_sums() {
     let dir = tempfile::tempdir().unwrap();
     let (_, wh) = stores(&dir);
-    wh.insert(&invoice_lines("536365", 5)).await.unwrap();
+    wh.insert(&refs(&invoice_lines("536365", 5))).await.unwrap();
     let before = wh.summary().await.unwrap().unwrap();
     drop(wh);
     let path = dir.path().join("data/warehouse.sqlite");
@@ -532,7 +538,7 @@ async fn rollups_of_64_bit_files_move_into_128_bit_sums() {
             )
         })
         .collect();
-    wh.insert(&big).await.unwrap();
+    wh.insert(&refs(&big)).await.unwrap();
     let s = wh.summary().await.unwrap().unwrap();
     assert_eq!(s.revenue, before.revenue + money("20000000000000"));
     assert_eq!(s.top_products[0].quantity, 20_000_010);
@@ -598,12 +604,12 @@ async fn files_keyed_by_line_id_alone_open_and_keep_each_line_once() {
     let (ops, wh) = stores(&dir);
     let lines = invoice_lines("536365", 3);
     for _ in 0..2 {
-        ops.upsert(&lines).await.unwrap();
-        wh.insert(&lines).await.unwrap();
+        ops.upsert(&refs(&lines)).await.unwrap();
+        wh.insert(&refs(&lines)).await.unwrap();
     }
     let mut corrected = lines[2].clone();
     corrected.line.quantity = 10;
-    ops.upsert(&[corrected.clone()]).await.unwrap();
+    ops.upsert(&refs(&[corrected.clone()])).await.unwrap();
     assert_eq!(ops.totals().await.unwrap(), (3, money("7.50")));
     assert_eq!(
         ops.invoice("536365").await.unwrap().unwrap().lines[2],
@@ -641,7 +647,7 @@ async fn customers_of_a_file_with_an_index_per_line_are_found_after_it_opens() {
     lines.push(line("536367", 0, "A", 1, "2", date(2, 9), None, uk));
     {
         let ops = SqliteOperationalStore::open(&path).unwrap();
-        ops.upsert(&lines).await.unwrap();
+        ops.upsert(&refs(&lines)).await.unwrap();
     }
     let db = rusqlite::Connection::open(&path).unwrap();
     let rows = |db: &rusqlite::Connection| -> i64 {

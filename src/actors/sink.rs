@@ -18,7 +18,7 @@ pub struct SinkUnit<'a> {
     pub last: &'a SequenceNumber,
     /// When the first record of the unit entered shopstream (the archive partitions by it).
     pub first_ingested_at: DateTime<Utc>,
-    pub lines: &'a [IngestedLine],
+    pub lines: &'a [&'a IngestedLine],
 }
 
 /// Why a write failed, and whether trying again can help.

@@ -95,7 +95,7 @@ pub fn run(config: Option<&Path>, command: Command) -> anyhow::Result<()> {
                         .context("dead letter of an unknown sink")?;
                     let shard = ShardId(shard);
                     let seq: SequenceNumber = seq.parse()?;
-                    let lines: Vec<IngestedLine> = entries.iter().map(|(_, l)| l.clone()).collect();
+                    let lines: Vec<&IngestedLine> = entries.iter().map(|(_, l)| l).collect();
                     let unit = SinkUnit {
                         shard: &shard,
                         first: &seq,

@@ -25,13 +25,16 @@ use crate::model::{money_to_micros, IngestedLine, Money};
 /// # Errors
 /// [`StoreError::Rejected`] for the first line whose amounts or customer id cannot be stored
 /// exactly.
-pub(crate) fn encode_lines(lines: &[IngestedLine]) -> Result<Vec<LineRow>, StoreError> {
+pub(crate) fn encode_lines<L: std::borrow::Borrow<IngestedLine>>(
+    lines: &[L],
+) -> Result<Vec<LineRow>, StoreError> {
     // The lines of one record share their acceptance time: format it once per run of equal
     // instants, not once per line.
     let mut instant: Option<(DateTime<Utc>, String)> = None;
     lines
         .iter()
         .map(|l| {
+            let l = l.borrow();
             let ingested_at = match &mut instant {
                 Some((t, text)) if *t == l.ingested_at => text,
                 _ => {

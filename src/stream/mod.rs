@@ -79,6 +79,9 @@ pub struct Record {
     pub partition_key: String,
     pub data: Bytes,
     pub arrived_at: DateTime<Utc>,
+    /// `data` decoded, shared by the clones of this record (the sinks that read a shard's shared
+    /// read); a new record starts with an empty cell.
+    pub decoded: record::DecodeOnce,
 }
 
 /// A shard and its lineage. After a reshard, a child is read only once its parents are finished.

@@ -86,6 +86,61 @@ impl LineBatch {
     }
 }
 
+/// A record's lines, decoded: what a sink's worker holds until it has written them.
+#[derive(Debug)]
+pub struct DecodedLines {
+    pub ingested_at: DateTime<Utc>,
+    /// [`LineBatch::ndjson_bytes`] of the record.
+    pub ndjson_bytes: usize,
+    pub lines: Vec<IngestedLine>,
+}
+
+impl From<LineBatch> for DecodedLines {
+    fn from(batch: LineBatch) -> Self {
+        DecodedLines {
+            ingested_at: batch.ingested_at,
+            ndjson_bytes: batch.ndjson_bytes(),
+            lines: batch.into_ingested().collect(),
+        }
+    }
+}
+
+/// A record decoded once for all the sinks that read it.
+///
+/// The three workers of a shard read the same records from the shard's shared read
+/// (`stream::shared_reads`), clones of one [`Record`](super::Record) whose `decoded` is this one
+/// cell. The first worker to get to a record decodes it; the others take the same lines while any
+/// worker still holds them. The cell holds them weakly, so it keeps nothing alive: memory is what
+/// the workers' units hold, one copy for the three, and a worker that comes to a record after the
+/// others have written and dropped it decodes it again.
+#[derive(Clone, Default)]
+pub struct DecodeOnce(std::sync::Arc<std::sync::Mutex<std::sync::Weak<DecodedLines>>>);
+
+impl std::fmt::Debug for DecodeOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecodeOnce")
+    }
+}
+
+impl DecodeOnce {
+    /// The lines of `data` (the record this cell belongs to): decoded by an earlier reader and
+    /// still held, or decoded now. A worker asking while another decodes waits for it rather than
+    /// decode the same record twice. A record that does not decode is not kept: each reader gets
+    /// its own error (and dead-letters the record for its sink).
+    ///
+    /// # Errors
+    /// The payload is not a line batch, as [`decode`].
+    pub fn lines(&self, data: &[u8]) -> Result<std::sync::Arc<DecodedLines>, RecordError> {
+        let mut cell = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lines) = cell.upgrade() {
+            return Ok(lines);
+        }
+        let lines = std::sync::Arc::new(DecodedLines::from(decode(data)?));
+        *cell = std::sync::Arc::downgrade(&lines);
+        Ok(lines)
+    }
+}
+
 /// What an NDJSON line of the archive takes beyond its free-text fields: field names, quotes,
 /// the line id, the dates, the amounts (a typical line's; see the test).
 const NDJSON_FIXED_BYTES: usize = 230;
@@ -244,6 +299,31 @@ mod tests {
             None,
             occurrence,
         )
+    }
+
+    #[test]
+    fn clones_of_a_record_share_its_decode_while_a_reader_holds_it() {
+        let lines = [line("536365", "A".into(), 0), line("536365", "B".into(), 1)];
+        let (record, _) = encode_indexed(RecordFormat::Binary, "store-7", &lines)
+            .unwrap()
+            .remove(0);
+        let cell = DecodeOnce::default();
+        let first = cell.lines(&record.data).unwrap();
+        assert_eq!(first.lines.len(), 2);
+        assert_eq!(&*first.lines[1].store_id, "store-7");
+        // A clone (another sink reading the same record from the shared read) gets the same
+        // lines, not a second decode.
+        let second = cell.clone().lines(&record.data).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &second));
+        // Once no reader holds them, the cell keeps nothing: the next reader decodes again.
+        let weak = std::sync::Arc::downgrade(&first);
+        drop((first, second));
+        assert!(weak.upgrade().is_none());
+        assert_eq!(cell.lines(&record.data).unwrap().lines.len(), 2);
+        // A payload that is not a line batch fails for every reader.
+        let bad = DecodeOnce::default();
+        assert!(bad.lines(b"not a batch").is_err());
+        assert!(bad.lines(b"not a batch").is_err());
     }
 
     #[test]

@@ -285,6 +285,7 @@ mod tests {
                 partition_key: format!("inv-{i}"),
                 data: Bytes::from(vec![b'x'; 10]),
                 arrived_at: Utc::now(),
+                decoded: Default::default(),
             })
             .collect();
         MemoryStream::with(vec![("s", records, closed)])

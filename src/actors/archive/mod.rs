@@ -60,14 +60,16 @@ impl Archiver {
 }
 
 /// Gzip NDJSON of the lines: one JSON object per line, as the sinks store them.
-pub fn encode_ndjson_gz(lines: &[crate::model::IngestedLine]) -> std::io::Result<Vec<u8>> {
+pub fn encode_ndjson_gz<L: std::borrow::Borrow<crate::model::IngestedLine>>(
+    lines: &[L],
+) -> std::io::Result<Vec<u8>> {
     // The lines go to the compressor some 64 KiB at a time, not one by one: each write into
     // the deflate stream has a cost of its own, as large as that of a line's bytes.
     const CHUNK: usize = 64 * 1024;
     let mut gz = GzEncoder::new(Vec::with_capacity(lines.len() * 80), Compression::fast());
     let mut buf = Vec::with_capacity(CHUNK + 1024);
     for line in lines {
-        serde_json::to_writer(&mut buf, line)?;
+        serde_json::to_writer(&mut buf, line.borrow())?;
         buf.push(b'\n');
         if buf.len() >= CHUNK {
             gz.write_all(&buf)?;

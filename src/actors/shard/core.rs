@@ -18,7 +18,7 @@ use crate::actors::sink::{FlushPolicy, SinkFailure, SinkUnit, SinkWriter};
 use crate::config::RetryConfig;
 use crate::model::IngestedLine;
 use crate::retry::Backoff;
-use crate::stream::record::LineBatch;
+use crate::stream::record::DecodedLines;
 use crate::stream::{
     CheckpointStore, Position, ReadBatch, Record, SequenceNumber, ShardId, SinkKind, Stream,
 };
@@ -97,7 +97,10 @@ struct Unit {
     first: Option<SequenceNumber>,
     last: Option<SequenceNumber>,
     first_ingested_at: Option<chrono::DateTime<chrono::Utc>>,
-    lines: Vec<IngestedLine>,
+    /// The lines, a record at a time: decoded once for the shard's workers and shared with the
+    /// others while they hold the same records (see [`DecodeOnce`](crate::stream::record::DecodeOnce)).
+    records: Vec<Arc<DecodedLines>>,
+    lines: usize,
     bytes: usize,
     started: Option<Instant>,
 }
@@ -107,13 +110,14 @@ impl Unit {
         self.last.is_none()
     }
 
-    fn push(&mut self, seq: SequenceNumber, bytes: usize, batch: LineBatch) {
+    fn push(&mut self, seq: SequenceNumber, decoded: Arc<DecodedLines>) {
         self.first.get_or_insert_with(|| seq.clone());
         self.last = Some(seq);
-        self.first_ingested_at.get_or_insert(batch.ingested_at);
+        self.first_ingested_at.get_or_insert(decoded.ingested_at);
         self.started.get_or_insert_with(Instant::now);
-        self.bytes += bytes;
-        self.lines.extend(batch.into_ingested());
+        self.bytes += decoded.ndjson_bytes;
+        self.lines += decoded.lines.len();
+        self.records.push(decoded);
     }
 
     /// A record whose lines went to dead letters still moves the range on.
@@ -316,7 +320,7 @@ impl ShardLoop {
             self.flush().await?;
         }
         p.progress
-            .record_buffered(kind, &p.shard, self.unit.lines.len() as u64);
+            .record_buffered(kind, &p.shard, self.unit.lines as u64);
         if self.written.is_some()
             && (p.sink.exact_units()
                 || caught_up
@@ -364,22 +368,44 @@ impl ShardLoop {
         }
     }
 
-    /// Decodes one record into the unit; a record that is not a line batch goes to dead letters
-    /// (it can never be written, and must not wedge the shard).
+    /// Takes one record's lines into the unit (decoded once for the shard's workers, see
+    /// [`DecodeOnce`](crate::stream::record::DecodeOnce)); a record that is not a line batch goes
+    /// to dead letters (it can never be written, and must not wedge the shard).
     async fn add_record(&mut self, record: Record) -> Result<(), RunError> {
-        match crate::stream::record::decode(&record.data) {
-            Ok(mut batch) => {
-                let before = batch.lines.len();
-                batch.lines.retain(|l| self.window.insert(&l.line_id));
-                let dropped = before - batch.lines.len();
-                if dropped > 0 {
-                    tracing::info!(sink = %self.kind(), shard = %self.parts.shard, sequence_number = %record.sequence_number, lines = dropped, "Dropped lines this worker read lately (a resent request).");
+        match record.decoded.lines(&record.data) {
+            Ok(decoded) => {
+                // Indexes of the lines this worker's window has seen lately (usually none).
+                let seen: Vec<usize> = decoded
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| !self.window.insert(&l.line.line_id))
+                    .map(|(i, _)| i)
+                    .collect();
+                let decoded = if seen.is_empty() {
+                    decoded
+                } else {
+                    tracing::info!(sink = %self.kind(), shard = %self.parts.shard, sequence_number = %record.sequence_number, lines = seen.len(), "Dropped lines this worker read lately (a resent request).");
                     crate::metrics::SINK_DUPLICATE_LINES
                         .with_label_values(&[self.kind().as_str()])
-                        .inc_by(dropped as u64);
-                }
-                let bytes = batch.ndjson_bytes();
-                self.unit.push(record.sequence_number, bytes, batch);
+                        .inc_by(seen.len() as u64);
+                    // This worker's own copy of the rest: the shared lines stay whole for the
+                    // other sinks, whose windows decide for themselves.
+                    let kept: Vec<IngestedLine> = decoded
+                        .lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| seen.binary_search(i).is_err())
+                        .map(|(_, l)| l.clone())
+                        .collect();
+                    Arc::new(DecodedLines {
+                        ingested_at: decoded.ingested_at,
+                        ndjson_bytes: decoded.ndjson_bytes * kept.len()
+                            / decoded.lines.len().max(1),
+                        lines: kept,
+                    })
+                };
+                self.unit.push(record.sequence_number, decoded);
             }
             Err(e) => {
                 let letter = DeadLetter {
@@ -422,7 +448,8 @@ impl ShardLoop {
             .await?;
         }
         let started = Instant::now();
-        let lines = std::mem::take(&mut self.unit.lines);
+        let records = std::mem::take(&mut self.unit.records);
+        let lines: Vec<&IngestedLine> = records.iter().flat_map(|r| &r.lines).collect();
         if !lines.is_empty() {
             let to_write = SinkUnit {
                 shard: &p.shard,
@@ -445,15 +472,7 @@ impl ShardLoop {
         self.snapshot_window(&last);
         let before = self.written.as_ref().map_or(0, |w| w.1);
         self.written = Some((last, before + lines.len() as u64));
-        // The next unit starts with room for as many lines as this one had: growing a vector of
-        // tens of thousands of lines by doubling copied each line several times (a profile put
-        // 1.3% of all samples in those copies). Dropped first, so the two are never both held.
-        let room = lines.len();
-        drop(lines);
-        self.unit = Unit {
-            lines: Vec::with_capacity(room),
-            ..Unit::default()
-        };
+        self.unit = Unit::default();
         Ok(())
     }
 
@@ -680,7 +699,7 @@ impl ShardLoop {
     async fn write_lines_one_by_one<'u>(
         &self,
         unit: &SinkUnit<'u>,
-    ) -> Result<Vec<(&'u IngestedLine, SinkFailure)>, RunError> {
+    ) -> Result<Vec<(&'u &'u IngestedLine, SinkFailure)>, RunError> {
         let mut refused = Vec::new();
         for line in unit.lines {
             let single = SinkUnit {
@@ -716,7 +735,7 @@ impl ShardLoop {
                 sequence_number: unit.first.clone(),
                 reason: failure.message.clone(),
                 failed_at: chrono::Utc::now(),
-                line: Some(line.clone()),
+                line: Some((*line).clone()),
                 raw: None,
             };
             self.put_dead_letter(&letter).await?;

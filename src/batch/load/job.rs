@@ -193,7 +193,8 @@ impl Job {
                 reject_file
             };
             let counts = self.scan(None, |batch| {
-                runtime.block_on(store.upsert(batch))?;
+                let lines: Vec<&IngestedLine> = batch.iter().collect();
+                runtime.block_on(store.upsert(&lines))?;
                 Ok(batch.len() as u64)
             })?;
             self.check_ratio(&counts, reject_file.as_deref())?;

@@ -285,7 +285,7 @@ impl OperationalStore for DynamoOperationalStore {
     /// then); `Invalid` when DynamoDB refuses a BatchWriteItem as invalid
     /// (`ValidationException`: it names no item, so the sink finds the line by writing them one at
     /// a time); `Unavailable` when throttling outlasts the retries; `Backend` otherwise.
-    async fn upsert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
+    async fn upsert(&self, lines: &[&IngestedLine]) -> Result<(), StoreError> {
         let mut last: HashMap<&str, usize> = HashMap::new();
         for (i, l) in lines.iter().enumerate() {
             last.insert(l.line.line_id.as_str(), i);

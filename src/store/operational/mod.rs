@@ -41,18 +41,21 @@ pub struct InvoiceSummary {
 ///
 /// # Errors
 /// [`StoreError::Aggregate`] when the sum is beyond an exact decimal (accepted lines never are).
-pub(crate) fn invoice_total(lines: &[IngestedLine]) -> Result<Money, StoreError> {
+pub(crate) fn invoice_total<L: std::borrow::Borrow<IngestedLine>>(
+    lines: &[L],
+) -> Result<Money, StoreError> {
     let mut sum = super::sum::MoneySum::default();
     for l in lines {
-        sum.add_money(l.line.line_total(), "an invoice's total")?;
+        sum.add_money(l.borrow().line.line_total(), "an invoice's total")?;
     }
     sum.money("an invoice's total")
 }
 
 #[async_trait]
 pub trait OperationalStore: Send + Sync + 'static {
-    /// Inserts or replaces lines by line id. Idempotent.
-    async fn upsert(&self, lines: &[IngestedLine]) -> Result<(), StoreError>;
+    /// Inserts or replaces lines by line id. Idempotent. The lines are borrowed one by one: a
+    /// sink's unit holds them as the records they came in, shared with the other sinks.
+    async fn upsert(&self, lines: &[&IngestedLine]) -> Result<(), StoreError>;
 
     async fn invoice(&self, invoice_no: &str) -> Result<Option<Invoice>, StoreError>;
 

@@ -302,7 +302,7 @@ impl OperationalStore for SqliteOperationalStore {
     /// [`StoreError::Rejected`] naming the first line whose amounts cannot be stored exactly (or
     /// that breaks a constraint), [`StoreError::Unavailable`] when the file is locked by another
     /// connection past the busy timeout or the disk is full or read-only.
-    async fn upsert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
+    async fn upsert(&self, lines: &[&IngestedLine]) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }

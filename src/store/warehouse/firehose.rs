@@ -91,10 +91,13 @@ impl<'a> SalesRow<'a> {
 ///
 /// # Errors
 /// `Rejected` for a line whose JSON alone exceeds a record.
-pub fn pack(lines: &[IngestedLine]) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
+pub fn pack<L: std::borrow::Borrow<IngestedLine>>(
+    lines: &[L],
+) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
     let mut records: Vec<Vec<u8>> = Vec::new();
     let mut current: Vec<u8> = Vec::new();
     for l in lines {
+        let l = l.borrow();
         let mut json = serde_json::to_vec(&SalesRow::new(l)?).map_err(|e| {
             StoreError::Backend(format!("serializing line {}: {e}", l.line.line_id))
         })?;
@@ -246,7 +249,7 @@ impl Warehouse for FirehoseWarehouse {
     /// `Invalid` when Firehose refuses the call, or an entry with a non-retriable code (an entry
     /// packs many lines: the sink finds the line by writing them one at a time); `Unavailable`
     /// when throttling outlasts the retries; `Backend` otherwise.
-    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
+    async fn insert(&self, lines: &[&IngestedLine]) -> Result<(), StoreError> {
         for batch in pack(lines)? {
             self.put_batch(batch).await?;
         }

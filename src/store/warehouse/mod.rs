@@ -136,8 +136,9 @@ pub struct ProductRevenue {
 
 #[async_trait]
 pub trait Warehouse: Send + Sync + 'static {
-    /// Appends lines to the `sales` fact table; a line id already there is not added again.
-    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError>;
+    /// Appends lines to the `sales` fact table; a line id already there is not added again. The
+    /// lines are borrowed one by one, as [`OperationalStore::upsert`](crate::store::operational::OperationalStore::upsert) takes them.
+    async fn insert(&self, lines: &[&IngestedLine]) -> Result<(), StoreError>;
 
     /// Aggregates over the fact table. Backends that cannot query (Firehose) answer `None`.
     async fn summary(&self) -> Result<Option<SalesSummary>, StoreError> {

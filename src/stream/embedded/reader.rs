@@ -103,6 +103,7 @@ pub(super) fn read_records(
                 partition_key: row.get(1)?,
                 data: Bytes::copy_from_slice(row.get_ref(2)?.as_blob()?),
                 arrived_at: millis_to_time(row.get(3)?),
+                decoded: Default::default(),
             })
         },
     )?;

@@ -343,6 +343,7 @@ impl Stream for KinesisStream {
                     .approximate_arrival_timestamp()
                     .and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.to_millis().ok()?))
                     .unwrap_or_else(Utc::now),
+                decoded: Default::default(),
             });
         }
         let next_from = records

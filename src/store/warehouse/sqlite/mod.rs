@@ -92,9 +92,9 @@ impl SqliteWarehouse {
     ///
     /// # Errors
     /// As [`Warehouse::insert`].
-    pub async fn insert_with_source(
+    pub async fn insert_with_source<L: std::borrow::Borrow<IngestedLine> + Sync>(
         &self,
-        lines: &[IngestedLine],
+        lines: &[L],
         source: &str,
     ) -> Result<u64, StoreError> {
         if lines.is_empty() {
@@ -200,7 +200,7 @@ impl Warehouse for SqliteWarehouse {
     /// [`StoreError::Rejected`] naming the first line whose amounts cannot be stored exactly
     /// (nothing of the call is written), [`StoreError::Unavailable`] when the file is locked
     /// past the busy timeout or the disk is full or read-only.
-    async fn insert(&self, lines: &[IngestedLine]) -> Result<(), StoreError> {
+    async fn insert(&self, lines: &[&IngestedLine]) -> Result<(), StoreError> {
         self.insert_with_source(lines, SOURCE_STREAM)
             .await
             .map(drop)
