@@ -96,10 +96,14 @@ pub struct SinksConfig {
     pub retry: RetryConfig,
 }
 
-/// Records per read when `sinks.read_batch_records` is unset, embedded: each of the three sinks
-/// holds what it read until written, so a smaller read bounds memory while ingest outruns the
-/// sinks (541,909 lines, 2 cores: peak RSS 287 MB at 500, 173 MB at 100, at the same speed).
-pub const EMBEDDED_READ_BATCH_RECORDS: usize = 100;
+/// Records per read when `sinks.read_batch_records` is unset, embedded. The two stores write
+/// what a read brings in one transaction, so a larger read costs fewer commits and fewer pages
+/// written again; but each sink holds what it read until written, so a read also bounds memory
+/// while ingest outruns the sinks. 541,909 lines, 2 cores: peak RSS 287 MB at 500 and 173 MB at
+/// 100 when each sink decoded its own copy; with the lines decoded once per record for the
+/// sinks, 300 gives 160-162 MB and 13.2 us a line end to end against 15.1 us at 100
+/// (docs/benchmarks.md).
+pub const EMBEDDED_READ_BATCH_RECORDS: usize = 300;
 
 /// The same on Kinesis: a shard allows 5 GetRecords calls a second and takes up to 1,000 records
 /// a second, so a reader must take at least 200 a call to keep up with a full shard.
