@@ -110,9 +110,9 @@ impl From<LineBatch> for DecodedLines {
 /// The three workers of a shard read the same records from the shard's shared read
 /// (`stream::shared_reads`), clones of one [`Record`](super::Record) whose `decoded` is this one
 /// cell. The first worker to get to a record decodes it; the others take the same lines while any
-/// worker still holds them. The cell holds them weakly, so it keeps nothing alive: memory is what
-/// the workers' units hold, one copy for the three, and a worker that comes to a record after the
-/// others have written and dropped it decodes it again.
+/// worker still holds them (one copy where their units overlap). The cell holds them weakly, so it
+/// keeps nothing alive itself: a worker that comes to a record after the others have written and
+/// dropped it decodes it again (most records, when the sinks are more than a unit apart).
 #[derive(Clone, Default)]
 pub struct DecodeOnce(std::sync::Arc<std::sync::Mutex<std::sync::Weak<DecodedLines>>>);
 
