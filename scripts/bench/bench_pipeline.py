@@ -11,6 +11,9 @@
       time does not, so before/after comparisons should quote (f).
   (g) where (f) goes: server CPU per line by thread (name and nice value, from /proc/PID/task),
       while (b) runs and from its end until every sink has caught up
+  (h) how the sinks' reads of the stream were served in (b)+(c) (shopstream_stream_shared_reads_total):
+      from a shard's shared window, by a read of the stream into the window, or by a reader's
+      own read (it was outside the window)
 
 Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3] [--bin PATH] [--quick]
 It builds the release binary (or takes --bin, e.g. an older build to compare with), generates the
@@ -99,6 +102,13 @@ class Server:
             by_thread[key] = by_thread.get(key, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return by_thread
 
+    def shared_reads(self):
+        """shopstream_stream_shared_reads_total by outcome, from /metrics."""
+        with urllib.request.urlopen(self.url + "/metrics") as r:
+            text = r.read().decode()
+        return {m.group(1): int(float(m.group(2))) for m in re.finditer(
+            r'^shopstream_stream_shared_reads_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+
     def peak_rss_mb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
@@ -155,7 +165,7 @@ def main():
     load = ["--stores", str(args.stores), "--batch", str(args.batch)]
 
     ceiling, durable, visible, rss, cpu_dry, cpu_all = [], [], [], [], [], []
-    threads = []
+    threads, reads = [], []
     for run in range(args.runs):
         srv = Server(f"run{run}")
         c0 = srv.cpu_seconds()
@@ -176,6 +186,7 @@ def main():
                         for k in set(th0) | set(th1) | set(th2)})
         visible.append(time.monotonic() - t0)
         cpu_all.append((srv.cpu_seconds() - c1) / args.lines * 1e6)
+        reads.append(srv.shared_reads())
         rss.append(srv.peak_rss_mb())
         srv.stop()
         print(f"run {run + 1}: ceiling {a['lines_per_second']:,.0f} lines/s, durable "
@@ -193,6 +204,9 @@ def main():
                 print(f"    {k:34} {during:8.2f} us {after:10.2f} us")
         print(f"    {'all threads':34} {sum(d for d, _ in threads[0].values()):8.2f} us "
               f"{sum(a for _, a in threads[0].values()):10.2f} us")
+        r = reads[0]
+        print(f"(h) the sinks' stream reads         {sum(r.values()):,}: {r.get('window', 0):,} from the shared "
+              f"window, {r.get('stream', 0):,} into it, {r.get('own', 0):,} on their own (first run)")
 
     if args.quick:
         print(f"dataset: {args.lines:,} lines; {args.runs} runs; {os.cpu_count()} cores; quick")
