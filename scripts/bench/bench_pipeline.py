@@ -4,7 +4,9 @@
   (a) HTTP + parse ceiling: the same payloads with ?dry_run=true (parsed, validated, not written)
   (b) durable ingest: lines/s acknowledged (in the stream, fsynced), and its ratio to (a)
   (c) time until the full dataset is visible in all three sinks, from the first request
-  (d) ack latency p50/p99 at half the rate of (b)
+  (d) ack latency p50/p99 at half the rate of (b), as the client saw it; and the server's own p99
+      of the ingest requests and of their stream appends (from its histograms, interpolated within
+      a bucket as Prometheus' histogram_quantile does), so the client's queueing shows apart
   (e) peak RSS of the server in (b), and under 3x overload (three times the clients, no rate limit)
   (f) server CPU per line (user + system, from /proc/PID/stat): in (a), and in (b)+(c) end to end
       (ingest, stream, all three sinks). CPU time holds on a shared, noisy machine where wall
@@ -108,6 +110,29 @@ class Server:
             text = r.read().decode()
         return {m.group(1): int(float(m.group(2))) for m in re.finditer(
             r'^shopstream_stream_shared_reads_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+
+    def server_p99_ms(self, metric, label):
+        """The 99th percentile of a histogram of /metrics, in ms, over the series matching label."""
+        with urllib.request.urlopen(read_request(self.url + "/metrics")) as r:
+            text = r.read().decode()
+        buckets = {}
+        for m in re.finditer(r'^shopstream_%s_bucket\{(.*)\} (\S+)$' % metric, text, re.M):
+            if label in m.group(1):
+                le = re.search(r'le="([^"]+)"', m.group(1)).group(1)
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0) + float(m.group(2))
+        bounds = sorted(buckets)
+        if not bounds or buckets[bounds[-1]] == 0:
+            return float("nan")
+        rank = 0.99 * buckets[bounds[-1]]
+        lower, below = 0.0, 0.0
+        for b in bounds:
+            if buckets[b] >= rank:
+                if b == float("inf"):
+                    return lower * 1000
+                return (lower + (b - lower) * (rank - below) / max(buckets[b] - below, 1e-9)) * 1000
+            lower, below = b, buckets[b]
+        return float("nan")
 
     def peak_rss_mb(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -220,6 +245,8 @@ def main():
     half = statistics.median(durable) / 2
     srv = Server("half")
     d = replay(srv.url, data, *load, "--rate", str(int(half)))
+    server_p99 = srv.server_p99_ms("http_request_duration_seconds", 'route="/v1/invoices"')
+    append_p99 = srv.server_p99_ms("stream_append_duration_seconds", 'backend="embedded"')
     srv.wait_caught_up()
     srv.stop()
 
@@ -242,6 +269,7 @@ def main():
     print(f"(b) durable ingest, acknowledged      {med(durable):>12,.0f} lines/s   ratio to (a): {med(durable) / med(ceiling):.2f}")
     print(f"(c) full dataset in all three sinks   {med(visible):>12.2f} s         (runs: {', '.join(f'{x:.2f}' for x in visible)})")
     print(f"(d) ack latency at {half:,.0f} lines/s   p50 {d['latency_p50_ms']:.1f} ms, p99 {d['latency_p99_ms']:.1f} ms, max {d['latency_max_ms']:.1f} ms")
+    print(f"    at the server: p99 of the requests {server_p99:.1f} ms, of their stream appends {append_p99:.1f} ms")
     print(f"(e) peak RSS in (b)                   {med(rss):>12.0f} MB")
     print(f"    peak RSS under 3x overload        {overload_rss:>12.0f} MB  ({accepted:,} lines acknowledged, {busy:,} busy answers honoured)")
     print(f"(f) server CPU per line, dry-run      {med(cpu_dry):>12.1f} us        (runs: {', '.join(f'{x:.1f}' for x in cpu_dry)})")
