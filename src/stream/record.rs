@@ -67,41 +67,44 @@ impl LineBatch {
             ingested_at,
         })
     }
-
-    /// About the bytes the batch's lines take as NDJSON with their store and acceptance time, as
-    /// the archive writes them: what `archive.flush_bytes` counts, the same whatever the record's
-    /// [`RecordFormat`] (a binary record is about half its JSON size).
-    pub fn ndjson_bytes(&self) -> usize {
-        self.lines
-            .iter()
-            .map(|l| {
-                NDJSON_FIXED_BYTES
-                    + l.invoice_no.len()
-                    + l.stock_code.len()
-                    + l.description.as_deref().map_or(0, str::len)
-                    + l.country.len()
-                    + self.store_id.len()
-            })
-            .sum()
-    }
 }
 
 /// A record's lines, decoded: what a sink's worker holds until it has written them.
 #[derive(Debug)]
 pub struct DecodedLines {
     pub ingested_at: DateTime<Utc>,
-    /// [`LineBatch::ndjson_bytes`] of the record.
+    /// About the bytes the lines take as NDJSON with their store and acceptance time, as the
+    /// archive writes them: what `archive.flush_bytes` counts, the same whatever the record's
+    /// [`RecordFormat`] (a binary record is about half its JSON size).
     pub ndjson_bytes: usize,
     pub lines: Vec<IngestedLine>,
 }
 
+impl DecodedLines {
+    /// `lines`, accepted at `ingested_at`, with their NDJSON size estimated.
+    pub fn new(ingested_at: DateTime<Utc>, lines: Vec<IngestedLine>) -> Self {
+        let ndjson_bytes = lines
+            .iter()
+            .map(|l| {
+                NDJSON_FIXED_BYTES
+                    + l.line.invoice_no.len()
+                    + l.line.stock_code.len()
+                    + l.line.description.as_deref().map_or(0, str::len)
+                    + l.line.country.len()
+                    + l.store_id.len()
+            })
+            .sum();
+        DecodedLines {
+            ingested_at,
+            ndjson_bytes,
+            lines,
+        }
+    }
+}
+
 impl From<LineBatch> for DecodedLines {
     fn from(batch: LineBatch) -> Self {
-        DecodedLines {
-            ingested_at: batch.ingested_at,
-            ndjson_bytes: batch.ndjson_bytes(),
-            lines: batch.into_ingested().collect(),
-        }
+        DecodedLines::new(batch.ingested_at, batch.into_ingested().collect())
     }
 }
 
@@ -408,7 +411,7 @@ mod tests {
             ingested_at: Utc::now(),
             lines,
         };
-        let estimate = batch.ndjson_bytes();
+        let estimate = DecodedLines::from(batch.clone()).ndjson_bytes;
         let actual: usize = batch
             .clone()
             .into_ingested()

@@ -100,6 +100,7 @@ struct Unit {
     /// The lines, a record at a time: decoded once for the shard's workers and shared with the
     /// others while they hold the same records (see [`DecodeOnce`](crate::stream::record::DecodeOnce)).
     records: Vec<Arc<DecodedLines>>,
+    /// How many lines `records` hold.
     lines: usize,
     bytes: usize,
     started: Option<Instant>,
@@ -398,12 +399,7 @@ impl ShardLoop {
                         .filter(|(i, _)| seen.binary_search(i).is_err())
                         .map(|(_, l)| l.clone())
                         .collect();
-                    Arc::new(DecodedLines {
-                        ingested_at: decoded.ingested_at,
-                        ndjson_bytes: decoded.ndjson_bytes * kept.len()
-                            / decoded.lines.len().max(1),
-                        lines: kept,
-                    })
+                    Arc::new(DecodedLines::new(decoded.ingested_at, kept))
                 };
                 self.unit.push(record.sequence_number, decoded);
             }
