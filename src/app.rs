@@ -107,9 +107,7 @@ impl Backends {
                     )
                     .context("cannot open the embedded stream (stream.backend = \"embedded\")")?;
                     stream.set_max_pending_bytes(settings.stream.max_pending_bytes);
-                    let checkpoints = stream
-                        .checkpoints()
-                        .context("cannot open the checkpoints beside the embedded stream")?;
+                    let checkpoints = stream.checkpoints();
                     let stream = Arc::new(stream);
                     (
                         stream.clone(),

@@ -6,14 +6,13 @@
 //! big-endian bytes of equal length order exactly as the numbers do, so "never move backwards"
 //! is one comparison inside the `UPSERT`, atomic with the write.
 
+use super::EmbeddedStream;
 use crate::stream::{
-    Checkpoint, CheckpointError, CheckpointStore, SequenceNumber, ShardId, SinkKind,
+    Checkpoint, CheckpointError, CheckpointStore, SequenceNumber, ShardId, SinkKind, StreamError,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 /// Creates the checkpoint table if missing.
 pub(super) fn create_table(conn: &Connection) -> rusqlite::Result<()> {
@@ -67,42 +66,42 @@ fn sink_from_str(name: &str) -> Result<SinkKind, CheckpointError> {
         .ok_or_else(|| CheckpointError(format!("unknown sink {name:?} in the checkpoint table")))
 }
 
-/// [`CheckpointStore`] on the embedded stream's file. Clones share one connection; every write
-/// commits with `synchronous=FULL`, so a saved checkpoint survives power loss.
+/// [`CheckpointStore`] on the embedded stream's file. Reads use the stream's read connections;
+/// every write is a job of the stream's writer, committed (`synchronous=FULL`) with the next group
+/// of appends, so a saved checkpoint survives power loss and never holds up an append.
 #[derive(Clone)]
 pub struct EmbeddedCheckpoints {
-    conn: Arc<Mutex<Connection>>,
+    stream: EmbeddedStream,
 }
 
 impl EmbeddedCheckpoints {
-    /// Opens the checkpoints of the stream file at `path`, creating the table if missing.
-    ///
-    /// # Errors
-    /// When the file cannot be opened or the table cannot be created.
-    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let conn = super::schema::connect(path)
-            .and_then(|conn| create_table(&conn).map(|()| conn))
-            .map_err(|e| {
-                CheckpointError(format!(
-                    "cannot open the checkpoints in {}: {e}",
-                    path.display()
-                ))
-            })?;
-        Ok(EmbeddedCheckpoints {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+    /// The checkpoints of `stream`'s file (its `checkpoints` table is made when the stream opens).
+    pub(super) fn new(stream: EmbeddedStream) -> Self {
+        EmbeddedCheckpoints { stream }
     }
 
-    /// Runs `f` on the connection on a blocking thread.
-    async fn blocking<T: Send + 'static>(
+    /// Runs `f` on a read connection on a blocking thread.
+    async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, CheckpointError> + Send + 'static,
     ) -> Result<T, CheckpointError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|p| p.into_inner())))
+        self.stream
+            .blocking(move |conn| Ok(f(conn)))
             .await
-            .map_err(|e| CheckpointError(format!("a checkpoint task failed: {e}")))?
+            .map_err(stream_error)?
     }
+
+    /// Runs `f` on the stream's writer; answers once it is durable.
+    async fn write(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<usize> + Send + 'static,
+    ) -> Result<(), CheckpointError> {
+        self.stream.write(f).await.map(|_| ()).map_err(stream_error)
+    }
+}
+
+fn stream_error(e: StreamError) -> CheckpointError {
+    CheckpointError(format!("the checkpoint table cannot be used: {e}"))
 }
 
 fn sql_error(e: rusqlite::Error) -> CheckpointError {
@@ -117,7 +116,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
         shard: &ShardId,
     ) -> Result<Option<SequenceNumber>, CheckpointError> {
         let shard = shard.0.clone();
-        self.blocking(move |conn| {
+        self.read(move |conn| {
             let stored: Option<Option<Vec<u8>>> = conn
                 .prepare_cached("SELECT sequence FROM checkpoints WHERE sink = ?1 AND shard = ?2")
                 .and_then(|mut stmt| {
@@ -139,7 +138,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
         let shard = shard.0.clone();
         let now = Utc::now().to_rfc3339();
         let seq = encode(&seq)?;
-        self.blocking(move |conn| {
+        self.write(move |conn| {
             // A lower value changes nothing; an equal one only clears a pending range it reaches
             // (updated_at says when the checkpoint last advanced, so it stays).
             conn.prepare_cached(
@@ -155,14 +154,12 @@ impl CheckpointStore for EmbeddedCheckpoints {
                  WHERE checkpoints.sequence IS NULL OR excluded.sequence >= checkpoints.sequence",
             )
             .and_then(|mut stmt| stmt.execute(params![sink.as_str(), shard, &seq[..], now]))
-            .map_err(sql_error)?;
-            Ok(())
         })
         .await
     }
 
     async fn list(&self) -> Result<Vec<Checkpoint>, CheckpointError> {
-        self.blocking(|conn| {
+        self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT sink, shard, sequence, updated_at FROM checkpoints
@@ -205,7 +202,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
         shard: &ShardId,
     ) -> Result<Option<(SequenceNumber, SequenceNumber)>, CheckpointError> {
         let shard = shard.0.clone();
-        self.blocking(move |conn| {
+        self.read(move |conn| {
             let stored: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = conn
                 .prepare_cached(
                     "SELECT pending_first, pending_last FROM checkpoints WHERE sink = ?1 AND shard = ?2",
@@ -240,7 +237,7 @@ impl CheckpointStore for EmbeddedCheckpoints {
             ),
             None => (None, None),
         };
-        self.blocking(move |conn| {
+        self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO checkpoints (sink, shard, updated_at, pending_first, pending_last)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -248,8 +245,6 @@ impl CheckpointStore for EmbeddedCheckpoints {
                      pending_first = excluded.pending_first, pending_last = excluded.pending_last",
             )
             .and_then(|mut stmt| stmt.execute(params![sink.as_str(), shard, now, first, last]))
-            .map_err(sql_error)?;
-            Ok(())
         })
         .await
     }

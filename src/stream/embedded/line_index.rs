@@ -157,12 +157,9 @@ impl LineIndex for EmbeddedStream {
             (store_id.to_owned(), key.to_owned(), fingerprint.to_owned());
         let now = chrono::Utc::now().timestamp_millis();
         let abandoned_before = now - KEY_IN_FLIGHT_ABANDONED_AFTER.as_millis() as i64;
-        self.blocking(move |conn| {
-            let tx = rusqlite::Transaction::new_unchecked(
-                conn,
-                rusqlite::TransactionBehavior::Immediate,
-            )?;
-            let found: Option<(String, Option<u16>, Option<String>, i64)> = tx
+        // On the writer: the look-up and the insert are one step of its transaction.
+        self.write(move |conn| {
+            let found: Option<(String, Option<u16>, Option<String>, i64)> = conn
                 .query_row(
                     "SELECT fingerprint, status, answer, started_at_ms FROM idempotency_keys
                      WHERE store_id = ?1 AND key = ?2",
@@ -177,7 +174,7 @@ impl LineIndex for EmbeddedStream {
                 }
                 Some((_, _, _, started)) if started >= abandoned_before => KeyState::InFlight,
                 _ => {
-                    tx.execute(
+                    conn.execute(
                         "INSERT OR REPLACE INTO idempotency_keys
                              (store_id, key, fingerprint, status, answer, started_at_ms)
                          VALUES (?1, ?2, ?3, NULL, NULL, ?4)",
@@ -186,7 +183,6 @@ impl LineIndex for EmbeddedStream {
                     KeyState::Started
                 }
             };
-            tx.commit()?;
             Ok(state)
         })
         .await
@@ -199,7 +195,7 @@ impl LineIndex for EmbeddedStream {
         answer: &StoredAnswer,
     ) -> Result<(), StreamError> {
         let (store_id, key, answer) = (store_id.to_owned(), key.to_owned(), answer.clone());
-        self.blocking(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "UPDATE idempotency_keys SET status = ?3, answer = ?4 WHERE store_id = ?1 AND key = ?2",
                 params![store_id, key, answer.status, answer.body],
@@ -211,7 +207,7 @@ impl LineIndex for EmbeddedStream {
 
     async fn abandon_key(&self, store_id: &str, key: &str) -> Result<(), StreamError> {
         let (store_id, key) = (store_id.to_owned(), key.to_owned());
-        self.blocking(move |conn| {
+        self.write(move |conn| {
             conn.execute(
                 "DELETE FROM idempotency_keys WHERE store_id = ?1 AND key = ?2 AND answer IS NULL",
                 params![store_id, key],

@@ -2,7 +2,8 @@
 //!
 //! - [`EmbeddedStream`] implements [`Stream`]: appends go through one writer thread that commits
 //!   whole groups of `put`s at once (`writer`), reads run on a small pool of connections on
-//!   blocking threads (`reader`).
+//!   blocking threads (`reader`). Every other change to the file (checkpoints, idempotency keys,
+//!   retention's deletes) is a job of the same writer, so one connection alone writes the file.
 //! - [`EmbeddedCheckpoints`] implements [`CheckpointStore`](crate::stream::CheckpointStore) in
 //!   the same file, so a copy of `stream.sqlite` holds the log and every sink's progress together.
 
@@ -10,6 +11,7 @@ mod checkpoints;
 mod claims;
 mod line_index;
 mod reader;
+mod retention;
 mod schema;
 mod writer;
 
@@ -17,20 +19,20 @@ pub use checkpoints::EmbeddedCheckpoints;
 
 use super::line_index::LineClaim;
 use super::{
-    CheckpointError, Position, PutRecord, PutResult, ReadBatch, SequenceNumber, ShardId, ShardInfo,
-    Stream, StreamError, MAX_RECORD_BYTES,
+    Position, PutRecord, PutResult, ReadBatch, SequenceNumber, ShardId, ShardInfo, Stream,
+    StreamError, MAX_RECORD_BYTES,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reader::ReadPool;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-use writer::{AppendRequest, QueuedBytes, Writer};
+use writer::{AppendRequest, Job, QueuedBytes, Write, Writer};
 
 /// The most bytes of records the append queue holds by default (`stream.max_pending_bytes`):
 /// appends that timed out are dropped unwritten, and this bounds what waits meanwhile.
@@ -69,17 +71,14 @@ pub struct EmbeddedStream {
 }
 
 struct Inner {
-    path: PathBuf,
     shard_ids: Arc<[ShardId]>,
     retention: Duration,
     /// `None` only while dropping: closing the queue is what stops the writer.
-    queue: Option<SyncSender<AppendRequest>>,
+    queue: Option<SyncSender<Write>>,
     /// Bytes of records in the queue, and the most it may hold ([`MAX_PENDING_BYTES`] unless
     /// set otherwise).
     queued_bytes: Arc<AtomicUsize>,
     max_pending_bytes: AtomicUsize,
-    /// Taken by the writer for each commit and by retention for each chunk it deletes.
-    write_gate: Arc<Mutex<()>>,
     heads: Arc<[watch::Sender<u64>]>,
     readers: Arc<ReadPool>,
     writer_alive: Arc<AtomicBool>,
@@ -160,7 +159,6 @@ impl EmbeddedStream {
         let heads: Arc<[watch::Sender<u64>]> =
             last.iter().map(|&seq| watch::Sender::new(seq)).collect();
         let writer_alive = Arc::new(AtomicBool::new(true));
-        let write_gate = Arc::new(Mutex::new(()));
         let (queue, pending) = sync_channel(max_pending_appends);
         let writer = Writer {
             conn,
@@ -168,7 +166,6 @@ impl EmbeddedStream {
             shard_ids: shard_ids.clone(),
             heads: heads.clone(),
             alive: writer_alive.clone(),
-            gate: write_gate.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("stream-writer".into())
@@ -188,12 +185,10 @@ impl EmbeddedStream {
             })?;
         Ok(EmbeddedStream {
             inner: Arc::new(Inner {
-                path: path.to_path_buf(),
                 shard_ids,
                 retention,
                 queue: Some(queue),
                 queued_bytes: Arc::new(AtomicUsize::new(0)),
-                write_gate,
                 max_pending_bytes: AtomicUsize::new(MAX_PENDING_BYTES),
                 heads,
                 readers: Arc::new(ReadPool::new(path.to_path_buf())),
@@ -205,12 +200,10 @@ impl EmbeddedStream {
         })
     }
 
-    /// The checkpoint store in the same file.
-    ///
-    /// # Errors
-    /// When a second connection to the file cannot be opened.
-    pub fn checkpoints(&self) -> Result<EmbeddedCheckpoints, CheckpointError> {
-        EmbeddedCheckpoints::open(&self.inner.path)
+    /// The checkpoint store in the same file: read on the stream's read connections, written by
+    /// its writer (so it holds the stream open as long as it lives).
+    pub fn checkpoints(&self) -> EmbeddedCheckpoints {
+        EmbeddedCheckpoints::new(self.clone())
     }
 
     /// The number of the shard `shard` names.
@@ -225,6 +218,41 @@ impl EmbeddedStream {
 
     fn head(&self, shard: u32) -> u64 {
         *self.inner.heads[shard as usize].borrow()
+    }
+
+    /// Runs `f` on the writer thread, in the transaction of its next group of appends, and
+    /// answers once that has committed (see [`writer::Job`]). Every change to the file other
+    /// than an append goes this way (the sinks' checkpoints, idempotency keys, retention), so the
+    /// writer is the only connection that takes SQLite's write lock and never waits for it.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StreamError> {
+        let writer_gone = || {
+            StreamError::Backend(
+                "the embedded stream's writer thread has stopped; see the log for its error".into(),
+            )
+        };
+        let (job, answer) = Job::new(f);
+        let queue = self.inner.queue.as_ref().ok_or_else(writer_gone)?;
+        match queue.try_send(Write::Job(job)) {
+            Ok(()) => {}
+            // Unlike an append, a change is not refused when the queue is full: it waits for room.
+            Err(TrySendError::Full(write)) => {
+                let queue = queue.clone();
+                tokio::task::spawn_blocking(move || queue.send(write))
+                    .await
+                    .map_err(|e| StreamError::Backend(format!("a stream write task failed: {e}")))?
+                    .map_err(|_| writer_gone())?;
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(writer_gone()),
+        }
+        answer.await.map_err(|_| {
+            StreamError::Backend(
+                "the embedded stream's writer could not begin a transaction for this change; see the log for its error"
+                    .into(),
+            )
+        })?
     }
 
     /// Runs `f` on a pooled read connection on a blocking thread.
@@ -296,7 +324,7 @@ impl EmbeddedStream {
             .queue
             .as_ref()
             .ok_or_else(|| StreamError::Backend("the embedded stream is closed".into()))?;
-        match queue.try_send(request) {
+        match queue.try_send(Write::Append(request)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(StreamError::Saturated(
@@ -400,9 +428,7 @@ impl Stream for EmbeddedStream {
             .checked_sub_signed(retention)
             .map_or(i64::MIN, |t| t.timestamp_millis());
         let upto = embedded_seq(upto)?;
-        let gate = self.inner.write_gate.clone();
-        self.blocking(move |conn| reader::release_records(conn, &gate, index, upto, cutoff_ms))
-            .await
+        retention::release(self, index, upto, cutoff_ms).await
     }
 
     async fn latest(&self, shard: &ShardId) -> Result<Option<SequenceNumber>, StreamError> {
@@ -438,5 +464,56 @@ impl Stream for EmbeddedStream {
         }
         self.blocking(|conn| conn.query_row("SELECT count(*) FROM shards", [], |_| Ok(())))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<String>> {
+        conn.prepare("SELECT key FROM idempotency_keys ORDER BY key")?
+            .query_map([], |row| row.get(0))?
+            .collect()
+    }
+
+    /// A change runs on the writer under a savepoint of its own: one that fails halfway leaves
+    /// nothing behind and fails alone, while the changes and appends beside it land.
+    #[tokio::test]
+    async fn a_failing_change_is_rolled_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream = EmbeddedStream::open(
+            &dir.path().join("stream.sqlite"),
+            1,
+            Duration::from_secs(3600),
+            16,
+        )
+        .unwrap();
+        let insert = |key: &'static str| {
+            move |conn: &rusqlite::Connection| {
+                conn.execute(
+                    "INSERT INTO idempotency_keys (store_id, key, fingerprint, started_at_ms)
+                     VALUES ('store-1', ?1, 'f', 0)",
+                    [key],
+                )
+            }
+        };
+        let failing = stream.write(move |conn| {
+            insert("half-done")(conn)?;
+            conn.execute("INSERT INTO no_such_table VALUES (1)", [])
+        });
+        let working = stream.write(insert("done"));
+        let append = stream.put(vec![PutRecord {
+            partition_key: "536365".into(),
+            data: bytes::Bytes::from_static(b"record"),
+            dedup_key: None,
+        }]);
+        let (failing, working, append) = tokio::join!(failing, working, append);
+
+        let error = failing.unwrap_err().to_string();
+        assert!(error.contains("no_such_table"), "{error}");
+        assert_eq!(working.unwrap(), 1);
+        assert_eq!(append.unwrap().len(), 1);
+        assert_eq!(stream.blocking(keys).await.unwrap(), vec!["done"]);
     }
 }

@@ -1,8 +1,14 @@
-//! The one thread that appends to the log: group commit.
+//! The one thread that writes the log's file: group commit.
 //!
 //! Every `put` sends its records here through a bounded queue. The writer takes everything that
 //! is waiting, writes it in one transaction and commits once, so one fsync makes a whole group
 //! durable; the fsync rate of the disk, not the number of callers, bounds the appends per second.
+//!
+//! Every other change to the file comes here too, as a [`Job`]: the sinks' checkpoints, the
+//! idempotency keys, retention's deletes. Nothing else takes SQLite's write lock on the file, so a
+//! commit never waits for it. (When the sinks' checkpoints had connections of their own, a commit
+//! that found the lock taken slept in SQLite's busy handler, 1, 2, 5, 10 ms and on, and an append
+//! that should take one millisecond took 9 to 33.)
 
 use super::claims;
 use super::schema::records_table;
@@ -21,6 +27,52 @@ use tokio::sync::{oneshot, watch};
 /// A group stops taking more waiting requests once it holds this many bytes, so one transaction
 /// (and the latency of the requests in it) stays bounded; the rest go in the next group.
 const GROUP_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the writer is asked to do.
+pub(super) enum Write {
+    Append(AppendRequest),
+    Job(Job),
+}
+
+/// A change to the file other than an append: run in the next group's transaction under a
+/// savepoint of its own, so that one that fails changes nothing and fails alone, and answered
+/// once that transaction has committed (durable, like an append).
+pub(super) struct Job {
+    run: Box<dyn FnOnce(&Connection) -> Ran + Send>,
+}
+
+/// What a job did: whether it succeeded (its savepoint is kept), and how to answer its caller
+/// once the group's commit is known.
+struct Ran {
+    ok: bool,
+    answer: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+impl Job {
+    /// A job that runs `f`, and the receiver of its answer: `f`'s value once its transaction has
+    /// committed, `f`'s error, or the commit's.
+    pub fn new<T: Send + 'static>(
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> (Job, oneshot::Receiver<Result<T, StreamError>>) {
+        let (reply, answer) = oneshot::channel();
+        let run = Box::new(move |conn: &Connection| {
+            let result = f(conn);
+            Ran {
+                ok: result.is_ok(),
+                answer: Box::new(move |committed: Result<(), String>| {
+                    let answer = match (result, committed) {
+                        (Err(e), _) => Err(StreamError::Backend(e.to_string())),
+                        (Ok(_), Err(e)) => Err(StreamError::Backend(e)),
+                        (Ok(value), Ok(())) => Ok(value),
+                    };
+                    // The caller may have given up waiting.
+                    let _ = reply.send(answer);
+                }),
+            }
+        });
+        (Job { run }, answer)
+    }
+}
 
 /// One `put`: its records, the shard of each, and where to send the answer.
 pub(super) struct AppendRequest {
@@ -88,14 +140,31 @@ pub(super) struct Writer {
     pub heads: Arc<[watch::Sender<u64>]>,
     /// Cleared when the thread ends, so `health` can say the writer is gone.
     pub alive: Arc<AtomicBool>,
-    /// Held while a group commits; retention deletes take it per chunk, so the writer never waits
-    /// on SQLite's busy handler for them, only for one chunk.
-    pub gate: Arc<std::sync::Mutex<()>>,
+}
+
+/// The appends and jobs of one transaction.
+#[derive(Default)]
+struct Group {
+    appends: Vec<AppendRequest>,
+    jobs: Vec<Job>,
+    bytes: usize,
+}
+
+impl Group {
+    fn add(&mut self, write: Write) {
+        match write {
+            Write::Append(request) => {
+                self.bytes += request.bytes();
+                self.appends.push(request);
+            }
+            Write::Job(job) => self.jobs.push(job),
+        }
+    }
 }
 
 impl Writer {
     /// Runs until every sender of `queue` is dropped (the stream is closed).
-    pub fn run(mut self, queue: Receiver<AppendRequest>) {
+    pub fn run(mut self, queue: Receiver<Write>) {
         let _alive = AliveGuard(self.alive.clone());
         let insert_sql: Vec<String> = (0..self.last.len() as u32)
             .map(|shard| {
@@ -106,45 +175,46 @@ impl Writer {
             })
             .collect();
         self.conn
-            .set_prepared_statement_cache_capacity(insert_sql.len() + 8);
-        let mut carried: Option<AppendRequest> = None;
+            .set_prepared_statement_cache_capacity(insert_sql.len() + 32);
+        let mut carried: Option<Write> = None;
         let mut last_arrival_ms = 0i64;
         loop {
             let first = match carried.take() {
-                Some(request) => request,
+                Some(write) => write,
                 None => match queue.recv() {
-                    Ok(request) => request,
+                    Ok(write) => write,
                     Err(_) => return,
                 },
             };
-            let mut bytes = first.bytes();
-            let mut group = vec![first];
-            while bytes < GROUP_MAX_BYTES {
+            let mut group = Group::default();
+            group.add(first);
+            while group.bytes < GROUP_MAX_BYTES {
                 match queue.try_recv() {
-                    Ok(request) => {
-                        bytes += request.bytes();
-                        group.push(request);
+                    Ok(Write::Append(request))
+                        if !group.appends.is_empty()
+                            && group.bytes + request.bytes() > GROUP_MAX_BYTES =>
+                    {
+                        carried = Some(Write::Append(request));
+                        break;
                     }
+                    Ok(write) => group.add(write),
                     Err(_) => break,
                 }
-            }
-            if bytes > GROUP_MAX_BYTES && group.len() > 1 {
-                carried = group.pop();
             }
             // An append whose caller gave up (its request timed out or the client went away) was
             // never acknowledged: it is dropped unwritten, so a queue that outlasts its callers
             // holds no memory for them and costs no writes. The client's retry appends it again.
-            let waiting = group.len();
-            group.retain(|request| !request.reply.is_closed());
-            if group.len() < waiting {
-                let dropped = (waiting - group.len()) as u64;
+            let waiting = group.appends.len();
+            group.appends.retain(|request| !request.reply.is_closed());
+            if group.appends.len() < waiting {
+                let dropped = (waiting - group.appends.len()) as u64;
                 crate::metrics::STREAM_APPENDS_ABANDONED.inc_by(dropped);
                 tracing::debug!(
                     dropped,
                     "Dropped appends whose callers gave up before they were written."
                 );
             }
-            if group.is_empty() {
+            if group.appends.is_empty() && group.jobs.is_empty() {
                 continue;
             }
             // Arrival times never go backwards, even when the wall clock does, so that retention
@@ -154,16 +224,22 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, insert_sql: &[String], group: Vec<AppendRequest>, arrived_at_ms: i64) {
+    fn commit(&mut self, insert_sql: &[String], group: Group, arrived_at_ms: i64) {
         let started = Instant::now();
         let mut last = self.last.clone();
-        let written = {
-            let _writing = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-            write_group(&mut self.conn, insert_sql, &mut last, &group, arrived_at_ms)
-        };
+        let Group { appends, jobs, .. } = group;
+        let mut ran = Vec::with_capacity(jobs.len());
+        let written = write_group(
+            &mut self.conn,
+            insert_sql,
+            &mut last,
+            &appends,
+            jobs,
+            &mut ran,
+            arrived_at_ms,
+        );
         match written {
             Ok((records, landed)) => {
-                let landed: Vec<Result<Vec<(u32, u64)>, StreamError>> = landed;
                 STREAM_APPEND_DURATION
                     .with_label_values(&["embedded"])
                     .observe(started.elapsed().as_secs_f64());
@@ -176,7 +252,7 @@ impl Writer {
                     }
                 }
                 self.last = last;
-                for (request, landed) in group.into_iter().zip(landed) {
+                for (request, landed) in appends.into_iter().zip(landed) {
                     let results = landed.map(|landed| {
                         landed
                             .into_iter()
@@ -189,13 +265,20 @@ impl Writer {
                     // The caller may have given up waiting; its records are durable anyway.
                     let _ = request.reply.send(results);
                 }
+                for job in ran {
+                    (job.answer)(Ok(()));
+                }
             }
             Err(e) => {
-                tracing::error!(error = %e, requests = group.len(), "The embedded stream could not commit a group of appends.");
-                for request in group {
-                    let _ = request.reply.send(Err(StreamError::Backend(format!(
-                        "the embedded stream could not write its file: {e}"
-                    ))));
+                tracing::error!(error = %e, appends = appends.len(), changes = ran.len(), "The embedded stream could not commit a group of writes.");
+                let message = format!("the embedded stream could not write its file: {e}");
+                for request in appends {
+                    let _ = request
+                        .reply
+                        .send(Err(StreamError::Backend(message.clone())));
+                }
+                for job in ran {
+                    (job.answer)(Err(message.clone()));
                 }
             }
         }
@@ -211,15 +294,29 @@ type Landed = Vec<Result<Vec<(u32, u64)>, StreamError>>;
 /// back, so no number was used). A record whose dedup key the log already holds (a retried
 /// request, possibly in this very group) is not written again: it lands where the first did.
 /// Returns the number of records written and where every record landed.
+///
+/// The jobs run first, each under a savepoint: one that fails is rolled back alone. `ran` gets
+/// each job's answer as it runs, to be sent once the commit is known; a job that never ran (the
+/// transaction could not begin) is dropped, and its caller told the writer did not answer.
 fn write_group(
     conn: &mut Connection,
     insert_sql: &[String],
     last: &mut [u64],
     group: &[AppendRequest],
+    jobs: Vec<Job>,
+    ran: &mut Vec<Ran>,
     arrived_at_ms: i64,
 ) -> rusqlite::Result<(usize, Landed)> {
     let before = last.to_vec();
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in jobs {
+        let savepoint = tx.savepoint()?;
+        let done = (job.run)(&savepoint);
+        // Dropped unreleased, a savepoint rolls back what the failed job changed.
+        let kept = if done.ok { savepoint.commit() } else { Ok(()) };
+        ran.push(done);
+        kept?;
+    }
     let mut written = 0;
     let mut landed = Vec::with_capacity(group.len());
     for request in group {
