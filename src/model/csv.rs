@@ -386,12 +386,26 @@ fn check_record(
     position: LinePosition,
 ) -> Result<super::fields::Draft, LineError> {
     // Decide the encoding per record: all mapped fields UTF-8, or the whole record Windows-1252.
-    let utf8 = columns
-        .iter()
-        .all(|&(i, _)| std::str::from_utf8(&record[i]).is_ok());
+    // Each field is checked once; the texts of a UTF-8 record are kept from that check. A field
+    // is mapped to one column at most (`map_columns` refuses a header that names one twice).
+    let mut texts = [""; Field::ALL.len()];
+    let utf8 = columns.iter().zip(&mut texts).all(|(&(i, _), text)| {
+        match std::str::from_utf8(&record[i]) {
+            Ok(s) => {
+                *text = s;
+                true
+            }
+            Err(_) => false,
+        }
+    });
     let mut raw = RawLine::default();
-    for &(i, field) in columns {
-        raw.set(field, Value::Text(decode(&record[i], utf8)));
+    for (&(i, field), text) in columns.iter().zip(texts) {
+        let text = if utf8 {
+            Cow::Borrowed(text)
+        } else {
+            WINDOWS_1252.decode_without_bom_handling(&record[i]).0
+        };
+        raw.set(field, Value::Text(text));
     }
     raw.check(position)
 }

@@ -87,7 +87,8 @@ pub(crate) async fn append_new_lines(
         let mut outcome = Outcome::default();
         let mut new = Vec::new();
         // The first line of the request with each id, for a line sent twice in one request.
-        let mut first: HashMap<&LineId, usize> = HashMap::new();
+        let mut first: HashMap<&LineId, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(parsed.lines.len(), Default::default());
         for (i, (line, origin)) in parsed.lines.iter().zip(&parsed.origins).enumerate() {
             let seen = match first.get(&line.line_id) {
                 Some(&j) => verdict(store, line, Some(&stored_in_request(store, parsed, j))),
