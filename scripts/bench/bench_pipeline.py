@@ -18,6 +18,7 @@
       own read (it was outside the window)
 
 Usage: python3 scripts/bench/bench_pipeline.py [--lines 541909] [--runs 3] [--bin PATH] [--quick]
+       python3 scripts/bench/bench_pipeline.py --latency-at 50000,100000 [--bin PATH]   (only (d))
 It builds the release binary (or takes --bin, e.g. an older build to compare with), generates the
 dataset into bench-out/, and prints a table.
 The client (replay) runs on the same 2 cores as the server: figures are for the pair.
@@ -167,6 +168,23 @@ def replay(url, file, *extra):
     return json.loads(out[out.index("{"):])
 
 
+def ack_latency(data, load, rate):
+    """(d): one replay at `rate` lines/s on a fresh server; the client's and the server's figures."""
+    srv = Server("latency")
+    d = replay(srv.url, data, *load, "--rate", str(int(rate)))
+    d["rate"] = rate
+    d["server_p99_ms"] = srv.server_p99_ms("http_request_duration_seconds", 'route="/v1/invoices"')
+    d["append_p99_ms"] = srv.server_p99_ms("stream_append_duration_seconds", 'backend="embedded"')
+    srv.wait_caught_up()
+    srv.stop()
+    return d
+
+
+def print_latency(d):
+    print(f"(d) ack latency at {d['rate']:,.0f} lines/s   p50 {d['latency_p50_ms']:.1f} ms, p99 {d['latency_p99_ms']:.1f} ms, max {d['latency_max_ms']:.1f} ms")
+    print(f"    at the server: p99 of the requests {d['server_p99_ms']:.1f} ms, of their stream appends {d['append_p99_ms']:.1f} ms")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=541_909)
@@ -176,6 +194,9 @@ def main():
     ap.add_argument("--bin", help="a shopstream binary to measure instead of building this tree's")
     ap.add_argument("--quick", action="store_true",
                     help="only (a), (b), (c), (e) in (b) and (f): skip the latency and overload runs")
+    ap.add_argument("--latency-at", metavar="RATES",
+                    help="only (d), at each of these comma-separated rates in lines/s (a fresh server "
+                         "each; repeat a rate to measure it again), instead of at half of (b)")
     args = ap.parse_args()
 
     global BIN
@@ -188,6 +209,13 @@ def main():
     if not os.path.exists(data):
         sh(BIN, "generate", "--lines", str(args.lines), "--output", data)
     load = ["--stores", str(args.stores), "--batch", str(args.batch)]
+
+    if args.latency_at:
+        rates = [int(r.replace("_", "")) for r in args.latency_at.split(",") if r.strip()]
+        print(f"dataset: {args.lines:,} generated lines; {args.stores} stores x {args.batch} lines per request; {os.cpu_count()} cores")
+        for rate in rates:
+            print_latency(ack_latency(data, load, rate))
+        return
 
     ceiling, durable, visible, rss, cpu_dry, cpu_all = [], [], [], [], [], []
     threads, reads = [], []
@@ -242,13 +270,7 @@ def main():
         print_threads()
         return
 
-    half = statistics.median(durable) / 2
-    srv = Server("half")
-    d = replay(srv.url, data, *load, "--rate", str(int(half)))
-    server_p99 = srv.server_p99_ms("http_request_duration_seconds", 'route="/v1/invoices"')
-    append_p99 = srv.server_p99_ms("stream_append_duration_seconds", 'backend="embedded"')
-    srv.wait_caught_up()
-    srv.stop()
+    latency = ack_latency(data, load, statistics.median(durable) / 2)
 
     srv = Server("overload")
     procs = [subprocess.Popen([BIN, "replay", data, "--url", srv.url, "--key", KEY, "--json", *load],
@@ -268,8 +290,7 @@ def main():
     print(f"(a) parse-and-discard HTTP ceiling    {med(ceiling):>12,.0f} lines/s   (runs: {', '.join(f'{x:,.0f}' for x in ceiling)})")
     print(f"(b) durable ingest, acknowledged      {med(durable):>12,.0f} lines/s   ratio to (a): {med(durable) / med(ceiling):.2f}")
     print(f"(c) full dataset in all three sinks   {med(visible):>12.2f} s         (runs: {', '.join(f'{x:.2f}' for x in visible)})")
-    print(f"(d) ack latency at {half:,.0f} lines/s   p50 {d['latency_p50_ms']:.1f} ms, p99 {d['latency_p99_ms']:.1f} ms, max {d['latency_max_ms']:.1f} ms")
-    print(f"    at the server: p99 of the requests {server_p99:.1f} ms, of their stream appends {append_p99:.1f} ms")
+    print_latency(latency)
     print(f"(e) peak RSS in (b)                   {med(rss):>12.0f} MB")
     print(f"    peak RSS under 3x overload        {overload_rss:>12.0f} MB  ({accepted:,} lines acknowledged, {busy:,} busy answers honoured)")
     print(f"(f) server CPU per line, dry-run      {med(cpu_dry):>12.1f} us        (runs: {', '.join(f'{x:.1f}' for x in cpu_dry)})")
