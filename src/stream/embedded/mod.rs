@@ -160,12 +160,14 @@ impl EmbeddedStream {
             last.iter().map(|&seq| watch::Sender::new(seq)).collect();
         let writer_alive = Arc::new(AtomicBool::new(true));
         let (queue, pending) = sync_channel(max_pending_appends);
+        let restart_wal = schema::RestartWal::default();
         let writer = Writer {
             conn,
             last,
             shard_ids: shard_ids.clone(),
             heads: heads.clone(),
             alive: writer_alive.clone(),
+            restart_wal: restart_wal.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("stream-writer".into())
@@ -178,7 +180,7 @@ impl EmbeddedStream {
             .name("stream-checkpointer".into())
             .spawn({
                 let path = path.to_path_buf();
-                move || schema::run_checkpointer(&path, &stop)
+                move || schema::run_checkpointer(&path, &stop, &restart_wal)
             })
             .map_err(|e| {
                 StreamError::Backend(format!("cannot start the stream checkpointer thread: {e}"))

@@ -14,25 +14,49 @@
 use super::super::StreamError;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a connection waits for SQLite's write lock (held by the writer or a retention delete)
-/// before giving up.
+/// How long a connection waits for a lock of the file before giving up. Only the writer writes
+/// (see `writer`); readers wait only while the WAL is recovered after a crash.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// WAL pages (4 KiB) after which the writer folds the WAL back into the database itself. A
-/// larger WAL means fewer, larger checkpoints: at ~100 MB/s the default (1000 pages, 4 MB) would
-/// checkpoint 25 times a second, each with its own fsync of the database file. This is the
-/// backstop: the checkpointer thread ([`run_checkpointer`]) copies the WAL back long before, so
-/// the writer, and the appends waiting on its commit, do not stop for a 64 MB checkpoint.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+/// WAL pages (4 KiB) after which the writer folds the WAL back into the database itself, within a
+/// commit: the backstop, for when the checkpointer thread ([`run_checkpointer`]) cannot work. In a
+/// commit, such a checkpoint held that commit's appends for 20 to 30 ms, and, since it cannot start
+/// the WAL over while the sinks read, it ran again at every commit until it could: at 16,384 pages
+/// (64 MB) it set the ack latency's tail under load.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 65_536;
+
+/// WAL frames (pages) after which the checkpointer asks the writer to start the WAL over
+/// ([`RestartWal`]).
+const RESTART_WAL_FRAMES: i64 = 16_384;
 
 /// How often the checkpointer thread copies what the WAL holds back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
-/// After a checkpoint the WAL file is truncated to this size, so it does not keep its high-water
-/// size on disk forever.
-const JOURNAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+/// How the writer waits for the readers still in the old WAL when it starts the WAL over: it looks
+/// again every [`RESTART_POLL`], at most [`RESTART_POLLS`] times (5 ms), then leaves it to the
+/// checkpointer's next request. (SQLite's own busy handler sleeps 1, 2, 5, 10 ms: a reader that
+/// finishes in half a millisecond would cost appends a whole millisecond or more.)
+const RESTART_POLL: Duration = Duration::from_micros(100);
+const RESTART_POLLS: i32 = 50;
+
+fn restart_busy(polls: i32) -> bool {
+    if polls >= RESTART_POLLS {
+        return false;
+    }
+    std::thread::sleep(RESTART_POLL);
+    true
+}
+
+/// When the WAL starts over, its file is truncated to this size if larger, so it does not keep
+/// the size of a backstop checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]) on disk forever. Above the
+/// WAL's usual high water (64 MB and what comes until the writer starts it over): truncated each
+/// time (a limit of 64 MB), the ack p99 at 150,000 lines/s was 40.0 ms against 30.6 (medians of
+/// four runs, docs/benchmarks.md).
+const JOURNAL_SIZE_LIMIT_BYTES: i64 = 128 * 1024 * 1024;
 
 /// Page cache per connection, in KiB (negative values are KiB for SQLite). Appends go to the end
 /// of each shard's table and reads scan what was just written, so a small cache does.
@@ -63,13 +87,56 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The checkpointer's request that the writer start the WAL over, shared by the two threads.
+///
+/// Under steady appends the WAL never starts over by itself: a checkpoint on another connection
+/// never catches up with the writer, and readers (the sinks, all the time) hold on to it. So the WAL
+/// would grow until the writer's own checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]). Instead, once the
+/// WAL holds [`RESTART_WAL_FRAMES`] and the checkpointer has copied it back, the writer, between
+/// two commits, copies the little that came since and waits (at most 5 ms, [`RESTART_POLLS`]) for
+/// the readers still in it: the next commit starts the WAL over, and `journal_size_limit` truncates
+/// it. The stall is a few milliseconds once per 64 MB of WAL.
+#[derive(Clone, Default)]
+pub(super) struct RestartWal(Arc<AtomicBool>);
+
+impl RestartWal {
+    fn ask(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// On the writer, between commits: starts the WAL over if the checkpointer asked.
+    pub fn run_if_asked(&self, conn: &Connection) {
+        if !self.0.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let restarted = conn.busy_handler(Some(restart_busy)).and_then(|()| {
+            conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        });
+        if let Err(e) = conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %e, "Cannot reset the stream writer's busy timeout.");
+        }
+        match restarted {
+            // 1: readers were still in the WAL after 5 ms; the checkpointer asks again.
+            Ok(busy) => tracing::debug!(busy, "The stream writer checkpointed to restart the WAL."),
+            Err(e) => {
+                tracing::warn!(error = %e, "The stream writer could not checkpoint its WAL; it will try again.")
+            }
+        }
+    }
+}
+
 /// Copies the WAL back into the database every [`CHECKPOINT_EVERY`] on a connection of its own,
-/// until `stop` is dropped. A passive checkpoint takes no lock that appends or reads wait for, and
-/// leaves for next time what it cannot copy now; once everything is copied the writer starts the
-/// WAL over. Without it the writer checkpointed within its commit every 64 MB of WAL, holding the
-/// appends of that commit for as long (the ack latency's tail). If the thread cannot work, the
-/// writer's own checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]) still bounds the WAL.
-pub(super) fn run_checkpointer(path: &Path, stop: &std::sync::mpsc::Receiver<()>) {
+/// until `stop` is dropped, and asks the writer to start the WAL over once it is large (see
+/// [`RestartWal`]). A passive checkpoint takes no lock that appends or reads wait for, and leaves
+/// for next time what it cannot copy now. If the thread cannot work, the writer's own checkpoint
+/// ([`WAL_AUTOCHECKPOINT_PAGES`]) still bounds the WAL.
+pub(super) fn run_checkpointer(
+    path: &Path,
+    stop: &std::sync::mpsc::Receiver<()>,
+    restart: &RestartWal,
+) {
     let conn = match connect(path) {
         Ok(conn) => conn,
         Err(e) => {
@@ -80,8 +147,17 @@ pub(super) fn run_checkpointer(path: &Path, stop: &std::sync::mpsc::Receiver<()>
     let mut warned = false;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            Ok(()) => warned = false,
+        // (busy, frames in the WAL, frames copied back)
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match done {
+            Ok((frames, _)) => {
+                warned = false;
+                if frames >= RESTART_WAL_FRAMES {
+                    restart.ask();
+                }
+            }
             Err(e) if !warned => {
                 warned = true;
                 tracing::warn!(file = %path.display(), error = %e, "A checkpoint of the stream's WAL failed; retrying.");
@@ -215,6 +291,57 @@ pub(super) fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Asked by the checkpointer, the writer checkpoints between commits so that its next commit
+    /// starts the WAL over (the file stops growing); unasked, or while a reader is still in the
+    /// WAL after the wait, it does not.
+    #[test]
+    fn the_writer_starts_the_wal_over_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.sqlite");
+        let wal = dir.path().join("stream.sqlite-wal");
+        let size = || std::fs::metadata(&wal).unwrap().len();
+        let writer = connect(&path).unwrap();
+        writer.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let write = |n: usize| {
+            for _ in 0..n {
+                writer
+                    .execute("INSERT INTO t VALUES (zeroblob(8000))", [])
+                    .unwrap();
+            }
+        };
+        write(20);
+        let restart = RestartWal::default();
+
+        let before = size();
+        restart.run_if_asked(&writer);
+        write(5);
+        assert!(size() > before, "unasked, the WAL goes on");
+
+        // A reader in the WAL: the writer waits a little, then leaves the WAL as it is.
+        let reader = connect(&path).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM t;")
+            .unwrap();
+        let before = size();
+        restart.ask();
+        let started = std::time::Instant::now();
+        restart.run_if_asked(&writer);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        write(5);
+        assert!(size() > before, "a reader keeps the WAL");
+        reader.execute_batch("COMMIT").unwrap();
+
+        let before = size();
+        restart.ask();
+        restart.run_if_asked(&writer);
+        write(5);
+        assert_eq!(
+            size(),
+            before,
+            "the WAL started over: new frames overwrite its start"
+        );
+    }
 
     /// The `invoice_claims` rows of `invoice_no`: (shard, seq, store, ids' digits).
     fn claims_of(conn: &Connection, invoice_no: &str) -> Vec<(i64, i64, String, String)> {

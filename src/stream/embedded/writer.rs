@@ -140,6 +140,8 @@ pub(super) struct Writer {
     pub heads: Arc<[watch::Sender<u64>]>,
     /// Cleared when the thread ends, so `health` can say the writer is gone.
     pub alive: Arc<AtomicBool>,
+    /// Set by the checkpointer when the WAL should start over (between two commits, here).
+    pub restart_wal: super::schema::RestartWal,
 }
 
 /// The appends and jobs of one transaction.
@@ -221,6 +223,7 @@ impl Writer {
             // (which compares them) removes records in sequence order.
             last_arrival_ms = last_arrival_ms.max(chrono::Utc::now().timestamp_millis());
             self.commit(&insert_sql, group, last_arrival_ms);
+            self.restart_wal.run_if_asked(&self.conn);
         }
     }
 
