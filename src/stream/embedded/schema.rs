@@ -94,8 +94,9 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
 /// would grow until the writer's own checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]). Instead, once the
 /// WAL holds [`RESTART_WAL_FRAMES`] and the checkpointer has copied it back, the writer, between
 /// two commits, copies the little that came since and waits (at most 5 ms, [`RESTART_POLLS`]) for
-/// the readers still in it: the next commit starts the WAL over, and `journal_size_limit` truncates
-/// it. The stall is a few milliseconds once per 64 MB of WAL.
+/// the readers still in it: the next commit starts the WAL over, writing from the start of the
+/// file again (which keeps its size: [`JOURNAL_SIZE_LIMIT_BYTES`]). The stall is a few
+/// milliseconds once per 64 MB of WAL.
 #[derive(Clone, Default)]
 pub(super) struct RestartWal(Arc<AtomicBool>);
 
@@ -147,12 +148,12 @@ pub(super) fn run_checkpointer(
     let mut warned = false;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
-        // (busy, frames in the WAL, frames copied back)
+        // The row is (busy, frames in the WAL, frames copied back).
         let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+            row.get::<_, i64>(1)
         });
         match done {
-            Ok((frames, _)) => {
+            Ok(frames) => {
                 warned = false;
                 if frames >= RESTART_WAL_FRAMES {
                     restart.ask();
