@@ -403,7 +403,7 @@ fn check_record(
         let text = if utf8 {
             Cow::Borrowed(text)
         } else {
-            WINDOWS_1252.decode_without_bom_handling(&record[i]).0
+            decode(&record[i], false)
         };
         raw.set(field, Value::Text(text));
     }

@@ -471,7 +471,7 @@ mod iso_datetime {
     }
 
     /// `t` as `YYYY-MM-DDTHH:MM:SS`, when that is all of chrono's text for it.
-    pub(super) fn text(t: &NaiveDateTime) -> Option<[u8; 19]> {
+    fn text(t: &NaiveDateTime) -> Option<[u8; 19]> {
         let year = u32::try_from(t.year()).ok().filter(|&y| y <= 9999)?;
         if t.nanosecond() != 0 {
             return None;

@@ -230,13 +230,8 @@ impl EmbeddedStream {
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StreamError> {
-        let writer_gone = || {
-            StreamError::Backend(
-                "the embedded stream's writer thread has stopped; see the log for its error".into(),
-            )
-        };
         let (job, answer) = Job::new(f);
-        let queue = self.inner.queue.as_ref().ok_or_else(writer_gone)?;
+        let queue = self.queue()?;
         match queue.try_send(Write::Job(job)) {
             Ok(()) => {}
             // Unlike an append, a change is not refused when the queue is full: it waits for room.
@@ -255,6 +250,14 @@ impl EmbeddedStream {
                     .into(),
             )
         })?
+    }
+
+    /// The writer's queue, while the stream is open.
+    fn queue(&self) -> Result<&SyncSender<Write>, StreamError> {
+        self.inner
+            .queue
+            .as_ref()
+            .ok_or_else(|| StreamError::Backend("the embedded stream is closed".into()))
     }
 
     /// Runs `f` on a pooled read connection on a blocking thread.
@@ -321,12 +324,7 @@ impl EmbeddedStream {
             reply,
             _queued: queued,
         };
-        let queue = self
-            .inner
-            .queue
-            .as_ref()
-            .ok_or_else(|| StreamError::Backend("the embedded stream is closed".into()))?;
-        match queue.try_send(Write::Append(request)) {
+        match self.queue()?.try_send(Write::Append(request)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(StreamError::Saturated(
@@ -334,12 +332,7 @@ impl EmbeddedStream {
                         .into(),
                 ))
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(StreamError::Backend(
-                    "the embedded stream's writer thread has stopped; see the log for its error"
-                        .into(),
-                ))
-            }
+            Err(TrySendError::Disconnected(_)) => return Err(writer_gone()),
         }
         answer.await.map_err(|_| {
             StreamError::Backend(
@@ -467,6 +460,13 @@ impl Stream for EmbeddedStream {
         self.blocking(|conn| conn.query_row("SELECT count(*) FROM shards", [], |_| Ok(())))
             .await
     }
+}
+
+/// The error of a write whose writer thread is gone.
+fn writer_gone() -> StreamError {
+    StreamError::Backend(
+        "the embedded stream's writer thread has stopped; see the log for its error".into(),
+    )
 }
 
 #[cfg(test)]
