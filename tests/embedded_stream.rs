@@ -712,6 +712,52 @@ async fn a_claim_finds_its_line_in_its_record_and_a_claim_without_its_record_is_
     }
 }
 
+/// A request that claims one line twice (in one record, or in two) writes nothing and is told
+/// which id it repeats; the same lines claimed once are then written.
+#[tokio::test]
+async fn a_request_claiming_a_line_twice_writes_nothing() {
+    use shopstream::stream::line_index::{LineClaim, LineIndex};
+    let dir = tempfile::tempdir().unwrap();
+    let stream = open(dir.path(), 2);
+    let (a, b) = (invoice_line("536365", 6, 1), invoice_line("536370", 4, 1));
+    let format = stream.record_format();
+    let encoded = |lines: &[shopstream::model::InvoiceLine]| {
+        shopstream::stream::record::encode_indexed(format, "store-1", lines)
+            .unwrap()
+            .into_iter()
+            .map(|(record, _)| record)
+            .collect::<Vec<_>>()
+    };
+    let claim = |line: &shopstream::model::InvoiceLine| LineClaim::new("store-1", line.clone());
+    for claims in [
+        // `a` twice in its own record.
+        vec![vec![claim(&a), claim(&a)], vec![claim(&b)]],
+        // `a` in its record and again in `b`'s.
+        vec![vec![claim(&a)], vec![claim(&b), claim(&a)]],
+    ] {
+        match LineIndex::append(&stream, encoded(&[a.clone(), b.clone()]), claims).await {
+            Err(StreamError::LinesTaken(ids)) => assert_eq!(ids, vec![a.line_id.clone()]),
+            other => panic!("a request claiming a line twice was written: {other:?}"),
+        }
+    }
+    let db = rusqlite::Connection::open(dir.path().join("data/stream.sqlite")).unwrap();
+    let claimed: i64 = db
+        .query_row("SELECT count(*) FROM invoice_claims", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(claimed, 0, "a refused request left claims");
+    append_claimed(&stream, "store-1", &[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    let claimed: i64 = db
+        .query_row(
+            "SELECT sum(length(line_ids)) / 32 FROM invoice_claims",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(claimed, 2);
+}
+
 /// Retention removes the claims of the records it removes, and no others: a line whose record
 /// is gone may be sent again, one whose record stays is still a repeat.
 #[tokio::test]

@@ -10,30 +10,75 @@
 
 use crate::model::LineId;
 use crate::stream::line_index::LineClaim;
+use compact_str::CompactString;
 use rusqlite::{params, Transaction};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Bytes of one id in `line_ids`: its hex digits.
 const ID_BYTES: usize = 32;
 
 /// The claims of one invoice in one record, as their row holds them.
-pub(super) struct InvoiceIds<'a> {
-    pub invoice_no: &'a str,
-    pub store_id: &'a str,
+pub(super) struct InvoiceIds {
+    pub invoice_no: CompactString,
+    pub store_id: Arc<str>,
     /// The ids' hex digits, one after another.
     pub line_ids: Vec<u8>,
 }
 
-impl InvoiceIds<'_> {
+impl InvoiceIds {
     fn push(&mut self, id: &LineId) {
         self.line_ids.extend_from_slice(id.as_str().as_bytes());
+    }
+
+    /// The ids, as their hex digits.
+    pub fn ids(&self) -> impl Iterator<Item = &[u8]> {
+        ids_in(&self.line_ids)
+    }
+}
+
+/// The claims of one append, grouped into their rows before the append is queued.
+///
+/// They are made on the caller's thread (an HTTP worker), so the writer, whose every commit the
+/// appends wait for, only looks them up and files them: grouping the lines, checking that the
+/// request claims no id twice and dropping the claimed lines were a fifth of the writer's time in
+/// a profile of the durable replay.
+#[derive(Default)]
+pub(super) struct Claims {
+    /// Per record (in the append's order), a row per invoice; a record past the end claims nothing.
+    pub records: Vec<Vec<InvoiceIds>>,
+    /// The ids the append claims more than once: taken, whatever the file holds.
+    pub twice: Vec<LineId>,
+}
+
+impl Claims {
+    pub fn prepare(claims: &[Vec<LineClaim>]) -> Self {
+        let mut seen: HashSet<(&str, &LineId), foldhash::fast::RandomState> = HashSet::default();
+        let mut twice = Vec::new();
+        let records = claims
+            .iter()
+            .map(|record| {
+                by_invoice(record.iter().filter(|claim| {
+                    let first = seen.insert((claim.invoice_no(), claim.line_id()));
+                    if !first {
+                        twice.push(claim.line_id().clone());
+                    }
+                    first
+                }))
+            })
+            .collect();
+        Claims { records, twice }
+    }
+
+    /// The rows of record `i`.
+    pub fn of_record(&self, i: usize) -> &[InvoiceIds] {
+        self.records.get(i).map_or(&[], Vec::as_slice)
     }
 }
 
 /// The claims of one record grouped by invoice, in the order each invoice first appears.
-pub(super) fn by_invoice<'a>(
-    claims: impl IntoIterator<Item = &'a LineClaim>,
-) -> Vec<InvoiceIds<'a>> {
-    let mut groups: Vec<InvoiceIds<'a>> = Vec::new();
+pub(super) fn by_invoice<'a>(claims: impl IntoIterator<Item = &'a LineClaim>) -> Vec<InvoiceIds> {
+    let mut groups: Vec<InvoiceIds> = Vec::new();
     for claim in claims {
         // A request's lines come invoice by invoice, so the group is nearly always the last one.
         let group = match groups
@@ -43,8 +88,8 @@ pub(super) fn by_invoice<'a>(
             Some(at) => &mut groups[at],
             None => {
                 groups.push(InvoiceIds {
-                    invoice_no: claim.invoice_no(),
-                    store_id: &claim.store_id,
+                    invoice_no: claim.line.invoice_no.clone(),
+                    store_id: Arc::clone(&claim.store_id),
                     line_ids: Vec::with_capacity(ID_BYTES * 8),
                 });
                 groups.last_mut().expect("just pushed")
@@ -57,7 +102,12 @@ pub(super) fn by_invoice<'a>(
 
 /// Whether a `line_ids` value holds `id`.
 pub(super) fn holds(line_ids: &[u8], id: &LineId) -> bool {
-    ids_in(line_ids).any(|stored| stored == id.as_str().as_bytes())
+    holds_digits(line_ids, id.as_str().as_bytes())
+}
+
+/// Whether a `line_ids` value holds the id with hex digits `digits`.
+pub(super) fn holds_digits(line_ids: &[u8], digits: &[u8]) -> bool {
+    ids_in(line_ids).any(|stored| stored == digits)
 }
 
 /// The ids of a `line_ids` value, as their hex digits.
@@ -76,22 +126,22 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 /// are not copied: the record holds them, and a look-up reads them from there.
 pub(super) fn insert(
     tx: &Transaction<'_>,
-    claims: &[LineClaim],
+    rows: &[InvoiceIds],
     shard: u32,
     seq: i64,
     arrived_at_ms: i64,
 ) -> rusqlite::Result<()> {
-    if claims.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
     let mut insert = tx.prepare_cached(INSERT_ROW)?;
-    for group in by_invoice(claims) {
+    for row in rows {
         insert.execute(params![
-            group.invoice_no,
+            row.invoice_no.as_str(),
             shard,
             seq,
-            group.store_id,
-            group.line_ids,
+            &*row.store_id,
+            row.line_ids,
             arrived_at_ms
         ])?;
     }
@@ -222,7 +272,7 @@ mod tests {
             claim("536365", 3),
         ];
         let groups = by_invoice(&claims);
-        let invoices: Vec<&str> = groups.iter().map(|g| g.invoice_no).collect();
+        let invoices: Vec<&str> = groups.iter().map(|g| g.invoice_no.as_str()).collect();
         assert_eq!(invoices, ["536365", "536366"]);
         let ids: Vec<LineId> = ids_in(&groups[0].line_ids)
             .map(|d| LineId::parse(std::str::from_utf8(d).unwrap()).unwrap())

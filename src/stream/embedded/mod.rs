@@ -316,11 +316,15 @@ impl EmbeddedStream {
                 limit / (1024 * 1024)
             )));
         };
+        // Grouped here, on the caller's thread, and the claimed lines dropped here, not by the
+        // writer.
+        let prepared = claims::Claims::prepare(&claims);
+        drop(claims);
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             records,
             shards: record_shards,
-            claims,
+            claims: prepared,
             reply,
             _queued: queued,
         };

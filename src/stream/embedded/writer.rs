@@ -14,10 +14,8 @@ use super::claims;
 use super::schema::records_table;
 use crate::metrics::{STREAM_APPEND_DURATION, STREAM_APPEND_RECORDS};
 use crate::model::LineId;
-use crate::stream::line_index::LineClaim;
 use crate::stream::{PutRecord, PutResult, SequenceNumber, ShardId, StreamError};
 use rusqlite::{params, Connection, TransactionBehavior};
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -78,9 +76,9 @@ impl Job {
 pub(super) struct AppendRequest {
     pub records: Vec<PutRecord>,
     pub shards: Vec<u32>,
-    /// Per record, the line ids it claims in `invoice_claims` (empty for a plain `put`); a request one
+    /// Per record, the line ids it claims in `invoice_claims` (none for a plain `put`); a request one
     /// of whose ids is already taken writes nothing and is answered `LinesTaken`.
-    pub claims: Vec<Vec<LineClaim>>,
+    pub claims: claims::Claims,
     pub reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
     /// This request's bytes in the queue's budget, given back when the request is dropped.
     pub _queued: QueuedBytes,
@@ -331,7 +329,7 @@ fn write_group(
         let mut places = Vec::with_capacity(request.records.len());
         for (i, (record, &shard)) in request.records.iter().zip(&request.shards).enumerate() {
             let index = shard as usize;
-            let record_claims = request.claims.get(i).map_or(&[][..], Vec::as_slice);
+            let record_claims = request.claims.of_record(i);
             // A record that claims its lines is recognised by its claims (`taken_ids` above, in
             // this transaction, refuses a request any of whose ids is taken), so its content key
             // would add a random B-tree insert and nothing else. Records without claims (appends
@@ -386,44 +384,26 @@ fn write_group(
     Ok((written, landed))
 }
 
-/// The ids among `claims` that `invoice_claims` holds already, or that the request claims twice,
-/// in the order of `claims`. One look-up per invoice of the request, not per line. A claim whose
-/// record retention has just removed (their deletes are separate transactions) is as good as
-/// gone: its row is dropped here, so the line is claimed anew.
+/// The ids among `claims` that `invoice_claims` holds already, or that the request claims twice.
+/// One look-up per invoice of each record, not per line. A claim whose record retention has just
+/// removed (their deletes are separate transactions) is as good as gone: its row is dropped here,
+/// so the line is claimed anew.
 fn taken_ids(
     tx: &rusqlite::Transaction<'_>,
-    claims: &[Vec<LineClaim>],
-) -> rusqlite::Result<Vec<crate::model::LineId>> {
-    type Set<T> = HashSet<T, foldhash::fast::RandomState>;
-    // The request's ids by invoice, each once; and those it claims twice.
-    let mut invoices: Vec<(&str, Vec<&LineId>)> = Vec::new();
-    let mut invoice_at: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
-    let mut seen: Set<(&str, &LineId)> = Set::default();
-    let mut twice: Set<usize> = Set::default();
-    for (n, claim) in claims.iter().flatten().enumerate() {
-        if !seen.insert((claim.invoice_no(), claim.line_id())) {
-            twice.insert(n);
-            continue;
-        }
-        let at = *invoice_at.entry(claim.invoice_no()).or_insert_with(|| {
-            invoices.push((claim.invoice_no(), Vec::new()));
-            invoices.len() - 1
-        });
-        invoices[at].1.push(claim.line_id());
-    }
-    let mut standing: Set<(&str, &LineId)> = Set::default();
+    claims: &claims::Claims,
+) -> rusqlite::Result<Vec<LineId>> {
+    let mut taken = claims.twice.clone();
     let mut find =
         tx.prepare_cached("SELECT shard, seq, line_ids FROM invoice_claims WHERE invoice_no = ?1")?;
-    for (invoice_no, ids) in &invoices {
+    for group in claims.records.iter().flatten() {
         // The rows of this invoice that hold any of the ids: (shard, seq, the ids).
-        let mut holding: Vec<(u32, i64, Vec<&LineId>)> = Vec::new();
-        let mut rows = find.query([invoice_no])?;
+        let mut holding: Vec<(u32, i64, Vec<&[u8]>)> = Vec::new();
+        let mut rows = find.query([group.invoice_no.as_str()])?;
         while let Some(row) = rows.next()? {
             let stored = row.get_ref(2)?.as_blob()?;
-            let held: Vec<&LineId> = ids
-                .iter()
-                .copied()
-                .filter(|id| claims::holds(stored, id))
+            let held: Vec<&[u8]> = group
+                .ids()
+                .filter(|id| claims::holds_digits(stored, id))
                 .collect();
             if !held.is_empty() {
                 holding.push((row.get(0)?, row.get(1)?, held));
@@ -439,24 +419,19 @@ fn taken_ids(
                 // A shard number this file does not have: treat the claim as standing.
                 .unwrap_or(true);
             if record_left {
-                standing.extend(held.into_iter().map(|id| (*invoice_no, id)));
+                taken.extend(
+                    held.into_iter()
+                        .filter_map(|d| std::str::from_utf8(d).ok().and_then(LineId::parse)),
+                );
             } else {
                 tx.prepare_cached(
                     "DELETE FROM invoice_claims WHERE invoice_no = ?1 AND shard = ?2 AND seq = ?3",
                 )?
-                .execute(params![invoice_no, shard, seq])?;
+                .execute(params![group.invoice_no.as_str(), shard, seq])?;
             }
         }
     }
-    Ok(claims
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(n, claim)| {
-            twice.contains(n) || standing.contains(&(claim.invoice_no(), claim.line_id()))
-        })
-        .map(|(_, claim)| claim.line_id().clone())
-        .collect())
+    Ok(taken)
 }
 
 struct AliveGuard(Arc<AtomicBool>);
