@@ -1,5 +1,6 @@
 //! One SQLite file used from async code: opened with the pragmas every store relies on, one
-//! writer connection and a pool of readers, each call on a blocking thread.
+//! writer connection, a pool of readers and a connection that copies the WAL back after writes
+//! (beside the writer, not within its commits), each call on a blocking thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -35,6 +36,20 @@ const STATEMENT_CACHE: usize = 32;
 
 /// Page cache of a reader connection, in KiB (negative: KiB for SQLite).
 const READER_CACHE_KIB: i64 = -4_096;
+
+/// WAL pages (4 KiB) after which the writer copies the WAL back into the database itself, within
+/// its commit (SQLite's default is 1,000). The backstop: after each write the WAL is copied back on
+/// a connection of its own ([`Database::checkpoint_soon`]), outside the writer's turn.
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 8_192;
+
+/// The shortest time between two checkpoints after writes: a page that every write changes (the
+/// top of an index, a rollup) is copied back once per checkpoint, so a checkpoint after every
+/// write of a busy sink would copy it far more often than SQLite's own checkpoint every 1,000
+/// pages did.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Page cache of the checkpoint connection, in KiB: it only copies pages from the WAL.
+const CHECKPOINTER_CACHE_KIB: i64 = -1_024;
 
 /// Why a SQLite file could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +142,63 @@ pub(crate) struct Database {
     path: PathBuf,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReaderPool>,
+    checkpointer: Arc<Checkpointer>,
+}
+
+/// A connection that copies the WAL back into the database after writes, so that the writer
+/// does not (see [`Database::checkpoint_soon`]).
+///
+/// Left to SQLite, the writer copies the WAL back within the commit that takes it past 1,000
+/// pages, while every write queued behind it waits: in a profile of the sinks catching up, a
+/// tenth of the warehouse's turn as the writer was such copies, and the warehouse is the sink
+/// that finishes last. A passive checkpoint on another connection runs beside the next write.
+struct Checkpointer {
+    path: PathBuf,
+    conn: StdMutex<Connection>,
+    /// Set while a checkpoint runs or is about to: one at a time.
+    running: std::sync::atomic::AtomicBool,
+    /// When the last checkpoint began: one every [`CHECKPOINT_EVERY`] at most.
+    last: StdMutex<Option<std::time::Instant>>,
+}
+
+impl Checkpointer {
+    /// Copies what the WAL holds back into the database. Blocking.
+    fn run(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // The row is (busy, frames in the WAL, frames copied back). A passive checkpoint takes no
+        // lock that the writer or the readers wait for, and copies what it can.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(path = %self.path.display(), error = %e, "A checkpoint of the WAL failed; the next write tries again.");
+        }
+    }
+
+    /// Runs a checkpoint unless one is running already (the next write asks again). Blocking.
+    fn run_unless_running(&self) {
+        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        /// Lets the next checkpoint run once this one is over, even if it panicked.
+        struct Release<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _release = Release(&self.running);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        self.run();
+    }
+
+    /// Whether a checkpoint is due: none running, and none begun in the last
+    /// [`CHECKPOINT_EVERY`].
+    fn is_due(&self) -> bool {
+        !self.running.load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY)
+    }
 }
 
 struct ReaderPool {
@@ -182,6 +254,9 @@ impl Database {
             path: path.to_owned(),
             source,
         };
+        writer
+            .pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
+            .map_err(sqlite)?;
         writer.execute_batch(schema).map_err(sqlite)?;
         for migration in migrations {
             let needed: bool = writer
@@ -208,8 +283,18 @@ impl Database {
                 Ok(conn)
             })
             .collect::<Result<Vec<_>, OpenError>>()?;
+        let checkpointer = open_connection(path, options.busy_timeout)?;
+        checkpointer
+            .pragma_update(None, "cache_size", CHECKPOINTER_CACHE_KIB)
+            .map_err(sqlite)?;
         Ok(Self {
             path: path.to_owned(),
+            checkpointer: Arc::new(Checkpointer {
+                path: path.to_owned(),
+                conn: StdMutex::new(checkpointer),
+                running: Default::default(),
+                last: StdMutex::new(None),
+            }),
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(ReaderPool {
                 permits: Arc::new(Semaphore::new(readers.len())),
@@ -233,7 +318,20 @@ impl Database {
         E: From<TaskFailed> + Send + 'static,
     {
         let mut conn = self.writer.clone().lock_owned().await;
-        self.blocking(move || f(&mut conn)).await
+        let written = self.blocking(move || f(&mut conn)).await;
+        self.checkpoint_soon();
+        written
+    }
+
+    /// Copies the WAL back into the database on the checkpoint connection, on a blocking thread of
+    /// the caller's runtime (a sink's, at the sinks' priority), unless a checkpoint runs already.
+    /// Not waited for: the write that asked is done, and the next may begin while the copy runs.
+    fn checkpoint_soon(&self) {
+        if !self.checkpointer.is_due() {
+            return;
+        }
+        let checkpointer = self.checkpointer.clone();
+        tokio::task::spawn_blocking(move || checkpointer.run_unless_running());
     }
 
     /// Runs `f` with a reader connection on a blocking thread; reads run while a write does.
@@ -305,6 +403,7 @@ impl Database {
         BlockingWriter {
             writer: self.writer.clone(),
             path: self.path.clone(),
+            checkpointer: self.checkpointer.clone(),
         }
     }
 
@@ -320,6 +419,7 @@ impl Database {
 pub(crate) struct BlockingWriter {
     writer: Arc<Mutex<Connection>>,
     path: PathBuf,
+    checkpointer: Arc<Checkpointer>,
 }
 
 impl BlockingWriter {
@@ -333,12 +433,74 @@ impl BlockingWriter {
         M: Fn(&Path, &rusqlite::Error) -> E,
         F: FnOnce(&Connection) -> Result<T, E>,
     {
-        let mut conn = self.writer.blocking_lock();
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| fail(&self.path, &e))?;
-        let out = f(&tx)?;
-        tx.commit().map_err(|e| fail(&self.path, &e))?;
+        let out = {
+            let mut conn = self.writer.blocking_lock();
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| fail(&self.path, &e))?;
+            let out = f(&tx)?;
+            tx.commit().map_err(|e| fail(&self.path, &e))?;
+            out
+        };
+        // Here, on this blocking thread, once the writer is free for the next batch.
+        if self.checkpointer.is_due() {
+            self.checkpointer.run_unless_running();
+        }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a write, the WAL is copied back into the database on the checkpoint connection (the
+    /// writer's own checkpoint waits for 8,192 pages).
+    #[tokio::test]
+    async fn a_write_is_copied_back_into_the_database_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sqlite");
+        let db = Database::open(
+            &path,
+            &SqliteOptions::default(),
+            "CREATE TABLE IF NOT EXISTS t (v BLOB NOT NULL);",
+            &[],
+        )
+        .unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        // About 400 pages: far below the writer's own checkpoint.
+        db.write(|conn| -> Result<(), TaskFailed> {
+            let tx = conn.transaction().unwrap();
+            for _ in 0..400 {
+                tx.execute("INSERT INTO t (v) VALUES (zeroblob(4000))", [])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            if size >= before + 1_500_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write stayed in the WAL: the database file is {size} bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Reads see the rows.
+        let rows: i64 = db
+            .read(|conn| -> Result<i64, TaskFailed> {
+                Ok(conn
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .unwrap())
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 400);
     }
 }
