@@ -644,7 +644,7 @@ async fn append_claimed(
         claims.push(
             indexes
                 .iter()
-                .map(|&i| LineClaim::new(store, lines[i].clone()))
+                .map(|&i| LineClaim::new(store, &lines[i]))
                 .collect(),
         );
     }
@@ -728,7 +728,7 @@ async fn a_request_claiming_a_line_twice_writes_nothing() {
             .map(|(record, _)| record)
             .collect::<Vec<_>>()
     };
-    let claim = |line: &shopstream::model::InvoiceLine| LineClaim::new("store-1", line.clone());
+    let claim = |line| LineClaim::new("store-1", line);
     for claims in [
         // `a` twice in its own record.
         vec![vec![claim(&a), claim(&a)], vec![claim(&b)]],

@@ -190,14 +190,14 @@ async fn an_invoice_is_appended_by_one_request_at_a_time() {
         Duration::from_secs(3600),
         Duration::from_secs(30),
     ));
-    let lines = aws_common::lines("990077", Some(17850), 1, 3);
-    let claims: Vec<LineClaim> = lines
-        .iter()
-        .map(|l| LineClaim::new("demo", l.line.clone()))
-        .collect();
+    let lines = std::sync::Arc::new(aws_common::lines("990077", Some(17850), 1, 3));
     let append = |what: &'static [u8]| {
-        let (index, claims) = (index.clone(), claims.clone());
+        let (index, lines) = (index.clone(), lines.clone());
         async move {
+            let claims: Vec<LineClaim<'_>> = lines
+                .iter()
+                .map(|l| LineClaim::new("demo", &l.line))
+                .collect();
             index
                 .append(vec![PutRecord::new("990077", what)], vec![claims])
                 .await

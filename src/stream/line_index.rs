@@ -14,32 +14,30 @@ use std::collections::HashMap;
 use super::{PutRecord, PutResult, StreamError};
 use crate::model::{InvoiceLine, LineId};
 
-/// A new line's claim on its id, appended with the record that carries the line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineClaim {
-    /// The store that sent the line: one shared string for the lines of a request.
-    pub store_id: std::sync::Arc<str>,
+/// A new line's claim on its id, appended with the record that carries the line. It borrows the
+/// request's parsed line: each backend copies what it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineClaim<'a> {
+    /// The store that sent the line.
+    pub store_id: &'a str,
     /// The line, so a later conflict can say what differs. The embedded log does not copy it
     /// into its claim (it reads the line back from the claim's record); DynamoDB keeps it in the
     /// line's item.
-    pub line: InvoiceLine,
+    pub line: &'a InvoiceLine,
 }
 
-impl LineClaim {
-    pub fn new(store_id: impl Into<std::sync::Arc<str>>, line: InvoiceLine) -> Self {
-        LineClaim {
-            store_id: store_id.into(),
-            line,
-        }
+impl<'a> LineClaim<'a> {
+    pub fn new(store_id: &'a str, line: &'a InvoiceLine) -> Self {
+        LineClaim { store_id, line }
     }
 
-    pub fn line_id(&self) -> &LineId {
+    pub fn line_id(&self) -> &'a LineId {
         &self.line.line_id
     }
 
     /// The line's invoice: with the id, the key under which the embedded log files the claim, so
     /// the claims of one invoice sit together (as in every sink).
-    pub fn invoice_no(&self) -> &str {
+    pub fn invoice_no(&self) -> &'a str {
         &self.line.invoice_no
     }
 }
@@ -178,7 +176,7 @@ pub trait LineIndex: Send + Sync + 'static {
     async fn append(
         &self,
         records: Vec<PutRecord>,
-        claims: Vec<Vec<LineClaim>>,
+        claims: Vec<Vec<LineClaim<'_>>>,
     ) -> Result<Vec<PutResult>, StreamError>;
 
     /// Begins a request with `key` from `store_id` whose body hashes to `fingerprint`.

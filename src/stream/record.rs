@@ -165,25 +165,25 @@ struct LineBatchRef<'a> {
 ///
 /// # Errors
 /// A line that cannot be serialized (not expected for a parsed line).
-pub fn encode_indexed(
+pub fn encode_indexed<L: std::borrow::Borrow<InvoiceLine>>(
     format: RecordFormat,
     store_id: &str,
-    lines: &[InvoiceLine],
+    lines: &[L],
 ) -> Result<Vec<(PutRecord, Vec<usize>)>, RecordError> {
     encode_within(format, store_id, Utc::now(), lines, MAX_RECORD_BYTES)
 }
 
 /// [`encode_indexed`] with the acceptance time and the record size limit given.
-fn encode_within(
+fn encode_within<L: std::borrow::Borrow<InvoiceLine>>(
     format: RecordFormat,
     store_id: &str,
     ingested_at: DateTime<Utc>,
-    lines: &[InvoiceLine],
+    lines: &[L],
     max_bytes: usize,
 ) -> Result<Vec<(PutRecord, Vec<usize>)>, RecordError> {
     let mut order: Vec<&str> = Vec::new();
     let mut by_invoice: HashMap<&str, Vec<(usize, &InvoiceLine)>> = HashMap::new();
-    for (i, line) in lines.iter().enumerate() {
+    for (i, line) in lines.iter().map(std::borrow::Borrow::borrow).enumerate() {
         by_invoice
             .entry(line.invoice_no.as_str())
             .or_insert_with(|| {

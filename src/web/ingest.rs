@@ -310,7 +310,7 @@ impl AppState {
     pub async fn append(
         &self,
         records: Vec<PutRecord>,
-        claims: Vec<Vec<LineClaim>>,
+        claims: Vec<Vec<LineClaim<'_>>>,
     ) -> Result<bool, ApiError> {
         let started = Instant::now();
         let depth = self.inflight_appends.fetch_add(1, Ordering::Relaxed) + 1;

@@ -134,21 +134,19 @@ pub(crate) async fn append_new_lines(
         if dry_run || new.is_empty() {
             return Ok(outcome);
         }
-        let lines: Vec<_> = new.iter().map(|&i| parsed.lines[i].clone()).collect();
+        // The new lines, borrowed from the request: the records encode them and the claims point
+        // at them, so no line is copied.
+        let lines: Vec<&InvoiceLine> = new.iter().map(|&i| &parsed.lines[i]).collect();
         let encoded = record::encode_indexed(state.line_index.record_format(), store, &lines)
             .map_err(|e| ApiError::BadInput(e.to_string()))?;
         let mut records = Vec::with_capacity(encoded.len());
         let mut claims = Vec::with_capacity(encoded.len());
-        // Each line is in exactly one record: its claim takes it.
-        let mut lines: Vec<Option<InvoiceLine>> = lines.into_iter().map(Some).collect();
-        let store_id: std::sync::Arc<str> = store.into();
         for (record, indexes) in encoded {
             records.push(record);
             claims.push(
                 indexes
                     .iter()
-                    .filter_map(|&i| lines[i].take())
-                    .map(|line| LineClaim::new(store_id.clone(), line))
+                    .map(|&i| LineClaim::new(store, lines[i]))
                     .collect::<Vec<_>>(),
             );
         }

@@ -13,7 +13,6 @@ use crate::stream::line_index::LineClaim;
 use compact_str::CompactString;
 use rusqlite::{params, Transaction};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 /// Bytes of one id in `line_ids`: its hex digits.
 const ID_BYTES: usize = 32;
@@ -21,7 +20,7 @@ const ID_BYTES: usize = 32;
 /// The claims of one invoice in one record, as their row holds them.
 pub(super) struct InvoiceIds {
     pub invoice_no: CompactString,
-    pub store_id: Arc<str>,
+    pub store_id: CompactString,
     /// The ids' hex digits, one after another.
     pub line_ids: Vec<u8>,
 }
@@ -52,7 +51,7 @@ pub(super) struct Claims {
 }
 
 impl Claims {
-    pub fn prepare(claims: &[Vec<LineClaim>]) -> Self {
+    pub fn prepare(claims: &[Vec<LineClaim<'_>>]) -> Self {
         let mut seen: HashSet<(&str, &LineId), foldhash::fast::RandomState> = HashSet::default();
         let mut twice = Vec::new();
         let records = claims
@@ -77,7 +76,9 @@ impl Claims {
 }
 
 /// The claims of one record grouped by invoice, in the order each invoice first appears.
-pub(super) fn by_invoice<'a>(claims: impl IntoIterator<Item = &'a LineClaim>) -> Vec<InvoiceIds> {
+pub(super) fn by_invoice<'a, 'l: 'a>(
+    claims: impl IntoIterator<Item = &'a LineClaim<'l>>,
+) -> Vec<InvoiceIds> {
     let mut groups: Vec<InvoiceIds> = Vec::new();
     for claim in claims {
         // A request's lines come invoice by invoice, so the group is nearly always the last one.
@@ -89,7 +90,7 @@ pub(super) fn by_invoice<'a>(claims: impl IntoIterator<Item = &'a LineClaim>) ->
             None => {
                 groups.push(InvoiceIds {
                     invoice_no: claim.line.invoice_no.clone(),
-                    store_id: Arc::clone(&claim.store_id),
+                    store_id: claim.store_id.into(),
                     line_ids: Vec::with_capacity(ID_BYTES * 8),
                 });
                 groups.last_mut().expect("just pushed")
@@ -140,7 +141,7 @@ pub(super) fn insert(
             row.invoice_no.as_str(),
             shard,
             seq,
-            &*row.store_id,
+            row.store_id.as_str(),
             row.line_ids,
             arrived_at_ms
         ])?;
@@ -255,22 +256,24 @@ mod tests {
     use super::*;
     use crate::model::line::sample_ingested;
 
-    fn claim(invoice_no: &str, n: u64) -> LineClaim {
+    fn line(invoice_no: &str, n: u64) -> crate::model::InvoiceLine {
         let mut line = sample_ingested(None, 6, "2.55", Some(n)).line;
         line.invoice_no = invoice_no.into();
         line.line_id = LineId::from_line_no(invoice_no, n);
-        LineClaim::new("store-1", line)
+        line
     }
 
     /// The claims of a record make a row per invoice, holding each of its ids once, in order.
     #[test]
     fn a_record_claims_its_lines_with_a_row_per_invoice() {
-        let claims = [
-            claim("536365", 1),
-            claim("536365", 2),
-            claim("536366", 1),
-            claim("536365", 3),
+        let lines = [
+            line("536365", 1),
+            line("536365", 2),
+            line("536366", 1),
+            line("536365", 3),
         ];
+        let claims: Vec<LineClaim<'_>> =
+            lines.iter().map(|l| LineClaim::new("store-1", l)).collect();
         let groups = by_invoice(&claims);
         let invoices: Vec<&str> = groups.iter().map(|g| g.invoice_no.as_str()).collect();
         assert_eq!(invoices, ["536365", "536366"]);

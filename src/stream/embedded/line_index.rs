@@ -142,7 +142,7 @@ impl LineIndex for EmbeddedStream {
     async fn append(
         &self,
         records: Vec<PutRecord>,
-        claims: Vec<Vec<LineClaim>>,
+        claims: Vec<Vec<LineClaim<'_>>>,
     ) -> Result<Vec<PutResult>, StreamError> {
         EmbeddedStream::append(self, records, claims).await
     }

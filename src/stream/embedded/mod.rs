@@ -286,7 +286,7 @@ impl EmbeddedStream {
     async fn append(
         &self,
         records: Vec<PutRecord>,
-        claims: Vec<Vec<LineClaim>>,
+        claims: Vec<Vec<LineClaim<'_>>>,
     ) -> Result<Vec<PutResult>, StreamError> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -316,10 +316,8 @@ impl EmbeddedStream {
                 limit / (1024 * 1024)
             )));
         };
-        // Grouped here, on the caller's thread, and the claimed lines dropped here, not by the
-        // writer.
+        // Grouped here, on the caller's thread: the writer only looks them up and files them.
         let prepared = claims::Claims::prepare(&claims);
-        drop(claims);
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             records,

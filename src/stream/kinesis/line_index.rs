@@ -212,7 +212,10 @@ impl DynamoLineIndex {
     /// The ids of `claims` that the index holds by now and that this append may not write:
     /// stored since the caller looked them up (a pending claim of the same store and content, an
     /// unacknowledged attempt of the same line, may be written again).
-    async fn stored_meanwhile(&self, claims: &[&LineClaim]) -> Result<Vec<LineId>, StreamError> {
+    async fn stored_meanwhile(
+        &self,
+        claims: &[&LineClaim<'_>],
+    ) -> Result<Vec<LineId>, StreamError> {
         let keys: Vec<LineKey<'_>> = claims
             .iter()
             .map(|c| LineKey {
@@ -226,7 +229,7 @@ impl DynamoLineIndex {
             let Some(entry) = stored.get(c.line_id()) else {
                 continue;
             };
-            if verdict(&c.store_id, &c.line, Some(entry)) != Verdict::New {
+            if verdict(c.store_id, c.line, Some(entry)) != Verdict::New {
                 taken.push(c.line_id().clone());
             }
         }
@@ -236,14 +239,14 @@ impl DynamoLineIndex {
     /// Writes the items of the lines of `claims`, committed where their records `landed`, in
     /// BatchWriteItems of 25. A write that fails is logged: the records are durable, and a line
     /// the index does not hold is only appended again by a retry (the sinks keep it once).
-    async fn commit(&self, claims: &[Vec<LineClaim>], landed: &[PutResult], token: &str) {
+    async fn commit(&self, claims: &[Vec<LineClaim<'_>>], landed: &[PutResult], token: &str) {
         // BatchWriteItem refuses a key twice in one request: the last claim of an id is written.
         let mut items: HashMap<&LineId, Item> = HashMap::new();
         for (claims, at) in claims.iter().zip(landed) {
             for c in claims {
                 let item = HashMap::from([
                     ("Id".to_owned(), s(line_key(c.line_id()))),
-                    ("Store".to_owned(), s(&*c.store_id)),
+                    ("Store".to_owned(), s(c.store_id)),
                     (
                         "Line".to_owned(),
                         s(serde_json::to_string(&c.line).expect("a line serializes")),
@@ -377,10 +380,10 @@ impl LineIndex for DynamoLineIndex {
     async fn append(
         &self,
         records: Vec<PutRecord>,
-        claims: Vec<Vec<LineClaim>>,
+        claims: Vec<Vec<LineClaim<'_>>>,
     ) -> Result<Vec<PutResult>, StreamError> {
         let token = format!("{:032x}", rand::random::<u128>());
-        let all: Vec<&LineClaim> = claims.iter().flatten().collect();
+        let all: Vec<&LineClaim<'_>> = claims.iter().flatten().collect();
         let mut invoices: Vec<String> = all.iter().map(|c| c.invoice_no().to_owned()).collect();
         invoices.sort();
         invoices.dedup();
