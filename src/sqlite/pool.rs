@@ -38,8 +38,9 @@ const STATEMENT_CACHE: usize = 32;
 const READER_CACHE_KIB: i64 = -4_096;
 
 /// WAL pages (4 KiB) after which the writer copies the WAL back into the database itself, within
-/// its commit (SQLite's default is 1,000). The backstop: after each write the WAL is copied back on
-/// a connection of its own ([`Database::checkpoint_soon`]), outside the writer's turn.
+/// its commit (SQLite's default is 1,000). The backstop: after writes (at most every
+/// [`CHECKPOINT_EVERY`]) the WAL is copied back on a connection of its own
+/// ([`Database::checkpoint_soon`]), outside the writer's turn.
 const WRITER_AUTOCHECKPOINT_PAGES: i64 = 8_192;
 
 /// The shortest time between two checkpoints after writes: a page that every write changes (the
@@ -324,8 +325,9 @@ impl Database {
     }
 
     /// Copies the WAL back into the database on the checkpoint connection, on a blocking thread of
-    /// the caller's runtime (a sink's, at the sinks' priority), unless a checkpoint runs already.
-    /// Not waited for: the write that asked is done, and the next may begin while the copy runs.
+    /// the caller's runtime (a sink's, at the sinks' priority), unless a checkpoint runs already
+    /// or began less than [`CHECKPOINT_EVERY`] ago. Not waited for: the write that asked is done,
+    /// and the next may begin while the copy runs.
     fn checkpoint_soon(&self) {
         if !self.checkpointer.is_due() {
             return;
