@@ -155,17 +155,22 @@ pub(crate) struct Database {
 /// that finishes last. A passive checkpoint on another connection runs beside the next write.
 struct Checkpointer {
     path: PathBuf,
+    /// Held while a checkpoint runs: one at a time.
     conn: StdMutex<Connection>,
-    /// Set while a checkpoint runs or is about to: one at a time.
-    running: std::sync::atomic::AtomicBool,
     /// When the last checkpoint began: one every [`CHECKPOINT_EVERY`] at most.
     last: StdMutex<Option<std::time::Instant>>,
 }
 
 impl Checkpointer {
-    /// Copies what the WAL holds back into the database. Blocking.
-    fn run(&self) {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+    /// Copies what the WAL holds back into the database, unless a checkpoint runs already (the
+    /// next write asks again). Blocking.
+    fn run_unless_running(&self) {
+        let conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         // The row is (busy, frames in the WAL, frames copied back). A passive checkpoint takes no
         // lock that the writer or the readers wait for, and copies what it can.
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
@@ -173,32 +178,12 @@ impl Checkpointer {
         }
     }
 
-    /// Runs a checkpoint unless one is running already (the next write asks again). Blocking.
-    fn run_unless_running(&self) {
-        if self.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            return;
-        }
-        /// Lets the next checkpoint run once this one is over, even if it panicked.
-        struct Release<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let _release = Release(&self.running);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-        self.run();
-    }
-
-    /// Whether a checkpoint is due: none running, and none begun in the last
-    /// [`CHECKPOINT_EVERY`].
+    /// Whether a checkpoint is due: none began in the last [`CHECKPOINT_EVERY`].
     fn is_due(&self) -> bool {
-        !self.running.load(std::sync::atomic::Ordering::Acquire)
-            && self
-                .last
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY)
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY)
     }
 }
 
@@ -293,7 +278,6 @@ impl Database {
             checkpointer: Arc::new(Checkpointer {
                 path: path.to_owned(),
                 conn: StdMutex::new(checkpointer),
-                running: Default::default(),
                 last: StdMutex::new(None),
             }),
             writer: Arc::new(Mutex::new(writer)),

@@ -216,13 +216,7 @@ impl DynamoLineIndex {
         &self,
         claims: &[&LineClaim<'_>],
     ) -> Result<Vec<LineId>, StreamError> {
-        let keys: Vec<LineKey<'_>> = claims
-            .iter()
-            .map(|c| LineKey {
-                invoice_no: c.invoice_no(),
-                line_id: c.line_id(),
-            })
-            .collect();
+        let keys: Vec<LineKey<'_>> = claims.iter().map(|c| LineKey::of(c.line)).collect();
         let stored = self.lookup(&keys).await?;
         let mut taken = Vec::new();
         for c in claims {
