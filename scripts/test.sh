@@ -26,6 +26,7 @@ phase() {
 
 phase "test dependencies" bash scripts/testing/setup-test-deps.sh
 phase "build (cargo test --no-run)" cargo test --locked --no-run "$@"
+echo "==> build output: $(du -sh target 2>/dev/null | cut -f1); disk free: $(df -h --output=avail . | tail -1 | tr -d ' ')"
 # The heavy tests (emulators plus several shopstream processes) take a lock of their own and run
 # one at a time (tests/common: heavy_test); the rest run in parallel.
 phase "cargo test" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$0"' "$log" "$@"
