@@ -8,7 +8,7 @@
 //! [`LineId`](crate::model::LineId)), so it determines the invoice: the pair is unique exactly
 //! when the id is, and the stores stay idempotent by line id. What the pair changes is where a
 //! write lands. In an index ordered by a random hash every line of a batch goes to a different
-//! B-tree page, and each commit rewrites, checksums into the WAL and fsyncs about one 4 KiB page
+//! B-tree page, and each commit rewrites, checksums into the WAL and fsyncs about one page
 //! per line. Ordered by invoice number first, the lines of a batch sit together (invoice numbers
 //! grow with time) and a commit writes a few pages per invoice: `cargo bench --bench stores`
 //! measured 3.2x the operational store's and 2.3x the warehouse's insert rate
