@@ -38,9 +38,9 @@ const STATEMENT_CACHE: usize = 32;
 const READER_CACHE_KIB: i64 = -4_096;
 
 /// Page size of a new store file. SQLite's default is 4 KiB; with 16 KiB the sinks' inserts split
-/// and rewrite a quarter as many B-tree pages: the sinks' catch-up took about 15% less CPU a line
-/// and the time to all sinks was about 10% shorter in five alternating pairs of the pipeline bench
-/// (`docs/benchmarks.md`). A file keeps the page size it was created with (changing it needs a
+/// and rewrite fewer B-tree pages: in four alternating pairs of the pipeline bench the sinks'
+/// blocking threads took 18% less CPU a line while catching up and the time to all sinks was 8%
+/// shorter (medians; `docs/benchmarks.md`). A file keeps the page size it was created with (changing it needs a
 /// `VACUUM` outside WAL mode), so files from before keep 4 KiB pages.
 const PAGE_SIZE: i64 = 16_384;
 
@@ -257,7 +257,7 @@ impl Database {
             .pragma_update(
                 None,
                 "wal_autocheckpoint",
-                WRITER_AUTOCHECKPOINT_BYTES / page_size.max(512),
+                WRITER_AUTOCHECKPOINT_BYTES / page_size,
             )
             .map_err(sqlite)?;
         writer.execute_batch(schema).map_err(sqlite)?;
