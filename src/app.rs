@@ -340,7 +340,7 @@ pub async fn start_pipeline(
             dedup_save_interval: settings.sinks.dedup_save_interval,
         },
         shard_refresh: settings.sinks.shard_refresh,
-        nice: settings.sinks.nice,
+        priority: settings.sinks.priority(),
     };
     Pipeline::start(parts)
         .await

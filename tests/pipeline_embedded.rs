@@ -138,9 +138,10 @@ fn real_fixture_reaches_every_sink_exactly_once_and_answers_lookups() {
     );
 }
 
-/// The nice value of each of the server's threads, by thread name (`/proc/PID/task/*`).
+/// Each of the server's threads, by thread name: (name, nice value, scheduling policy)
+/// (`/proc/PID/task/*`).
 #[cfg(target_os = "linux")]
-fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+fn thread_priorities(pid: u32) -> Vec<(String, i32, i32)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
@@ -150,27 +151,30 @@ fn thread_nices(pid: u32) -> Vec<(String, i32)> {
         ) else {
             continue; // the thread ended while we looked
         };
-        // After the name in parentheses: state is field 3, nice field 19 (man 5 proc).
+        // After the name in parentheses: state is field 3, nice field 19, policy field 41
+        // (man 5 proc).
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .unwrap()
             .1
             .split_whitespace()
             .collect();
-        threads.push((name.trim().to_owned(), fields[16].parse().unwrap()));
+        threads.push((
+            name.trim().to_owned(),
+            fields[16].parse().unwrap(),
+            fields[38].parse().unwrap(),
+        ));
     }
     threads.sort();
     threads
 }
 
-/// The sinks' threads (each sink's arbiter and the blocking threads where its writes run) take
-/// `sinks.nice` steps below ingest's CPU priority; the HTTP workers and the stream's writer keep
-/// the process's, so an acknowledgement never waits behind a sink's batch.
+/// Replays the small fixture into a server started with `config` until every sink caught up,
+/// then reads its threads' priorities.
 #[cfg(target_os = "linux")]
-#[test]
-fn the_sinks_threads_run_below_ingests_cpu_priority() {
+fn priorities_after_a_replay(config: &str) -> Vec<(String, i32, i32)> {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), 0, "[sinks]\nnice = 7\n");
+    let server = Server::start(&dir.path().join("data"), 0, config);
     let file = fixture("online-retail-sample-182.csv");
     let summary = replay(&server.base, &file, &["--stores", "3", "--batch", "20"]);
     assert_eq!(
@@ -179,27 +183,64 @@ fn the_sinks_threads_run_below_ingests_cpu_priority() {
         "{summary:#}"
     );
     server.wait_caught_up(Duration::from_secs(60));
+    thread_priorities(server.pid())
+}
 
-    let threads = thread_nices(server.pid());
-    let nices = |prefix: &str| -> Vec<i32> {
-        threads
-            .iter()
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, nice)| *nice)
-            .collect()
-    };
-    assert_eq!(nices("stream-writer"), [0], "{threads:?}");
-    // actix's threads: the HTTP workers at the process's priority, one arbiter per sink below it.
-    let actix = nices("actix-rt|system");
-    assert_eq!(actix.iter().filter(|&&n| n == 7).count(), 3, "{threads:?}");
-    assert!(actix.iter().all(|&n| n == 0 || n == 7), "{threads:?}");
-    assert!(actix.contains(&0), "{threads:?}");
-    let blocking = nices("sink-blocking");
+/// Of `threads`, the (nice, policy) of those whose name starts with `prefix`.
+#[cfg(target_os = "linux")]
+fn named(threads: &[(String, i32, i32)], prefix: &str) -> Vec<(i32, i32)> {
+    threads
+        .iter()
+        .filter(|(name, ..)| name.starts_with(prefix))
+        .map(|&(_, nice, policy)| (nice, policy))
+        .collect()
+}
+
+/// Linux's scheduling policies, as `/proc/PID/task/TID/stat` shows them.
+#[cfg(target_os = "linux")]
+const SCHED_OTHER: i32 = 0;
+#[cfg(target_os = "linux")]
+const SCHED_IDLE: i32 = 5;
+
+/// Checks that the sinks' threads (each sink's arbiter and the blocking threads where its writes
+/// run) have the priority `sink` recognises from (nice, policy), while the HTTP workers and the
+/// stream's writer keep the process's (nice 0, the normal class).
+#[cfg(target_os = "linux")]
+fn assert_only_the_sinks_run_lower(
+    threads: &[(String, i32, i32)],
+    sink: impl Fn(&(i32, i32)) -> bool,
+) {
+    let ingest = (0, SCHED_OTHER);
+    assert_eq!(named(threads, "stream-writer"), [ingest], "{threads:?}");
+    // actix's threads: the HTTP workers at ingest's priority, one arbiter per sink lower.
+    let actix = named(threads, "actix-rt|system");
+    assert_eq!(actix.iter().filter(|t| sink(t)).count(), 3, "{threads:?}");
+    assert!(actix.iter().all(|t| *t == ingest || sink(t)), "{threads:?}");
+    assert!(actix.contains(&ingest), "{threads:?}");
+    let blocking = named(threads, "sink-blocking");
     assert!(
         !blocking.is_empty(),
         "the sinks wrote on no blocking thread: {threads:?}"
     );
-    assert!(blocking.iter().all(|&n| n == 7), "{threads:?}");
+    assert!(blocking.iter().all(sink), "{threads:?}");
+}
+
+/// By default the sinks' threads are in the `SCHED_IDLE` class, so an acknowledgement never
+/// waits for a core behind a sink's batch.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_sinks_threads_run_in_the_idle_class_by_default() {
+    let threads = priorities_after_a_replay("");
+    assert_only_the_sinks_run_lower(&threads, |&(_, policy)| policy == SCHED_IDLE);
+}
+
+/// With `cpu_class = "nice"`, the sinks' threads stay in the normal class, `sinks.nice` steps
+/// below ingest's CPU priority.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_sinks_threads_run_nice_steps_below_ingest_when_told() {
+    let threads = priorities_after_a_replay("[sinks]\ncpu_class = \"nice\"\nnice = 7\n");
+    assert_only_the_sinks_run_lower(&threads, |&t| t == (7, SCHED_OTHER));
 }
 
 #[test]

@@ -29,14 +29,14 @@ pub struct PipelineParts {
     pub shard_refresh: Duration,
     /// Which shards this instance reads (all of them, or those whose lease it holds).
     pub ownership: Arc<dyn ShardOwnership>,
-    /// How many nice steps the sinks' threads run below ingest (see [`super::priority`]).
-    pub nice: i32,
+    /// Where the sinks' threads stand for CPU against ingest (see [`super::priority`]).
+    pub priority: priority::SinkPriority,
 }
 
 pub struct Pipeline {
     parts: PipelineParts,
     /// One arbiter (thread) per sink, so that decoding and batching of one sink never waits for
-    /// another's; at `PipelineParts::nice` below ingest's priority.
+    /// another's; at `PipelineParts::priority`, below ingest's.
     arbiters: BTreeMap<SinkKind, Arbiter>,
     actors: Mutex<BTreeMap<(SinkKind, ShardId), Addr<ShardSink>>>,
     /// The shard list as last read: leases are renewed from it while ListShards fails, so a
@@ -57,7 +57,7 @@ impl Pipeline {
         let arbiters = parts
             .sinks
             .iter()
-            .map(|s| (s.kind(), priority::arbiter_with_nice(parts.nice)))
+            .map(|s| (s.kind(), priority::arbiter_with_priority(parts.priority)))
             .collect();
         let pipeline = Arc::new(Pipeline {
             parts,

@@ -1,15 +1,25 @@
-//! The sinks' threads run at a lower CPU priority than ingest.
+//! The sinks' threads run below ingest's CPU priority.
 //!
 //! On a machine where ingest and the sinks share the cores, an acknowledgement should not wait
 //! behind a sink's batch: a store waits for its acknowledgement, while the sinks only have to
 //! catch up. So each sink's arbiter thread, and the blocking threads its runtime starts (where
-//! the stores' SQLite writes, the archive's files and the stream's reads run), take a higher
-//! nice value (`sinks.nice`). They still take every core ingest leaves idle, and they cannot fall
-//! behind for good: past `sinks.backlog_high_water_records` or `sinks.max_lag` ingest answers
-//! 503, which leaves the cores to them.
+//! the stores' SQLite writes, the archive's files and the stream's reads run), take a lower
+//! priority (`sinks.cpu_class`):
 //!
-//! Linux only: there the nice value belongs to a thread. Elsewhere (`setpriority` would change
-//! the whole process) the threads keep the process's priority.
+//! - `idle` (the default): Linux's `SCHED_IDLE` class. A sink's thread runs only on a core no
+//!   thread of the normal class wants, and a woken ingest thread takes the core from it at once.
+//!   (Before the sinks' checkpoints became jobs of the stream's writer, a sink in this class could
+//!   hold the stream file's write lock while starved, and acknowledgements waited up to 146 ms;
+//!   now no lock of ingest's path is held by a sink's thread for longer than a memory operation.)
+//! - `nice`: the normal class, `sinks.nice` steps below ingest. A nice-10 thread still gets about
+//!   a tenth of a contended core, and with a dozen sink threads runnable that adds up.
+//!
+//! Either way the sinks take every core ingest leaves idle (it waits for fsyncs and for its
+//! clients), and they cannot fall behind for good: past `sinks.backlog_high_water_records` or
+//! `sinks.max_lag` ingest answers 503, which leaves the cores to them.
+//!
+//! Linux only: there the scheduling class and nice value belong to a thread. Elsewhere (where
+//! they would change the whole process) the threads keep the process's priority.
 
 use actix::Arbiter;
 
@@ -17,24 +27,48 @@ use actix::Arbiter;
 /// `top -H` and `/proc/PID/task` tell them apart from ingest's.
 pub const BLOCKING_THREAD_NAME: &str = "sink-blocking";
 
-/// An arbiter whose thread and blocking threads run `nice` steps below the calling thread (0:
-/// the same priority).
+/// Where the sinks' threads stand for CPU against ingest's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkPriority {
+    /// Linux's `SCHED_IDLE` class: only CPU that no thread of the normal class wants.
+    Idle,
+    /// The normal class, this many nice steps below the thread that starts the sinks (0: the
+    /// same priority).
+    Nice(i32),
+}
+
+/// What a sink's thread sets itself to, resolved once on the thread that starts the sinks.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// Leave the thread as it is (the priority cannot be read, or not per thread).
+    Keep,
+    Idle,
+    /// An absolute nice value.
+    Nice(i32),
+}
+
+/// An arbiter whose thread and blocking threads run at `priority`.
 ///
 /// # Panics
 /// When the operating system refuses a new thread or runtime (as `Arbiter::new` does).
-pub fn arbiter_with_nice(nice: i32) -> Arbiter {
-    // Absolute, not a step from each thread's own: a blocking thread starts with the nice value
-    // of the thread that spawned it, which may already be lowered.
-    let target = this_thread_nice().map(|base| (base + nice).min(19));
+pub fn arbiter_with_priority(priority: SinkPriority) -> Arbiter {
+    let target = match priority {
+        SinkPriority::Idle => Target::Idle,
+        // Absolute, not a step from each thread's own: a blocking thread starts with the nice
+        // value of the thread that spawned it, which may already be lowered.
+        SinkPriority::Nice(steps) => {
+            this_thread_nice().map_or(Target::Keep, |base| Target::Nice((base + steps).min(19)))
+        }
+    };
     let arbiter = Arbiter::with_tokio_rt(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(BLOCKING_THREAD_NAME)
-            .on_thread_start(move || set_this_thread_nice(target))
+            .on_thread_start(move || set_this_thread(target))
             .build()
             .expect("cannot start a sink's runtime")
     });
-    arbiter.spawn_fn(move || set_this_thread_nice(target));
+    arbiter.spawn_fn(move || set_this_thread(target));
     arbiter
 }
 
@@ -56,15 +90,35 @@ fn this_thread_nice() -> Option<i32> {
     None
 }
 
-/// Sets the calling thread's nice value to `target` (from [`this_thread_nice`]).
-fn set_this_thread_nice(target: Option<i32>) {
+/// Sets the calling thread's scheduling class or nice value to `target`.
+fn set_this_thread(target: Target) {
     #[cfg(target_os = "linux")]
-    if let Some(target) = target {
-        // SAFETY: setpriority only sets the calling thread's scheduling priority (`who` 0 is the
-        // calling thread on Linux); no memory is involved.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) } != 0 {
+    {
+        let (result, what) = match target {
+            Target::Keep => return,
+            // SAFETY: sched_setscheduler only changes the calling thread's scheduling class (pid 0
+            // is the calling thread on Linux); the parameter outlives the call. SCHED_IDLE takes
+            // priority 0 and needs no privilege.
+            Target::Idle => (
+                unsafe {
+                    libc::sched_setscheduler(
+                        0,
+                        libc::SCHED_IDLE,
+                        &libc::sched_param { sched_priority: 0 },
+                    )
+                },
+                "SCHED_IDLE".to_owned(),
+            ),
+            // SAFETY: setpriority only sets the calling thread's scheduling priority (`who` 0 is
+            // the calling thread on Linux); no memory is involved.
+            Target::Nice(nice) => (
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) },
+                format!("nice {nice}"),
+            ),
+        };
+        if result != 0 {
             tracing::warn!(
-                nice = target,
+                priority = %what,
                 error = %std::io::Error::last_os_error(),
                 "Cannot lower a sink thread's CPU priority; it runs at ingest's priority."
             );

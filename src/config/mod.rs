@@ -451,6 +451,21 @@ mod tests {
     }
 
     #[test]
+    fn the_sinks_run_in_the_idle_class_unless_told_to_use_nice() {
+        use crate::actors::priority::SinkPriority;
+        assert_eq!(load_toml("").unwrap().sinks.priority(), SinkPriority::Idle);
+        let nice = load_toml("[sinks]\ncpu_class = \"nice\"\nnice = 7").unwrap();
+        assert_eq!(nice.sinks.priority(), SinkPriority::Nice(7));
+        let e = load_toml("[sinks]\ncpu_class = \"low\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpu_class") && e.contains("idle") && e.contains("nice"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_sinks_nice_value_is_a_linux_nice_step() {
         assert_eq!(load_toml("").unwrap().sinks.nice, 10);
         assert_eq!(load_toml("[sinks]\nnice = 0").unwrap().sinks.nice, 0);

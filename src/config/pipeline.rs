@@ -89,11 +89,34 @@ pub struct SinksConfig {
     /// written since the last save from the stream).
     #[serde(with = "humantime_serde")]
     pub dedup_save_interval: Duration,
-    /// How many steps of CPU priority (Linux nice) the sinks' threads run below ingest, 0 to 19:
-    /// acknowledgements first, the sinks on what the cores have left (see
-    /// [`crate::actors::priority`]).
+    /// How the sinks' threads stand below ingest for CPU: acknowledgements first, the sinks on
+    /// what the cores have left (see [`crate::actors::priority`]).
+    pub cpu_class: CpuClass,
+    /// With `cpu_class = "nice"`: how many steps of CPU priority (Linux nice) the sinks' threads
+    /// run below ingest, 0 to 19.
     pub nice: i32,
     pub retry: RetryConfig,
+}
+
+/// `sinks.cpu_class`: the scheduling class of the sinks' threads on Linux.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuClass {
+    /// `SCHED_IDLE`: only CPU no thread of the normal class wants.
+    Idle,
+    /// The normal class, `sinks.nice` steps below ingest.
+    Nice,
+}
+
+impl SinksConfig {
+    /// The priority the sinks' threads take.
+    pub fn priority(&self) -> crate::actors::priority::SinkPriority {
+        use crate::actors::priority::SinkPriority;
+        match self.cpu_class {
+            CpuClass::Idle => SinkPriority::Idle,
+            CpuClass::Nice => SinkPriority::Nice(self.nice),
+        }
+    }
 }
 
 /// Records per read when `sinks.read_batch_records` is unset, embedded. The two stores write
