@@ -696,26 +696,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if target is None:
                 self.s3(body)
             elif self.server.faults.refused(target):
-                self.send_refusal(target)
                 self.server.stats.op(target, refused=1)
+                self.send_refusal(target)
                 self.log(f"{target}: refused (LimitExceededException)")
             elif (text := self.server.faults.invalid_text(target, body)) is not None:
                 # Firehose's name for an invalid request; DynamoDB's and Kinesis' is this one.
                 code = ("InvalidArgumentException" if target.startswith("Firehose_")
                         else "ValidationException")
+                self.server.stats.op(target, invalid=1)
                 self.send_refusal(
                     target,
                     code,
                     "One or more parameter values were invalid "
                     f"(refused by fault_proxy: the request holds {text!r})",
                 )
-                self.server.stats.op(target, invalid=1)
                 self.log(f"{target}: refused as invalid ({code})")
             elif target in THROTTLE and self.server.faults.active():
                 self.faulty(target, body)
             elif target == GET_RECORDS and self.server.faults.expire():
-                self.send_kinesis_error("ExpiredIteratorException", "Iterator expired (injected)")
                 self.server.stats.op(target, injected_expired=1)
+                self.send_kinesis_error("ExpiredIteratorException", "Iterator expired (injected)")
                 self.log(f"{target}: answered ExpiredIteratorException")
             else:
                 self.counted(target, body)
@@ -796,8 +796,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         kind = s3_kind(self.command, path, query)
         if self.server.faults.s3_write_refused(kind, path):
-            self.send(S3_SLOW_DOWN)
             self.server.stats.s3(kind, len(body), len(S3_SLOW_DOWN.body), False, refused=True)
+            self.send(S3_SLOW_DOWN)
             self.log(f"S3 {kind} {path}: refused (503 SlowDown)")
             return
         r = self.forward(body)
@@ -848,8 +848,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 crc=target == BATCH_WRITE_ITEM,
             )
             r.headers.append(("x-amzn-ErrorType", code))
-            self.send(r)
+            # Counted before answering (as everywhere here): a client's next attempt, or a test
+            # reading the counts, may come the moment the answer is out.
             self.server.stats.op(target, throttled=1)
+            self.send(r)
             self.log(f"{target}: throttled the whole call ({code})")
             return
         if target == BATCH_WRITE_ITEM:
@@ -924,8 +926,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         r = self.forward(_compact({**req, field: kept}))
         answer = answer_of(r)
         if answer is None or not valid(answer):
-            self.send(r)
             self.server.stats.op(target, error_responses=1, **count_call(target, req, None, 0))
+            self.send(r)
             return None
         return r, answer
 
@@ -936,8 +938,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             r = synthetic(200, content_type, answer, crc=target == BATCH_WRITE_ITEM)
         else:
             r = r.with_body(_compact(answer))
-        self.send(r)
         self.server.stats.op(target, **count_call(target, req, answer, injected))
+        self.send(r)
         self.log(f"{target}: {what}")
 
 
