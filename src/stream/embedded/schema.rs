@@ -22,16 +22,26 @@ use std::time::Duration;
 /// (see `writer`); readers wait only while the WAL is recovered after a crash.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// WAL pages (4 KiB) after which the writer folds the WAL back into the database itself, within a
+/// Page size of a new stream file (SQLite's default is 4 KiB). A record of an invoice's lines
+/// (about 2.4 KB) nearly filled a 4 KiB page, so each append split and rewrote pages of its
+/// shard's table, the claims and their indexes; with 16 KiB pages a commit writes fewer, larger
+/// frames, and the WAL starts over a quarter as often in frames. 2 cores, alternating with 4 KiB:
+/// the ack p99 at 150,000 lines/s 24.5-29.2 -> 11.3-25.4 ms, at half of the durable rate 39.7 /
+/// 43.6 -> 19.9 / 23.3 ms; the writer's CPU a line the same or lower (docs/benchmarks.md). A file
+/// made with another page size keeps it (changing it needs a `VACUUM` outside WAL mode); the WAL
+/// sizes below are in bytes so that they hold for either.
+const PAGE_SIZE: i64 = 16 * 1024;
+
+/// Bytes of WAL after which the writer folds the WAL back into the database itself, within a
 /// commit: the backstop, for when the checkpointer thread ([`run_checkpointer`]) cannot work. In a
 /// commit, such a checkpoint held that commit's appends for 20 to 30 ms, and, since it cannot start
-/// the WAL over while the sinks read, it ran again at every commit until it could: at 16,384 pages
-/// (64 MB) it set the ack latency's tail under load.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 65_536;
+/// the WAL over while the sinks read, it ran again at every commit until it could: at 64 MB it set
+/// the ack latency's tail under load.
+const WAL_AUTOCHECKPOINT_BYTES: i64 = 256 * 1024 * 1024;
 
-/// WAL frames (pages) after which the checkpointer asks the writer to start the WAL over
+/// Bytes of WAL after which the checkpointer asks the writer to start the WAL over
 /// ([`RestartWal`]).
-const RESTART_WAL_FRAMES: i64 = 16_384;
+const RESTART_WAL_BYTES: i64 = 64 * 1024 * 1024;
 
 /// How often the checkpointer thread copies what the WAL holds back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -52,7 +62,7 @@ fn restart_busy(polls: i32) -> bool {
 }
 
 /// When the WAL starts over, its file is truncated to this size if larger, so it does not keep
-/// the size of a backstop checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]) on disk forever. Above the
+/// the size of a backstop checkpoint ([`WAL_AUTOCHECKPOINT_BYTES`]) on disk forever. Above the
 /// WAL's usual high water (64 MB and what comes until the writer starts it over): truncated each
 /// time (a limit of 64 MB), the ack p99 at 150,000 lines/s was 40.0 ms against 30.6 (medians of
 /// four runs, docs/benchmarks.md).
@@ -72,6 +82,8 @@ pub(super) fn records_table(shard: u32) -> String {
 pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Before anything writes the file's header (WAL mode does); a no-op on an existing file.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -82,17 +94,26 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(
+        None,
+        "wal_autocheckpoint",
+        WAL_AUTOCHECKPOINT_BYTES / page_size(&conn)?,
+    )?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
     Ok(conn)
+}
+
+/// The page size of the file `conn` is open on: [`PAGE_SIZE`], or an older file's own.
+fn page_size(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA page_size", [], |row| row.get(0))
 }
 
 /// The checkpointer's request that the writer start the WAL over, shared by the two threads.
 ///
 /// Under steady appends the WAL never starts over by itself: a checkpoint on another connection
 /// never catches up with the writer, and readers (the sinks, all the time) hold on to it. So the WAL
-/// would grow until the writer's own checkpoint ([`WAL_AUTOCHECKPOINT_PAGES`]). Instead, once the
-/// WAL holds [`RESTART_WAL_FRAMES`] and the checkpointer has copied it back, the writer, between
+/// would grow until the writer's own checkpoint ([`WAL_AUTOCHECKPOINT_BYTES`]). Instead, once the
+/// WAL holds [`RESTART_WAL_BYTES`] and the checkpointer has copied it back, the writer, between
 /// two commits, copies the little that came since and waits (at most 5 ms, [`RESTART_POLLS`]) for
 /// the readers still in it: the next commit starts the WAL over, writing from the start of the
 /// file again (which keeps its size: [`JOURNAL_SIZE_LIMIT_BYTES`]). The stall is a few
@@ -132,7 +153,7 @@ impl RestartWal {
 /// until `stop` is dropped, and asks the writer to start the WAL over once it is large (see
 /// [`RestartWal`]). A passive checkpoint takes no lock that appends or reads wait for, and leaves
 /// for next time what it cannot copy now. If the thread cannot work, the writer's own checkpoint
-/// ([`WAL_AUTOCHECKPOINT_PAGES`]) still bounds the WAL.
+/// ([`WAL_AUTOCHECKPOINT_BYTES`]) still bounds the WAL.
 pub(super) fn run_checkpointer(
     path: &Path,
     stop: &std::sync::mpsc::Receiver<()>,
@@ -145,6 +166,7 @@ pub(super) fn run_checkpointer(
             return;
         }
     };
+    let restart_frames = RESTART_WAL_BYTES / page_size(&conn).unwrap_or(PAGE_SIZE);
     let mut warned = false;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
@@ -155,7 +177,7 @@ pub(super) fn run_checkpointer(
         match done {
             Ok(frames) => {
                 warned = false;
-                if frames >= RESTART_WAL_FRAMES {
+                if frames >= restart_frames {
                     restart.ask();
                 }
             }
@@ -342,6 +364,44 @@ mod tests {
             before,
             "the WAL started over: new frames overwrite its start"
         );
+    }
+
+    /// A new stream file gets [`PAGE_SIZE`]; one made with SQLite's default 4 KiB pages keeps
+    /// them, and its writer's backstop is counted in its own pages.
+    #[test]
+    fn a_new_stream_file_gets_16_kib_pages_and_an_older_file_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let pragma = |conn: &Connection, name: &str| -> i64 {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let new = connect(&dir.path().join("new.sqlite")).unwrap();
+        new.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        assert_eq!(pragma(&new, "page_size"), PAGE_SIZE);
+        assert_eq!(
+            pragma(&new, "wal_autocheckpoint"),
+            WAL_AUTOCHECKPOINT_BYTES / PAGE_SIZE
+        );
+
+        let path = dir.path().join("old.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL;
+                 CREATE TABLE t (x BLOB); INSERT INTO t VALUES (x'00');",
+            )
+            .unwrap();
+        let old = connect(&path).unwrap();
+        old.execute("INSERT INTO t VALUES (x'01')", []).unwrap();
+        assert_eq!(pragma(&old, "page_size"), 4096);
+        assert_eq!(
+            pragma(&old, "wal_autocheckpoint"),
+            WAL_AUTOCHECKPOINT_BYTES / 4096
+        );
+        let rows: i64 = old
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
     }
 
     /// The `invoice_claims` rows of `invoice_no`: (shard, seq, store, ids' digits).
