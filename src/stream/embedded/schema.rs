@@ -40,8 +40,12 @@ const PAGE_SIZE: i64 = 16 * 1024;
 const WAL_AUTOCHECKPOINT_BYTES: i64 = 256 * 1024 * 1024;
 
 /// Bytes of WAL after which the checkpointer asks the writer to start the WAL over
-/// ([`RestartWal`]).
-const RESTART_WAL_BYTES: i64 = 64 * 1024 * 1024;
+/// ([`RestartWal`]). With 16 KiB pages each start over costs the writer little, and while the
+/// WAL's file still grows (its first cycle after the file is opened) each commit's fsync also
+/// writes the file's new size; at 32 MB that phase is half as long. Ack p99 at 200,000 lines/s
+/// (2 cores, four rounds): 13.2 / 12.8 / 18.8 / 13.0 ms at 32 MB, 16.5 / 18.4 / 62.3 / 17.9 at
+/// 64 MB, 25.3 / 34.9 / 22.6 / 31.6 at 128 MB (docs/benchmarks.md).
+const RESTART_WAL_BYTES: i64 = 32 * 1024 * 1024;
 
 /// How often the checkpointer thread copies what the WAL holds back into the database.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -63,9 +67,9 @@ fn restart_busy(polls: i32) -> bool {
 
 /// When the WAL starts over, its file is truncated to this size if larger, so it does not keep
 /// the size of a backstop checkpoint ([`WAL_AUTOCHECKPOINT_BYTES`]) on disk forever. Above the
-/// WAL's usual high water (64 MB and what comes until the writer starts it over): truncated each
-/// time (a limit of 64 MB), the ack p99 at 150,000 lines/s was 40.0 ms against 30.6 (medians of
-/// four runs, docs/benchmarks.md).
+/// WAL's usual high water ([`RESTART_WAL_BYTES`] and what comes until the writer starts it over):
+/// truncated each time (a limit of 64 MB when the WAL started over at 64 MB), the ack p99 at
+/// 150,000 lines/s was 40.0 ms against 30.6 (medians of four runs, docs/benchmarks.md).
 const JOURNAL_SIZE_LIMIT_BYTES: i64 = 128 * 1024 * 1024;
 
 /// Page cache per connection, in KiB (negative values are KiB for SQLite). Appends go to the end
@@ -117,7 +121,7 @@ fn page_size(conn: &Connection) -> rusqlite::Result<i64> {
 /// two commits, copies the little that came since and waits (at most 5 ms, [`RESTART_POLLS`]) for
 /// the readers still in it: the next commit starts the WAL over, writing from the start of the
 /// file again (which keeps its size: [`JOURNAL_SIZE_LIMIT_BYTES`]). The stall is a few
-/// milliseconds once per 64 MB of WAL.
+/// milliseconds once per [`RESTART_WAL_BYTES`] of WAL.
 #[derive(Clone, Default)]
 pub(super) struct RestartWal(Arc<AtomicBool>);
 
