@@ -108,17 +108,6 @@ pub enum CpuClass {
     Nice,
 }
 
-impl SinksConfig {
-    /// The priority the sinks' threads take.
-    pub fn priority(&self) -> crate::actors::priority::SinkPriority {
-        use crate::actors::priority::SinkPriority;
-        match self.cpu_class {
-            CpuClass::Idle => SinkPriority::Idle,
-            CpuClass::Nice => SinkPriority::Nice(self.nice),
-        }
-    }
-}
-
 /// Records per read when `sinks.read_batch_records` is unset, embedded. The two stores write
 /// what a read brings in one transaction, so a larger read costs fewer commits and fewer pages
 /// written again; but each sink holds what it read until written, so a read also bounds memory
@@ -133,6 +122,15 @@ pub const EMBEDDED_READ_BATCH_RECORDS: usize = 300;
 pub const KINESIS_READ_BATCH_RECORDS: usize = 500;
 
 impl SinksConfig {
+    /// The priority the sinks' threads take.
+    pub fn priority(&self) -> crate::actors::priority::SinkPriority {
+        use crate::actors::priority::SinkPriority;
+        match self.cpu_class {
+            CpuClass::Idle => SinkPriority::Idle,
+            CpuClass::Nice => SinkPriority::Nice(self.nice),
+        }
+    }
+
     /// Records per read from a stream on `backend`: the setting, or the backend's default.
     pub fn read_batch_for(&self, backend: Backend) -> usize {
         self.read_batch_records.unwrap_or(match backend {

@@ -37,12 +37,33 @@ const STATEMENT_CACHE: usize = 32;
 /// Page cache of a reader connection, in KiB (negative: KiB for SQLite).
 const READER_CACHE_KIB: i64 = -4_096;
 
-/// Page size of a new store file. SQLite's default is 4 KiB; with 16 KiB the sinks' inserts split
-/// and rewrite fewer B-tree pages: in four alternating pairs of the pipeline bench the sinks'
-/// blocking threads took 18% less CPU a line while catching up and the time to all sinks was 8%
-/// shorter (medians; `docs/benchmarks.md`). A file keeps the page size it was created with (changing it needs a
-/// `VACUUM` outside WAL mode), so files from before keep 4 KiB pages.
-const PAGE_SIZE: i64 = 16_384;
+/// Page size of a new SQLite file of shopstream's: a store's, or the embedded stream's. SQLite's
+/// default is 4 KiB; with 16 KiB an insert splits and rewrites fewer B-tree pages, and a commit
+/// writes fewer, larger WAL frames. The stores: in four alternating pairs of the pipeline bench
+/// the sinks' blocking threads took 18% less CPU a line while catching up and the time to all
+/// sinks was 8% shorter (medians). The stream, whose records of an invoice's lines (about 2.4 KB)
+/// nearly filled a 4 KiB page: ack p99 at 150,000 lines/s 24.5-29.2 -> 11.3-25.4 ms, at half of
+/// the durable rate 39.7 / 43.6 -> 19.9 / 23.3 ms (`docs/benchmarks.md`). A file keeps the page
+/// size it was created with (changing it needs a `VACUUM` outside WAL mode), so files from before
+/// keep 4 KiB pages; sizes that depend on it are set in bytes ([`set_autocheckpoint_bytes`]).
+pub(crate) const PAGE_SIZE: i64 = 16_384;
+
+/// Gives a new file [`PAGE_SIZE`]; a no-op on a file that exists. Must come before anything writes
+/// the file's header (setting WAL mode does).
+pub(crate) fn set_new_file_page_size(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+}
+
+/// The page size of the file `conn` is open on: [`PAGE_SIZE`], or an older file's own.
+pub(crate) fn page_size(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA page_size", [], |row| row.get(0))
+}
+
+/// Sets the connection's own checkpoint (`wal_autocheckpoint`, counted in pages) at `bytes` of
+/// WAL in the file's own pages, so that it means the same for a file from before.
+pub(crate) fn set_autocheckpoint_bytes(conn: &Connection, bytes: i64) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", bytes / page_size(conn)?)
+}
 
 /// WAL bytes after which the writer copies the WAL back into the database itself, within its
 /// commit (SQLite's default is 1,000 pages, 4 MB at 4 KiB). The backstop: after writes (at most
@@ -112,8 +133,7 @@ pub(crate) fn open_connection(
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(busy_timeout)?;
-        // Before anything writes the file's header (WAL mode does); a no-op on an existing file.
-        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+        set_new_file_page_size(&conn)?;
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -249,17 +269,7 @@ impl Database {
             path: path.to_owned(),
             source,
         };
-        // In pages of this file's own size (a file from before keeps 4 KiB pages).
-        let page_size: i64 = writer
-            .query_row("PRAGMA page_size", [], |row| row.get(0))
-            .map_err(sqlite)?;
-        writer
-            .pragma_update(
-                None,
-                "wal_autocheckpoint",
-                WRITER_AUTOCHECKPOINT_BYTES / page_size,
-            )
-            .map_err(sqlite)?;
+        set_autocheckpoint_bytes(&writer, WRITER_AUTOCHECKPOINT_BYTES).map_err(sqlite)?;
         writer.execute_batch(schema).map_err(sqlite)?;
         for migration in migrations {
             let needed: bool = writer

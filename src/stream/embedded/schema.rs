@@ -12,6 +12,7 @@
 //! with their answers (see `docs/line-identity.md`).
 
 use super::super::StreamError;
+use crate::sqlite::pool;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,16 +22,6 @@ use std::time::Duration;
 /// How long a connection waits for a lock of the file before giving up. Only the writer writes
 /// (see `writer`); readers wait only while the WAL is recovered after a crash.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Page size of a new stream file (SQLite's default is 4 KiB). A record of an invoice's lines
-/// (about 2.4 KB) nearly filled a 4 KiB page, so each append split and rewrote pages of its
-/// shard's table, the claims and their indexes; with 16 KiB pages a commit writes fewer, larger
-/// frames, and the WAL starts over a quarter as often in frames. 2 cores, alternating with 4 KiB:
-/// the ack p99 at 150,000 lines/s 24.5-29.2 -> 11.3-25.4 ms, at half of the durable rate 39.7 /
-/// 43.6 -> 19.9 / 23.3 ms; the writer's CPU a line the same or lower (docs/benchmarks.md). A file
-/// made with another page size keeps it (changing it needs a `VACUUM` outside WAL mode); the WAL
-/// sizes below are in bytes so that they hold for either.
-const PAGE_SIZE: i64 = 16 * 1024;
 
 /// Bytes of WAL after which the writer folds the WAL back into the database itself, within a
 /// commit: the backstop, for when the checkpointer thread ([`run_checkpointer`]) cannot work. In a
@@ -86,8 +77,9 @@ pub(super) fn records_table(shard: u32) -> String {
 pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // Before anything writes the file's header (WAL mode does); a no-op on an existing file.
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+    // 16 KiB pages for a new file (`sqlite::pool::PAGE_SIZE`); the WAL sizes below are in bytes, so
+    // they hold for a file from before with 4 KiB pages too.
+    pool::set_new_file_page_size(&conn)?;
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -98,18 +90,9 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        WAL_AUTOCHECKPOINT_BYTES / page_size(&conn)?,
-    )?;
+    pool::set_autocheckpoint_bytes(&conn, WAL_AUTOCHECKPOINT_BYTES)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)?;
     Ok(conn)
-}
-
-/// The page size of the file `conn` is open on: [`PAGE_SIZE`], or an older file's own.
-fn page_size(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA page_size", [], |row| row.get(0))
 }
 
 /// The checkpointer's request that the writer start the WAL over, shared by the two threads.
@@ -170,7 +153,7 @@ pub(super) fn run_checkpointer(
             return;
         }
     };
-    let restart_frames = RESTART_WAL_BYTES / page_size(&conn).unwrap_or(PAGE_SIZE);
+    let restart_frames = RESTART_WAL_BYTES / pool::page_size(&conn).unwrap_or(pool::PAGE_SIZE);
     let mut warned = false;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
     {
@@ -370,7 +353,7 @@ mod tests {
         );
     }
 
-    /// A new stream file gets [`PAGE_SIZE`]; one made with SQLite's default 4 KiB pages keeps
+    /// A new stream file gets [`pool::PAGE_SIZE`]; one made with SQLite's default 4 KiB pages keeps
     /// them, and its writer's backstop is counted in its own pages.
     #[test]
     fn a_new_stream_file_gets_16_kib_pages_and_an_older_file_keeps_its_own() {
@@ -381,10 +364,10 @@ mod tests {
         };
         let new = connect(&dir.path().join("new.sqlite")).unwrap();
         new.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
-        assert_eq!(pragma(&new, "page_size"), PAGE_SIZE);
+        assert_eq!(pragma(&new, "page_size"), pool::PAGE_SIZE);
         assert_eq!(
             pragma(&new, "wal_autocheckpoint"),
-            WAL_AUTOCHECKPOINT_BYTES / PAGE_SIZE
+            WAL_AUTOCHECKPOINT_BYTES / pool::PAGE_SIZE
         );
 
         let path = dir.path().join("old.sqlite");
