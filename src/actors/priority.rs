@@ -27,6 +27,11 @@ use actix::Arbiter;
 /// `top -H` and `/proc/PID/task` tell them apart from ingest's.
 pub const BLOCKING_THREAD_NAME: &str = "sink-blocking";
 
+/// The name each sink's arbiter thread takes (actix names them `actix-rt|system:0|arbiter:N`,
+/// which the kernel cuts to `actix-rt|system`, the HTTP workers' name), so that the sinks' actors
+/// show apart from ingest's threads too.
+pub const ARBITER_THREAD_NAME: &str = "sink-arbiter";
+
 /// Where the sinks' threads stand for CPU against ingest's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SinkPriority {
@@ -68,7 +73,10 @@ pub fn arbiter_with_priority(priority: SinkPriority) -> Arbiter {
             .build()
             .expect("cannot start a sink's runtime")
     });
-    arbiter.spawn_fn(move || set_this_thread(target));
+    arbiter.spawn_fn(move || {
+        name_this_thread(ARBITER_THREAD_NAME);
+        set_this_thread(target);
+    });
     arbiter
 }
 
@@ -88,6 +96,20 @@ fn this_thread_nice() -> Option<i32> {
 #[cfg(not(target_os = "linux"))]
 fn this_thread_nice() -> Option<i32> {
     None
+}
+
+/// Renames the calling thread as `top -H` and `/proc/PID/task/TID/comm` show it (at most 15 bytes
+/// are kept).
+fn name_this_thread(name: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        let name = std::ffi::CString::new(name).expect("a thread name has no NUL byte");
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes (longer ones are
+        // cut) for the calling thread; `name` outlives the call.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
 }
 
 /// Sets the calling thread's scheduling class or nice value to `target`.
