@@ -132,16 +132,41 @@ impl LineId {
             .then_some(Self(digits))
     }
 
+    /// The id's 128 bits, as its hex digits spell them (16 bytes against the text's 32).
+    pub fn to_bytes(&self) -> [u8; LINE_ID_LEN / 2] {
+        let nibble = |d: u8| {
+            if d.is_ascii_digit() {
+                d - b'0'
+            } else {
+                d - b'a' + 10
+            }
+        };
+        let mut bytes = [0u8; LINE_ID_LEN / 2];
+        for (b, pair) in bytes.iter_mut().zip(self.0.chunks_exact(2)) {
+            *b = (nibble(pair[0]) << 4) | nibble(pair[1]);
+        }
+        bytes
+    }
+
+    /// The id whose 128 bits are `bytes` ([`LineId::to_bytes`] back).
+    pub fn from_bytes(bytes: &[u8; LINE_ID_LEN / 2]) -> Self {
+        Self::from_hash(bytes)
+    }
+
     pub fn as_str(&self) -> &str {
-        // Only `parse` and `finish` make ids, and both hold ASCII hex digits.
+        // Only `parse` and `from_hash` make ids, and both hold ASCII hex digits.
         std::str::from_utf8(&self.0).expect("a line id is ASCII hex digits")
     }
 
     fn finish(h: blake3::Hasher) -> Self {
+        Self::from_hash(&h.finalize().as_bytes()[..LINE_ID_LEN / 2])
+    }
+
+    /// The id spelling the first 16 bytes of `hash` in lower-case hex.
+    fn from_hash(hash: &[u8]) -> Self {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let hash = h.finalize();
         let mut digits = [0u8; LINE_ID_LEN];
-        for (pair, b) in digits.chunks_exact_mut(2).zip(&hash.as_bytes()[..16]) {
+        for (pair, b) in digits.chunks_exact_mut(2).zip(hash) {
             pair[0] = HEX[usize::from(b >> 4)];
             pair[1] = HEX[usize::from(b & 0x0f)];
         }

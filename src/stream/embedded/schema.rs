@@ -392,15 +392,21 @@ mod tests {
     }
 
     /// The `invoice_claims` rows of `invoice_no`: (shard, seq, store, ids' digits).
+    /// The claims of `invoice_no`: (shard, seq, store, the ids' hex digits one after another).
+    /// A migrated row holds the ids' bytes after a leading 0x01 byte (`claims`).
     fn claims_of(conn: &Connection, invoice_no: &str) -> Vec<(i64, i64, String, String)> {
         let mut stmt = conn
             .prepare(
-                "SELECT shard, seq, store_id, CAST(line_ids AS TEXT) FROM invoice_claims
+                "SELECT shard, seq, store_id, line_ids FROM invoice_claims
                  WHERE invoice_no = ?1 ORDER BY shard, seq",
             )
             .unwrap();
         stmt.query_map([invoice_no], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            let line_ids: Vec<u8> = row.get(3)?;
+            let (tag, ids) = line_ids.split_first().expect("a claim holds ids");
+            assert_eq!(*tag, 0x01, "a migrated claim holds the ids' bytes");
+            let hex = ids.iter().map(|b| format!("{b:02x}")).collect();
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, hex))
         })
         .unwrap()
         .collect::<Result<_, _>>()

@@ -397,13 +397,13 @@ fn taken_ids(
         tx.prepare_cached("SELECT shard, seq, line_ids FROM invoice_claims WHERE invoice_no = ?1")?;
     for group in claims.records.iter().flatten() {
         // The rows of this invoice that hold any of the ids: (shard, seq, the ids).
-        let mut holding: Vec<(u32, i64, Vec<&[u8]>)> = Vec::new();
+        let mut holding: Vec<(u32, i64, Vec<&claims::RawId>)> = Vec::new();
         let mut rows = find.query([group.invoice_no.as_str()])?;
         while let Some(row) = rows.next()? {
             let stored = row.get_ref(2)?.as_blob()?;
-            let held: Vec<&[u8]> = group
+            let held: Vec<&claims::RawId> = group
                 .ids()
-                .filter(|id| claims::holds_digits(stored, id))
+                .filter(|id| claims::holds_bytes(stored, id))
                 .collect();
             if !held.is_empty() {
                 holding.push((row.get(0)?, row.get(1)?, held));
@@ -419,10 +419,7 @@ fn taken_ids(
                 // A shard number this file does not have: treat the claim as standing.
                 .unwrap_or(true);
             if record_left {
-                taken.extend(
-                    held.into_iter()
-                        .filter_map(|d| std::str::from_utf8(d).ok().and_then(LineId::parse)),
-                );
+                taken.extend(held.into_iter().map(LineId::from_bytes));
             } else {
                 tx.prepare_cached(
                     "DELETE FROM invoice_claims WHERE invoice_no = ?1 AND shard = ?2 AND seq = ?3",
