@@ -459,7 +459,29 @@ async fn release_honours_retention_and_keeps_numbering() {
             "younger than a day"
         );
     }
+    // A file of before 2026-12-08 had indexes on the arrival times; opening it drops them
+    // (retention finds old records by their sequence numbers).
+    let indexes = |db: &rusqlite::Connection| -> Vec<String> {
+        db.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%by_arrival'",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    };
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(
+            "CREATE INDEX records_0000_by_arrival ON records_0000 (arrived_at_ms);
+             CREATE INDEX invoice_claims_by_arrival ON invoice_claims (arrived_at_ms);",
+        )
+        .unwrap();
+        assert_eq!(indexes(&db).len(), 2);
+    }
     let stream = EmbeddedStream::open(&path, 1, Duration::ZERO, 16).unwrap();
+    assert!(indexes(&rusqlite::Connection::open(&path).unwrap()).is_empty());
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(stream.release(&shard, &sn(3)).await.unwrap(), 3);
     let left: Vec<_> = read_all(&stream, &shard)

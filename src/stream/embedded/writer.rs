@@ -177,7 +177,7 @@ impl Writer {
         self.conn
             .set_prepared_statement_cache_capacity(insert_sql.len() + 32);
         let mut carried: Option<Write> = None;
-        let mut last_arrival_ms = 0i64;
+        let mut last_arrival_ms = newest_arrival_ms(&self.conn, self.last.len() as u32);
         loop {
             let first = match carried.take() {
                 Some(write) => write,
@@ -217,8 +217,9 @@ impl Writer {
             if group.appends.is_empty() && group.jobs.is_empty() {
                 continue;
             }
-            // Arrival times never go backwards, even when the wall clock does, so that retention
-            // (which compares them) removes records in sequence order.
+            // Arrival times never go backwards, even when the wall clock does (from the newest in
+            // the file, across restarts too), so that the records old enough for retention are
+            // always a prefix of each shard (it finds their end by a binary search).
             last_arrival_ms = last_arrival_ms.max(chrono::Utc::now().timestamp_millis());
             self.commit(&insert_sql, group, last_arrival_ms);
             self.restart_wal.run_if_asked(&self.conn);
@@ -284,6 +285,25 @@ impl Writer {
             }
         }
     }
+}
+
+/// The newest arrival time of any shard's last record (0 for an empty file or one that cannot be
+/// read; the writer's first commit then reports the error).
+fn newest_arrival_ms(conn: &Connection, shards: u32) -> i64 {
+    (0..shards)
+        .filter_map(|shard| {
+            conn.query_row(
+                &format!(
+                    "SELECT arrived_at_ms FROM {} ORDER BY seq DESC LIMIT 1",
+                    records_table(shard)
+                ),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .ok()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Where each record of each request landed: (shard, sequence number), or why the request was
