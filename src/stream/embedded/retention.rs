@@ -149,57 +149,54 @@ async fn delete_records(
          WHERE seq <= ?1 AND arrived_at_ms < ?2 ORDER BY seq LIMIT ?3"
     );
     let delete = format!("DELETE FROM {table} WHERE seq = ?1");
-    let mut removed = 0u64;
-    loop {
-        let (n, busy): (usize, Duration) = stream
-            .write({
-                let (select, delete) = (select.clone(), delete.clone());
-                move |conn| {
-                    let started = Instant::now();
-                    let records: Vec<(i64, String)> = conn
-                        .prepare_cached(&select)?
-                        .query_map(params![bound, cutoff_ms, RECORD_CHUNK], |row| {
-                            Ok((row.get(0)?, row.get(1)?))
-                        })?
-                        .collect::<rusqlite::Result<_>>()?;
-                    let mut claims = conn.prepare_cached(
-                        "DELETE FROM invoice_claims WHERE invoice_no = ?1 AND shard = ?2 AND seq = ?3",
-                    )?;
-                    let mut record = conn.prepare_cached(&delete)?;
-                    for (seq, invoice_no) in &records {
-                        claims.execute(params![invoice_no, shard, seq])?;
-                        record.execute([seq])?;
-                    }
-                    Ok((records.len(), started.elapsed()))
-                }
-            })
-            .await?;
-        removed += n as u64;
-        if (n as i64) < RECORD_CHUNK {
-            return Ok(removed);
+    in_chunks(stream, RECORD_CHUNK, move |conn| {
+        let records: Vec<(i64, String)> = conn
+            .prepare_cached(&select)?
+            .query_map(params![bound, cutoff_ms, RECORD_CHUNK], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut claims = conn.prepare_cached(
+            "DELETE FROM invoice_claims WHERE invoice_no = ?1 AND shard = ?2 AND seq = ?3",
+        )?;
+        let mut record = conn.prepare_cached(&delete)?;
+        for (seq, invoice_no) in &records {
+            claims.execute(params![invoice_no, shard, seq])?;
+            record.execute([seq])?;
         }
-        tokio::time::sleep(busy * IDLE_PER_BUSY).await;
-    }
+        Ok(records.len())
+    })
+    .await
 }
 
-/// Runs the chunked delete `sql` (it removes at most `chunk` rows) on the writer until a run
-/// removes fewer, resting [`IDLE_PER_BUSY`] times as long as each run took before the next.
+/// Runs the chunked delete `sql` (it removes at most `chunk` rows) as [`in_chunks`] does.
 async fn delete_in_chunks(
     stream: &EmbeddedStream,
     sql: String,
     args: Vec<i64>,
     chunk: i64,
 ) -> Result<u64, StreamError> {
+    in_chunks(stream, chunk, move |conn| {
+        conn.prepare_cached(&sql)?.execute(params_from_iter(&args))
+    })
+    .await
+}
+
+/// Runs `delete` (it removes at most `chunk` rows and says how many) as a job of the writer until
+/// a run removes fewer, resting [`IDLE_PER_BUSY`] times as long as each run took before the next.
+async fn in_chunks(
+    stream: &EmbeddedStream,
+    chunk: i64,
+    delete: impl Fn(&rusqlite::Connection) -> rusqlite::Result<usize> + Clone + Send + 'static,
+) -> Result<u64, StreamError> {
     let mut removed = 0u64;
     loop {
         let (n, busy): (usize, Duration) = stream
             .write({
-                let (sql, args) = (sql.clone(), args.clone());
+                let delete = delete.clone();
                 move |conn| {
                     let started = Instant::now();
-                    let n = conn
-                        .prepare_cached(&sql)?
-                        .execute(params_from_iter(&args))?;
+                    let n = delete(conn)?;
                     Ok((n, started.elapsed()))
                 }
             })
