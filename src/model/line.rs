@@ -134,13 +134,10 @@ impl LineId {
 
     /// The id's 128 bits, as its hex digits spell them (16 bytes against the text's 32).
     pub fn to_bytes(&self) -> [u8; LINE_ID_LEN / 2] {
-        let nibble = |d: u8| {
-            if d.is_ascii_digit() {
-                d - b'0'
-            } else {
-                d - b'a' + 10
-            }
-        };
+        // Without a branch (which a random id mispredicts half the time): '0'..='9' are 0x30..=0x39
+        // and 'a'..='f' 0x61..=0x66, so the low four bits, plus 9 for a letter (bit 6), are the
+        // value. (The digits were checked when the id was made.)
+        let nibble = |d: u8| (d & 0x0f) + 9 * (d >> 6);
         let mut bytes = [0u8; LINE_ID_LEN / 2];
         for (b, pair) in bytes.iter_mut().zip(self.0.chunks_exact(2)) {
             *b = (nibble(pair[0]) << 4) | nibble(pair[1]);

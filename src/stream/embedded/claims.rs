@@ -355,5 +355,10 @@ mod tests {
         assert_eq!(LineId::from_bytes(&bytes), id);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, id.as_str());
+        let every_digit = LineId::parse("0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(
+            every_digit.to_bytes(),
+            [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef].repeat(2)[..]
+        );
     }
 }
