@@ -352,7 +352,7 @@ impl Batch<'_> {
                 // About 70 bytes a line in the dataset: sized once, not grown from one byte.
                 let mut data = Vec::with_capacity(64 + lines.len() * 96);
                 data.push(BINARY_V2);
-                postcard::to_extend(&compact, data)?
+                postcard::serialize_with_flavor(&compact, VecFlavor(data))?
             }
         };
         if data.len() + self.invoice.len() <= self.max_bytes || lines.len() == 1 {
@@ -367,6 +367,30 @@ impl Batch<'_> {
         let (a, b) = indexed.split_at(indexed.len() / 2);
         self.push_records(a, out)?;
         self.push_records(b, out)
+    }
+}
+
+/// postcard's output into a `Vec` that may hold bytes already (`to_extend` goes through `Extend`,
+/// a byte at a time for every varint and tag; `to_allocvec` cannot start from a sized buffer).
+struct VecFlavor(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor {
+    type Output = Vec<u8>;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
     }
 }
 
