@@ -148,6 +148,10 @@ async fn delete_records(
          WHERE seq <= ?1 AND arrived_at_ms < ?2 ORDER BY seq LIMIT ?3"
     );
     let delete = format!("DELETE FROM {table} WHERE seq = ?1");
+    let keep_last = format!(
+        "UPDATE shards SET last_seq = (SELECT max(seq) FROM {table})
+         WHERE shard = ?1 AND last_seq < (SELECT max(seq) FROM {table})"
+    );
     in_chunks(stream, RECORD_CHUNK, move |conn| {
         let records: Vec<(i64, String)> = conn
             .prepare_cached(&select)?
@@ -155,6 +159,9 @@ async fn delete_records(
                 Ok((row.get(0)?, row.get(1)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
+        // The shard's last number outlives its records: kept in `shards` before any goes (the
+        // writer numbers on from the newest record, or from this once none is left).
+        conn.prepare_cached(&keep_last)?.execute([shard])?;
         let mut claims = conn.prepare_cached(
             "DELETE FROM invoice_claims WHERE invoice_no = ?1 AND shard = ?2 AND seq = ?3",
         )?;

@@ -281,20 +281,24 @@ pub(super) fn prepare(
         )
         .map_err(backend)?;
     }
+    // A shard's last sequence number is its newest record's; `shards.last_seq` keeps it only for
+    // a shard whose records retention has removed (it writes it before each delete), so that
+    // numbers are never used twice. (Written at every commit before 2026-12-08: a page of every
+    // commit for a number the records table holds anyway.)
     let mut last = vec![0u64; shards as usize];
-    {
-        let mut stmt = tx
-            .prepare("SELECT shard, last_seq FROM shards")
+    for (shard, slot) in (0..shards).zip(&mut last) {
+        let seq: i64 = tx
+            .query_row(
+                &format!(
+                    "SELECT max(coalesce((SELECT max(seq) FROM {}), 0),
+                                (SELECT last_seq FROM shards WHERE shard = ?1))",
+                    records_table(shard)
+                ),
+                [shard],
+                |row| row.get(0),
+            )
             .map_err(backend)?;
-        let rows = stmt
-            .query_map([], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?)))
-            .map_err(backend)?;
-        for row in rows {
-            let (shard, seq) = row.map_err(backend)?;
-            if let Some(slot) = last.get_mut(shard as usize) {
-                *slot = u64::try_from(seq).unwrap_or(0);
-            }
-        }
+        *slot = u64::try_from(seq).unwrap_or(0);
     }
     tx.commit().map_err(backend)?;
     Ok(last)

@@ -328,7 +328,6 @@ fn write_group(
     ran: &mut Vec<Ran>,
     arrived_at_ms: i64,
 ) -> rusqlite::Result<(usize, Landed)> {
-    let before = last.to_vec();
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for job in jobs {
         let savepoint = tx.savepoint()?;
@@ -392,14 +391,8 @@ fn write_group(
         }
         landed.push(Ok(places));
     }
-    {
-        let mut update = tx.prepare_cached("UPDATE shards SET last_seq = ?2 WHERE shard = ?1")?;
-        for (shard, (old, new)) in before.iter().zip(last.iter()).enumerate() {
-            if old != new {
-                update.execute(params![shard as i64, *new as i64])?;
-            }
-        }
-    }
+    // No `shards` row is written: a shard's last number is its newest record's (see
+    // `schema::prepare`).
     tx.commit()?;
     Ok((written, landed))
 }
