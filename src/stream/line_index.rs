@@ -161,6 +161,16 @@ pub trait LineIndex: Send + Sync + 'static {
         super::record::RecordFormat::Json
     }
 
+    /// Whether ingest may append a request's lines without looking them up first: `append`
+    /// refuses any taken id itself ([`StreamError::LinesTaken`]), about as cheaply as `lookup`
+    /// finds it, so the look-up is made only for a request it refused (a retry, a repeat).
+    /// Lines not sent before, nearly all of them, then cost one pass over the index instead of
+    /// two. (The Kinesis index looks up under its invoice locks too, but a refused append has
+    /// taken and given back a lock per invoice: there the look-up first is cheaper for repeats.)
+    fn optimistic_append(&self) -> bool {
+        false
+    }
+
     /// The entries of those of `lines` whose ids are taken.
     async fn lookup(
         &self,

@@ -58,6 +58,13 @@ impl LineIndex for EmbeddedStream {
         record::RecordFormat::Binary
     }
 
+    /// The writer looks every claimed id up in the append's own transaction anyway
+    /// (`writer::taken_ids`, one look-up per invoice): a look-up before it, on a read connection,
+    /// would find nothing for new lines.
+    fn optimistic_append(&self) -> bool {
+        true
+    }
+
     async fn lookup(
         &self,
         lines: &[LineKey<'_>],
