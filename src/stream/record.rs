@@ -206,14 +206,17 @@ impl<'a> CompactBatch<'a> {
         let lines = lines
             .iter()
             .map(|&line| {
-                let date = line.invoice_date.and_utc();
                 let compact = CompactLine {
                     line_id: line.line_id.to_bytes(),
                     stock_code: &line.stock_code,
                     description: line.description.as_deref(),
                     quantity: line.quantity,
-                    invoice_date: (before.map(|b| b.invoice_date) != Some(line.invoice_date))
-                        .then(|| (date.timestamp(), date.timestamp_subsec_nanos())),
+                    invoice_date: (before.map(|b| b.invoice_date) != Some(line.invoice_date)).then(
+                        || {
+                            let date = line.invoice_date.and_utc();
+                            (date.timestamp(), date.timestamp_subsec_nanos())
+                        },
+                    ),
                     unit_price: (line.unit_price.mantissa(), line.unit_price.scale()),
                     customer_id: line.customer_id,
                     country: (before.map(|b| &b.country) != Some(&line.country))

@@ -4,8 +4,8 @@
 //! [`RAW_IDS`] byte, then each id's 16 bytes one after another), with the store that sent them and
 //! the record's place. (Rows written before 2026-12-08 hold each id as its 32 hex digits, and no
 //! leading byte; they are read as they are. The bytes halve what a claim adds to the file and to
-//! every commit's WAL.) The lines themselves stay in the record. An invoice's lines nearly always arrive
-//! together, about twenty to an invoice in the dataset, so a request claims its lines with a row
+//! every commit's WAL.) The lines themselves stay in the record. An invoice's lines nearly always
+//! arrive together, about twenty to an invoice in the dataset, so a request claims its lines with a row
 //! per invoice, not per line, and asks whether they are taken with one look-up per invoice: the
 //! writer, which every append waits for, does a twentieth of the B-tree work it did with a row
 //! per line (table `claimed_lines`, before 2026-12-07).
@@ -123,31 +123,18 @@ pub(super) fn by_invoice<'a, 'l: 'a>(
     groups
 }
 
-/// Whether a `line_ids` value holds `id`.
-pub(super) fn holds(line_ids: &[u8], id: &LineId) -> bool {
-    match line_ids.split_first() {
-        Some((&RAW_IDS, ids)) => holds_raw(ids, &id.to_bytes()),
-        _ => holds_hex(line_ids, id),
-    }
-}
-
 /// Whether a `line_ids` value holds the id whose bytes are `id`.
-pub(super) fn holds_bytes(line_ids: &[u8], id: &RawId) -> bool {
+pub(super) fn holds(line_ids: &[u8], id: &RawId) -> bool {
     match line_ids.split_first() {
-        Some((&RAW_IDS, ids)) => holds_raw(ids, id),
-        _ => holds_hex(line_ids, &LineId::from_bytes(id)),
+        Some((&RAW_IDS, ids)) => ids.chunks_exact(RAW_ID_BYTES).any(|stored| stored == id),
+        // A value of before 2026-12-08: the ids' hex digits one after another.
+        _ => {
+            let digits = LineId::from_bytes(id);
+            line_ids
+                .chunks_exact(HEX_ID_BYTES)
+                .any(|stored| stored == digits.as_str().as_bytes())
+        }
     }
-}
-
-fn holds_raw(ids: &[u8], id: &RawId) -> bool {
-    ids.chunks_exact(RAW_ID_BYTES).any(|stored| stored == id)
-}
-
-/// In a value of before 2026-12-08: the ids' hex digits one after another.
-fn holds_hex(line_ids: &[u8], id: &LineId) -> bool {
-    line_ids
-        .chunks_exact(HEX_ID_BYTES)
-        .any(|stored| stored == id.as_str().as_bytes())
 }
 
 /// A claim row. REPLACE: a record appended again by its dedup key lands on the first one's place,
@@ -325,11 +312,11 @@ mod tests {
         );
         assert!(holds(
             &groups[1].line_ids,
-            &LineId::from_line_no("536366", 1)
+            &LineId::from_line_no("536366", 1).to_bytes()
         ));
         assert!(!holds(
             &groups[1].line_ids,
-            &LineId::from_line_no("536366", 2)
+            &LineId::from_line_no("536366", 2).to_bytes()
         ));
     }
 
@@ -340,11 +327,9 @@ mod tests {
         let hex: Vec<u8> = ids.iter().flat_map(|id| id.as_str().bytes()).collect();
         let other = LineId::from_line_no("536365", 3);
         for id in &ids {
-            assert!(holds(&hex, id));
-            assert!(holds_bytes(&hex, &id.to_bytes()));
+            assert!(holds(&hex, &id.to_bytes()));
         }
-        assert!(!holds(&hex, &other));
-        assert!(!holds_bytes(&hex, &other.to_bytes()));
+        assert!(!holds(&hex, &other.to_bytes()));
     }
 
     /// An id's bytes spell its hex digits, and read back to the same id.

@@ -70,12 +70,13 @@ impl LineIndex for EmbeddedStream {
         lines: &[LineKey<'_>],
     ) -> Result<HashMap<LineId, StoredLine>, StreamError> {
         // The ids asked for, by invoice: one look-up per invoice finds the rows that claim them.
-        let mut invoices: HashMap<String, Vec<LineId>> = HashMap::new();
+        // Each id with its bytes, made once however many rows of its invoice are read.
+        let mut invoices: HashMap<String, Vec<(LineId, claims::RawId)>> = HashMap::new();
         for l in lines {
             invoices
                 .entry(l.invoice_no.to_owned())
                 .or_default()
-                .push(l.line_id.clone());
+                .push((l.line_id.clone(), l.line_id.to_bytes()));
         }
         // All look-ups in one read transaction (a statement on its own would take and drop the
         // WAL read lock each time).
@@ -95,8 +96,8 @@ impl LineIndex for EmbeddedStream {
                         let mut found = find.query([invoice_no])?;
                         while let Some(row) = found.next()? {
                             let stored = row.get_ref(3)?.as_blob()?;
-                            for id in &ids {
-                                if claims::holds(stored, id) {
+                            for (id, bytes) in &ids {
+                                if claims::holds(stored, bytes) {
                                     rows.push((
                                         id.clone(),
                                         Claimed {

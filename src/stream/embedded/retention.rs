@@ -134,8 +134,9 @@ fn newest_before(
 }
 
 /// Deletes the records of `table` (shard `shard`) up to `bound` that arrived before `cutoff_ms`,
-/// with their line claims, [`RECORD_CHUNK`] records a job ([`in_chunks`]). A record's claims are the rows of its invoice (its partition key)
-/// at its place, so they go in the same transaction as the record: no claim outlives its record.
+/// with their line claims, [`RECORD_CHUNK`] records a job ([`in_chunks`]). A record's claims are
+/// the rows of its invoice (its partition key) at its place, so they go in the same transaction as
+/// the record: no claim outlives its record.
 async fn delete_records(
     stream: &EmbeddedStream,
     shard: u32,

@@ -397,7 +397,6 @@ mod tests {
         assert_eq!(rows, 2);
     }
 
-    /// The `invoice_claims` rows of `invoice_no`: (shard, seq, store, ids' digits).
     /// The claims of `invoice_no`: (shard, seq, store, the ids' hex digits one after another).
     /// A migrated row holds the ids' bytes after a leading 0x01 byte (`claims`).
     fn claims_of(conn: &Connection, invoice_no: &str) -> Vec<(i64, i64, String, String)> {

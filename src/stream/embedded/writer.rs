@@ -414,10 +414,8 @@ fn taken_ids(
         let mut rows = find.query([group.invoice_no.as_str()])?;
         while let Some(row) = rows.next()? {
             let stored = row.get_ref(2)?.as_blob()?;
-            let held: Vec<&claims::RawId> = group
-                .ids()
-                .filter(|id| claims::holds_bytes(stored, id))
-                .collect();
+            let held: Vec<&claims::RawId> =
+                group.ids().filter(|id| claims::holds(stored, id)).collect();
             if !held.is_empty() {
                 holding.push((row.get(0)?, row.get(1)?, held));
             }
