@@ -42,6 +42,7 @@
 //! - [`cli`]: the `shopstream` command line.
 
 pub mod actors;
+pub mod allocator;
 pub mod app;
 pub mod aws;
 pub mod batch;

@@ -9,11 +9,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// glibc gives every thread that allocates its own malloc arena (up to 8 per core), and memory
-/// freed in one arena is not reused by the others: with actix's workers, the arbiters and the
-/// blocking pool, peak RSS of a full-dataset replay was half again what the pipeline holds.
-/// Two arenas keep it close to the real use at no measurable cost in throughput (figures in
-/// docs/benchmarks.md). `MALLOC_ARENA_MAX` in the environment still wins.
+/// jemalloc for Rust's allocations; SQLite and the other C libraries keep glibc's `malloc` (see
+/// `shopstream::allocator`).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read when it starts (`_RJEM_MALLOC_CONF` in the environment adds to them):
+/// two automatic arenas (the sinks have one more of their own), and freed pages given back to the
+/// system after about a second instead of ten, by a background thread rather than on the
+/// allocating threads.
+#[cfg(not(target_env = "msvc"))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 53] = b"narenas:2,dirty_decay_ms:1000,background_thread:true\0";
+
+/// glibc's malloc, which the C libraries (SQLite) still use, gives every thread that allocates its
+/// own arena (up to 8 per core), and memory freed in one arena is not reused by the others: two
+/// keep its share of the peak close to the real use. `MALLOC_ARENA_MAX` in the environment still
+/// wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

@@ -69,13 +69,17 @@ pub fn arbiter_with_priority(priority: SinkPriority) -> Arbiter {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(BLOCKING_THREAD_NAME)
-            .on_thread_start(move || set_this_thread(target))
+            .on_thread_start(move || {
+                set_this_thread(target);
+                crate::allocator::use_sinks_arena();
+            })
             .build()
             .expect("cannot start a sink's runtime")
     });
     arbiter.spawn_fn(move || {
         name_this_thread(ARBITER_THREAD_NAME);
         set_this_thread(target);
+        crate::allocator::use_sinks_arena();
     });
     arbiter
 }
