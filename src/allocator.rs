@@ -53,20 +53,15 @@ pub fn use_sinks_arena() {
     }
 }
 
-/// The arena the calling thread allocates in (tests), or `None` where it cannot be read.
-pub fn this_thread_arena() -> Option<u32> {
-    #[cfg(not(target_env = "msvc"))]
-    {
-        // SAFETY: `thread.arena` reads as the calling thread's arena index, a u32.
-        unsafe { tikv_jemalloc_ctl::raw::read::<u32>(b"thread.arena\0") }.ok()
-    }
-    #[cfg(target_env = "msvc")]
-    None
-}
-
 #[cfg(all(test, not(target_env = "msvc")))]
 mod tests {
     use super::*;
+
+    /// The arena the calling thread allocates in.
+    fn this_thread_arena() -> Option<u32> {
+        // SAFETY: `thread.arena` reads as the calling thread's arena index, a u32.
+        unsafe { tikv_jemalloc_ctl::raw::read::<u32>(b"thread.arena\0") }.ok()
+    }
 
     /// The number of arenas jemalloc made by itself; an arena made on request comes after them.
     fn automatic_arenas() -> u32 {

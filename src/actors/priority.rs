@@ -69,19 +69,23 @@ pub fn arbiter_with_priority(priority: SinkPriority) -> Arbiter {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .thread_name(BLOCKING_THREAD_NAME)
-            .on_thread_start(move || {
-                set_this_thread(target);
-                crate::allocator::use_sinks_arena();
-            })
+            .on_thread_start(move || become_sink_thread(target))
             .build()
             .expect("cannot start a sink's runtime")
     });
     arbiter.spawn_fn(move || {
         name_this_thread(ARBITER_THREAD_NAME);
-        set_this_thread(target);
-        crate::allocator::use_sinks_arena();
+        become_sink_thread(target);
     });
     arbiter
+}
+
+/// What every sink thread (the arbiter's and its blocking threads) does first: take the sinks'
+/// CPU priority, and allocate in the sinks' arena so that a sink preempted inside the allocator
+/// holds no lock an ingest thread waits for ([`crate::allocator`]).
+fn become_sink_thread(target: Target) {
+    set_this_thread(target);
+    crate::allocator::use_sinks_arena();
 }
 
 /// The calling thread's nice value, when the priority is per thread (Linux) and readable; `None`
