@@ -287,6 +287,7 @@ mod kinesis {
     use shopstream::stream::kinesis::KinesisStream;
     use shopstream::stream::{Position, PutRecord, SequenceNumber, Stream};
     use std::collections::HashMap;
+    use std::time::{Duration, Instant};
 
     #[tokio::test]
     async fn records_put_across_shards_read_back_in_order() {
@@ -367,6 +368,75 @@ mod kinesis {
         }
         assert_eq!(stream.latest(shard).await.unwrap(), None);
         assert_eq!(stream.release(shard, &sn(1)).await.unwrap(), 0);
+    }
+
+    /// The tip of a caught-up shard is asked again only after `idle_read_interval`: a record
+    /// written meanwhile shows no sooner (reads in between answer "nothing new" without a call),
+    /// then shows; a read from another position is not held back.
+    #[tokio::test]
+    async fn a_caught_up_shard_is_read_again_after_the_idle_interval() {
+        let mut cfg = aws_config("kinesis_idle");
+        let interval = Duration::from_secs(2);
+        cfg.stream.kinesis.idle_read_interval = interval;
+        let c = init(&cfg).await;
+        let stream = KinesisStream::from_config(&c, &cfg.aws, &cfg.stream.kinesis);
+        let put = |data: &'static str| PutRecord {
+            partition_key: "inv-1".into(),
+            data: Bytes::from_static(data.as_bytes()),
+            dedup_key: None,
+        };
+        let first = stream.put(vec![put("first")]).await.unwrap().remove(0);
+        let shard = first.shard_id.clone();
+        let batch = stream
+            .read(&shard, Position::TrimHorizon, 100)
+            .await
+            .unwrap();
+        assert_eq!(batch.records.len(), 1);
+        let tip = Position::After(first.sequence_number.clone());
+
+        let idle_since = Instant::now();
+        let empty = stream.read(&shard, tip.clone(), 100).await.unwrap();
+        assert!(
+            empty.records.is_empty(),
+            "nothing after the first record yet"
+        );
+        let second = stream.put(vec![put("second")]).await.unwrap().remove(0);
+        let seen = loop {
+            let batch = stream.read(&shard, tip.clone(), 100).await.unwrap();
+            if let Some(r) = batch.records.first() {
+                break r.sequence_number.clone();
+            }
+            assert!(
+                idle_since.elapsed() < interval + Duration::from_secs(60),
+                "the second record never showed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(seen, second.sequence_number);
+        assert!(
+            idle_since.elapsed() >= interval,
+            "the caught-up tip was asked again after {:?}, before the idle interval of {interval:?}",
+            idle_since.elapsed()
+        );
+
+        // Caught up again; a reader elsewhere (a sink catching up) still reads at once.
+        let tip = Position::After(second.sequence_number.clone());
+        assert!(stream
+            .read(&shard, tip, 100)
+            .await
+            .unwrap()
+            .records
+            .is_empty());
+        stream.put(vec![put("third")]).await.unwrap();
+        let all = stream
+            .read(&shard, Position::TrimHorizon, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            all.records.len(),
+            3,
+            "a read from elsewhere sees the newest record"
+        );
     }
 }
 

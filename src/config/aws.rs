@@ -12,6 +12,9 @@ use super::{Backend, ConfigError};
 /// S3's smallest part of a multipart upload (every part but the last).
 pub const S3_MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 
+/// The longest `stream.kinesis.idle_read_interval` accepted.
+const MAX_IDLE_READ_INTERVAL: Duration = Duration::from_secs(60);
+
 /// `[aws]`: what every AWS client shares.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +126,10 @@ pub struct KinesisConfig {
     /// retention period, so a redelivered or retried line is recognised as long as it can arrive.
     #[serde(with = "humantime_serde")]
     pub line_index_retention: Duration,
+    /// After a read finds a shard caught up and empty, the next read of that shard's tip waits
+    /// this long (0: the shard's limit of five reads a second).
+    #[serde(with = "humantime_serde")]
+    pub idle_read_interval: Duration,
 }
 
 impl KinesisConfig {
@@ -139,6 +146,12 @@ impl KinesisConfig {
             return Err(bad(
                 "stream.kinesis.line_index_retention",
                 "must be at least 24h, the shortest retention of a Kinesis stream; keep it at least the stream's retention period",
+            ));
+        }
+        if self.idle_read_interval > MAX_IDLE_READ_INTERVAL {
+            return Err(bad(
+                "stream.kinesis.idle_read_interval",
+                "must be at most 1m: a new record waits up to this long before the sinks see it, and a shard iterator expires after 5 minutes",
             ));
         }
         if !(1..=10_000).contains(&self.shards) {

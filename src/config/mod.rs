@@ -429,6 +429,25 @@ mod tests {
     }
 
     #[test]
+    fn the_kinesis_idle_read_interval_is_at_most_a_minute() {
+        let s = load_toml("").unwrap();
+        assert_eq!(
+            s.stream.kinesis.idle_read_interval,
+            std::time::Duration::from_secs(1)
+        );
+        let e =
+            load_toml("[stream]\nbackend = \"aws\"\n[stream.kinesis]\nidle_read_interval = \"2m\"")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("stream.kinesis.idle_read_interval") && e.contains("at most 1m"),
+            "{e}"
+        );
+        let s = load_toml("[stream.kinesis]\nidle_read_interval = \"0s\"").unwrap();
+        assert!(s.stream.kinesis.idle_read_interval.is_zero());
+    }
+
+    #[test]
     fn max_lag_sits_above_the_archive_flush_age_and_within_half_the_retention() {
         let err = |text| load_toml(text).unwrap_err().to_string();
         let e = err("[stream]\nretention = \"1h\"\n[sinks]\nmax_lag = \"45m\"");

@@ -183,6 +183,17 @@ pub trait Stream: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// When a read of `shard` after `after` is known to find nothing new until some time, that
+    /// time: a reader waiting for records need not look before it. Kinesis marks a caught-up
+    /// shard's tip so for `stream.kinesis.idle_read_interval`; the default knows no such time.
+    fn nothing_new_until(
+        &self,
+        _shard: &ShardId,
+        _after: Option<&SequenceNumber>,
+    ) -> Option<std::time::Instant> {
+        None
+    }
+
     /// Waits until `shard` may hold records after `after`, or until `timeout` passes, whichever
     /// comes first. A backend that can tell (the embedded log wakes readers on commit) returns
     /// early; the default just sleeps, which is right for Kinesis' polling model.

@@ -249,6 +249,14 @@ impl Stream for SharedReads {
         self.inner.first_arrival_after(shard, after).await
     }
 
+    fn nothing_new_until(
+        &self,
+        shard: &ShardId,
+        after: Option<&SequenceNumber>,
+    ) -> Option<std::time::Instant> {
+        self.inner.nothing_new_until(shard, after)
+    }
+
     async fn wait_for_records(
         &self,
         shard: &ShardId,

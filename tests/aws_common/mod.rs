@@ -261,6 +261,8 @@ pub fn aws_config(test: &str) -> Settings {
         lease_duration: Duration::from_millis(800),
         line_index_table: format!("{name}-line-ids"),
         line_index_retention: Duration::from_secs(7 * 24 * 3600),
+        // The default, as a deployment runs it.
+        idle_read_interval: s.stream.kinesis.idle_read_interval,
     };
     s.archive.s3 = S3Config {
         bucket: format!("{name}-bucket"),

@@ -337,13 +337,17 @@ impl ShardLoop {
             return Ok(Step::Finished);
         }
         if got == 0 {
-            let wait = self
-                .unit
-                .time_left(policy)
-                .map_or(p.settings.poll_interval, |t| {
-                    t.min(p.settings.poll_interval)
-                });
             let after = self.newest_read();
+            // Look again after the poll interval, or later where the stream knows nothing new
+            // can be read before (an idle Kinesis shard), and in time to flush a unit due.
+            let poll = p.stream.nothing_new_until(&p.shard, after.as_ref()).map_or(
+                p.settings.poll_interval,
+                |t| {
+                    t.saturating_duration_since(Instant::now())
+                        .max(p.settings.poll_interval)
+                },
+            );
+            let wait = self.unit.time_left(policy).map_or(poll, |t| t.min(poll));
             let mut stop = self.stop.clone();
             tokio::select! {
                 _ = p.stream.wait_for_records(&p.shard, after.as_ref(), wait) => {}

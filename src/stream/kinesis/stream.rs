@@ -44,6 +44,9 @@ pub fn parse_sequence_number(s: &str) -> Result<SequenceNumber, StreamError> {
 struct CachedIterator {
     from: Position,
     iterator: String,
+    /// Set when the read that gave this iterator found the shard caught up and empty: until
+    /// then, a read from `from` answers "nothing new" without calling GetRecords.
+    idle_until: Option<Instant>,
 }
 
 /// The stream on Kinesis Data Streams.
@@ -54,6 +57,9 @@ pub struct KinesisStream {
     iterators: Mutex<HashMap<ShardId, CachedIterator>>,
     /// Earliest time of the next GetRecords call per shard: the per-shard rate limiter.
     next_read: Mutex<HashMap<ShardId, Instant>>,
+    /// How long a read of a caught-up shard's tip waits before it asks Kinesis again
+    /// (`stream.kinesis.idle_read_interval`).
+    idle_read_interval: Duration,
 }
 
 impl KinesisStream {
@@ -61,6 +67,7 @@ impl KinesisStream {
         client: aws_sdk_kinesis::Client,
         stream_name: impl Into<String>,
         retry: EntryRetry,
+        idle_read_interval: Duration,
     ) -> Self {
         KinesisStream {
             client,
@@ -68,6 +75,7 @@ impl KinesisStream {
             retry,
             iterators: Mutex::new(HashMap::new()),
             next_read: Mutex::new(HashMap::new()),
+            idle_read_interval,
         }
     }
 
@@ -76,6 +84,7 @@ impl KinesisStream {
             clients.kinesis.clone(),
             cfg.stream_name.clone(),
             EntryRetry::from_config(aws),
+            cfg.idle_read_interval,
         )
     }
 
@@ -303,9 +312,21 @@ impl Stream for KinesisStream {
     ) -> Result<ReadBatch, StreamError> {
         let cached = {
             let mut its = self.iterators.lock().expect("iterator cache lock");
-            its.remove(shard)
-                .filter(|c| c.from == from)
-                .map(|c| c.iterator)
+            match its.remove(shard).filter(|c| c.from == from) {
+                // The tip was read less than `idle_read_interval` ago and was empty: say so
+                // again without a call. A caught-up shard is then read about once per interval
+                // instead of five times a second (each call costs CPU here and takes one of
+                // the shard's five reads a second that a catching-up reader would use).
+                Some(c) if c.idle_until.is_some_and(|t| Instant::now() < t) => {
+                    its.insert(shard.clone(), c);
+                    return Ok(ReadBatch {
+                        records: Vec::new(),
+                        shard_ended: false,
+                        millis_behind_latest: Some(0),
+                    });
+                }
+                c => c.map(|c| c.iterator),
+            }
         };
         let mut iterator = match cached {
             Some(it) => it,
@@ -349,6 +370,10 @@ impl Stream for KinesisStream {
         let next_from = records
             .last()
             .map_or(from, |r| Position::After(r.sequence_number.clone()));
+        let millis_behind_latest = out.millis_behind_latest().map(|m| m.max(0) as u64);
+        // Empty and at the tip (an empty answer further behind only means the iterator passed
+        // a stretch without records, and the next read goes on at once).
+        let idle = records.is_empty() && millis_behind_latest.is_none_or(|m| m == 0);
         let shard_ended = match out.next_shard_iterator() {
             Some(next) => {
                 self.iterators.lock().expect("iterator cache lock").insert(
@@ -356,6 +381,8 @@ impl Stream for KinesisStream {
                     CachedIterator {
                         from: next_from,
                         iterator: next.to_owned(),
+                        idle_until: (idle && !self.idle_read_interval.is_zero())
+                            .then(|| Instant::now() + self.idle_read_interval),
                     },
                 );
                 false
@@ -366,8 +393,25 @@ impl Stream for KinesisStream {
         Ok(ReadBatch {
             records,
             shard_ended,
-            millis_behind_latest: out.millis_behind_latest().map(|m| m.max(0) as u64),
+            millis_behind_latest,
         })
+    }
+
+    /// The idle mark of the cached iterator, when it continues right after `after`.
+    fn nothing_new_until(
+        &self,
+        shard: &ShardId,
+        after: Option<&SequenceNumber>,
+    ) -> Option<Instant> {
+        let its = self.iterators.lock().expect("iterator cache lock");
+        its.get(shard)
+            .filter(|c| match (&c.from, after) {
+                (Position::After(from), Some(after)) => from == after,
+                (Position::TrimHorizon, None) => true,
+                _ => false,
+            })
+            .and_then(|c| c.idle_until)
+            .filter(|t| *t > Instant::now())
     }
 
     /// Kinesis keeps records for its own retention period; nothing to release.
